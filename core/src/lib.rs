@@ -1,0 +1,9 @@
+//! isthmus-core: the sans-IO engine of the isthmus XMPP federation gateway.
+//!
+//! Every protocol decision lives here. The core owns no sockets, threads, clock,
+//! randomness or files: time and a seed come in, byte transmits and other outputs
+//! come out.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod rng;

@@ -1,0 +1,1 @@
+//! Test support: the in-memory simulation network.
