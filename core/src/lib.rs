@@ -6,4 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod gateway;
+pub mod jid;
 pub mod rng;
+pub mod s2s;
+pub mod xml;

@@ -1,1 +1,5 @@
-//! Test support: the in-memory simulation network.
+//! Test support for isthmus: the in-memory simulation network and the test PKI.
+
+pub mod sim;
+pub mod pki;
+pub mod scenario;

@@ -1,0 +1,1597 @@
+//! The top-level sans-IO state machine: it owns every s2s connection, the outbound
+//! routes with their stanza queues, dialback's verify connections and the timers.
+//!
+//! Contract (DESIGN.md): feed inputs (`accept`, `connected`, `received`, `resolved`,
+//! `send_stanza`, `handle_timeout`, ...) with the current `Instant`; after each input,
+//! drain `poll_output` until it returns `None`; sleep until `poll_timeout`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::config::{Config, Method, Negotiation, Partner, TlsMode};
+use crate::jid::{normalize_domain, Jid};
+use crate::rng::Rng;
+use crate::s2s::dialback;
+use crate::s2s::sasl;
+use crate::s2s::stream::{
+    Conn, IngestError, Kind, Outq, PendingDialback, Phase, VerifyRequest,
+};
+pub use crate::s2s::stream::{ConnId, Output, Trace};
+use crate::s2s::tls::{CertCheck, TlsContext};
+use crate::xml::{ns, Element, StreamEvent, StreamHeader, StreamHeaderOut};
+
+/// Most stanzas a route holds while its stream is being negotiated.
+const MAX_QUEUED: usize = 1000;
+
+/// Which way a stream runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// Who ended a negotiation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    /// We closed the stream (the condition is the one we sent, or a local failure).
+    Us,
+    /// The peer sent this stream error, dialback answer or close.
+    Peer,
+}
+
+/// Something worth logging or counting. The host logs these; tests assert on them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Authenticated {
+        conn: ConnId,
+        direction: Direction,
+        local: String,
+        remote: String,
+        method: Method,
+        /// What the peer's certificate check said, when TLS was used.
+        certificate: Option<String>,
+    },
+    /// A stream failed before or after authentication.
+    Failed {
+        conn: ConnId,
+        kind: &'static str,
+        local: String,
+        remote: String,
+        by: By,
+        condition: String,
+        text: String,
+    },
+    /// A stanza could not be delivered and was returned to its sender.
+    Bounced {
+        from: String,
+        to: String,
+        condition: &'static str,
+    },
+    /// Input that was not acted upon, such as an unsolicited dialback answer.
+    Ignored { conn: ConnId, what: String },
+    Closed { conn: ConnId },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Authenticated {
+                conn,
+                direction,
+                local,
+                remote,
+                method,
+                certificate,
+            } => {
+                let arrow = match direction {
+                    Direction::Outbound => "->",
+                    Direction::Inbound => "<-",
+                };
+                write!(f, "{conn} {local} {arrow} {remote} authenticated by {method}")?;
+                if let Some(c) = certificate {
+                    write!(f, " (peer certificate: {c})")?;
+                }
+                Ok(())
+            }
+            Event::Failed {
+                conn,
+                kind,
+                local,
+                remote,
+                by,
+                condition,
+                text,
+            } => {
+                let who = match by {
+                    By::Us => "we closed it with",
+                    By::Peer => "the peer sent",
+                };
+                write!(f, "{conn} {kind} stream {local} / {remote} failed: {who} {condition}: {text}")
+            }
+            Event::Bounced { from, to, condition } => {
+                write!(f, "stanza from {from} to {to} returned with {condition}")
+            }
+            Event::Ignored { conn, what } => write!(f, "{conn} ignored: {what}"),
+            Event::Closed { conn } => write!(f, "{conn} closed"),
+        }
+    }
+}
+
+/// Why a stanza handed to `send_stanza` was refused at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// The stanza has no usable `from` or `to`.
+    Addressing(String),
+    /// `from` is not a domain this gateway serves.
+    NotServed(String),
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::Addressing(t) => write!(f, "stanza addressing: {t}"),
+            RouteError::NotServed(d) => write!(f, "{d} is not a served domain"),
+        }
+    }
+}
+
+struct Route {
+    conn: Option<ConnId>,
+    queue: VecDeque<Element>,
+}
+
+/// The gateway's federation engine.
+pub struct Gateway {
+    config: Config,
+    tls: Option<TlsContext>,
+    rng: Rng,
+    secret: String,
+    conns: BTreeMap<ConnId, Conn>,
+    routes: HashMap<(String, String), Route>,
+    /// Resolve query id → connection waiting for it.
+    queries: HashMap<u64, ConnId>,
+    next_id: u64,
+    out: Outq,
+    start: Instant,
+    start_unix: u64,
+}
+
+impl Gateway {
+    /// `unix_secs` is the wall-clock time at `now`, for certificate validity; later
+    /// wall-clock times are derived from the injected `Instant`s.
+    pub fn new(config: Config, tls: Option<TlsContext>, seed: u64, now: Instant, unix_secs: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let secret = match &config.gateway.dialback_secret {
+            Some(s) => s.clone(),
+            None => rng.hex(32),
+        };
+        let gw = Gateway {
+            config,
+            tls,
+            rng,
+            secret,
+            conns: BTreeMap::new(),
+            routes: HashMap::new(),
+            queries: HashMap::new(),
+            next_id: 1,
+            out: Outq::default(),
+            start: now,
+            start_unix: unix_secs,
+        };
+        gw.set_clock(now);
+        gw
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replaces the configuration; established streams stay up.
+    pub fn set_config(&mut self, config: Config) {
+        self.config = config;
+    }
+
+    /// Emits `Output::Trace` for every write, for transcripts.
+    pub fn set_trace(&mut self, on: bool) {
+        self.out.trace = on;
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.queue.pop_front()
+    }
+
+    /// The earliest deadline of any connection.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns.values().filter_map(|c| self.next_deadline(c)).min()
+    }
+
+    /// Number of open connections (all kinds).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn set_clock(&self, now: Instant) {
+        if let Some(tls) = &self.tls {
+            let elapsed = now.saturating_duration_since(self.start).as_secs();
+            tls.clock().set(self.start_unix.saturating_add(elapsed));
+        }
+    }
+
+    fn alloc(&mut self) -> ConnId {
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn new_stream_id(&mut self) -> String {
+        self.rng.hex(8)
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push(Output::Event(e));
+    }
+
+    // ---- inputs -------------------------------------------------------------------
+
+    /// A peer connected to our s2s port. Returns the handle for its bytes.
+    pub fn accept(&mut self, now: Instant) -> ConnId {
+        self.set_clock(now);
+        let id = self.alloc();
+        let mut c = Conn::new(id, Kind::Inbound, Phase::AwaitHeader, self.config.gateway.xml_limits, now);
+        c.establish_deadline = Some(now + self.config.gateway.stream_establishment_timeout);
+        self.conns.insert(id, c);
+        id
+    }
+
+    /// An outbound connection we asked for is established.
+    pub fn connected(&mut self, now: Instant, conn: ConnId) {
+        self.set_clock(now);
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.phase == Phase::Connecting {
+            c.phase = Phase::AwaitHeader;
+            c.last_activity = now;
+            let header = self.header_out(&c.local, &c.remote, None);
+            c.send_header(&header, &mut self.out, now);
+        }
+        self.conns.insert(conn, c);
+    }
+
+    /// An outbound connection attempt failed; the next address is tried.
+    pub fn connect_failed(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        self.set_clock(now);
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(addr) = c.addrs.pop_front() {
+            self.out.push(Output::Connect {
+                conn,
+                domain: c.remote.clone(),
+                addr,
+            });
+            self.conns.insert(conn, c);
+            return;
+        }
+        let text = format!("could not connect to {}: {reason}", c.remote);
+        self.fail(c, By::Us, "remote-connection-failed", &text, now, false);
+    }
+
+    /// The answer to an `Output::Resolve`.
+    pub fn resolved(&mut self, now: Instant, query: u64, result: Result<Vec<SocketAddr>, String>) {
+        self.set_clock(now);
+        let Some(conn) = self.queries.remove(&query) else {
+            return;
+        };
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        match result {
+            Ok(addrs) if !addrs.is_empty() => {
+                c.addrs = addrs.into();
+                c.phase = Phase::Connecting;
+                if let Some(addr) = c.addrs.pop_front() {
+                    self.out.push(Output::Connect {
+                        conn,
+                        domain: c.remote.clone(),
+                        addr,
+                    });
+                }
+                self.conns.insert(conn, c);
+            }
+            Ok(_) => {
+                let text = format!("no s2s address found for {}", c.remote);
+                self.fail(c, By::Us, "remote-server-not-found", &text, now, false);
+            }
+            Err(e) => {
+                let text = format!("DNS lookup of {} failed: {e}", c.remote);
+                self.fail(c, By::Us, "remote-server-not-found", &text, now, false);
+            }
+        }
+    }
+
+    /// The peer closed the TCP connection (or it broke).
+    pub fn peer_closed(&mut self, now: Instant, conn: ConnId) {
+        self.set_clock(now);
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.phase == Phase::Closed {
+            self.event(Event::Closed { conn });
+            return;
+        }
+        let negotiated = c.phase == Phase::Ready || (c.kind == Kind::Inbound && c.is_authenticated());
+        if negotiated {
+            self.finish(c, now);
+        } else {
+            let text = format!("{} closed the connection during negotiation", peer_name(&c));
+            self.fail(c, By::Peer, "connection-closed", &text, now, false);
+        }
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn received(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.set_clock(now);
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if c.phase == Phase::Closed {
+            self.conns.insert(conn, c);
+            return;
+        }
+        match c.ingest(bytes, &mut self.out) {
+            Ok(completed) => {
+                if completed {
+                    if let Err((cond, text)) = self.tls_completed(&mut c, now) {
+                        self.close_with_error(c, &cond, &text, now);
+                        return;
+                    }
+                }
+            }
+            Err(IngestError::Tls(e)) => {
+                let text = format!("TLS with {} failed: {e}", peer_name(&c));
+                // No plaintext retry after a failed TLS handshake (no silent downgrade).
+                self.fail(c, By::Us, "tls-failed", &text, now, true);
+                return;
+            }
+        }
+        self.process(c, now);
+    }
+
+    /// Processes every complete XML event buffered on the connection.
+    fn process(&mut self, mut c: Conn, now: Instant) {
+        loop {
+            if c.phase == Phase::Closed || c.phase == Phase::TlsHandshake {
+                break;
+            }
+            let event = match c.reader.next() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => break,
+                Err(e) => {
+                    let text = format!("{} sent bad XML: {e}", peer_name(&c));
+                    self.close_with_error(c, e.condition(), &text, now);
+                    return;
+                }
+            };
+            let result = match event {
+                StreamEvent::Header(h) => self.on_header(&mut c, h, now),
+                StreamEvent::Element(el) => self.on_element(&mut c, el, now),
+                StreamEvent::End => {
+                    self.on_stream_end(c, now);
+                    return;
+                }
+            };
+            match result {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Closed) => return,
+                Err((cond, text)) => {
+                    self.close_with_error(c, &cond, &text, now);
+                    return;
+                }
+            }
+        }
+        self.conns.insert(c.id, c);
+    }
+
+    /// Hands a stanza from a local user to the federation side.
+    pub fn send_stanza(&mut self, now: Instant, stanza: Element) -> Result<(), RouteError> {
+        self.set_clock(now);
+        let from = stanza
+            .get_attr("from")
+            .ok_or_else(|| RouteError::Addressing("no 'from'".into()))
+            .and_then(|f| Jid::parse(f).map_err(|e| RouteError::Addressing(format!("'from': {e}"))))?;
+        let to = stanza
+            .get_attr("to")
+            .ok_or_else(|| RouteError::Addressing("no 'to'".into()))
+            .and_then(|t| Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}"))))?;
+        let local = from.domain().to_owned();
+        if !self.config.serves(&local) {
+            return Err(RouteError::NotServed(local));
+        }
+        let remote = to.domain().to_owned();
+        if self.config.serves(&remote) {
+            // Both ends are ours: no federation needed.
+            self.out.push(Output::Deliver(stanza));
+            return Ok(());
+        }
+        if self.config.partner_for(&remote).is_none() {
+            let text = format!("{remote} is not a configured XMPP partner of this gateway");
+            self.bounce(stanza, "not-allowed", &text);
+            return Ok(());
+        }
+        let key = (local.clone(), remote.clone());
+        let ready = self
+            .routes
+            .get(&key)
+            .and_then(|r| r.conn)
+            .and_then(|id| self.conns.get(&id))
+            .is_some_and(|c| c.phase == Phase::Ready);
+        if ready {
+            if let Some(id) = self.routes.get(&key).and_then(|r| r.conn) {
+                if let Some(mut c) = self.conns.remove(&id) {
+                    c.last_activity = now;
+                    c.send(&stanza, &mut self.out, now);
+                    self.conns.insert(id, c);
+                }
+            }
+            return Ok(());
+        }
+        let queued = self.routes.get(&key).map_or(0, |r| r.queue.len());
+        if queued >= MAX_QUEUED {
+            let text = format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
+            self.bounce(stanza, "resource-constraint", &text);
+            return Ok(());
+        }
+        let has_conn = self.routes.get(&key).and_then(|r| r.conn).is_some_and(|id| self.conns.contains_key(&id));
+        self.routes
+            .entry(key)
+            .or_insert_with(|| Route {
+                conn: None,
+                queue: VecDeque::new(),
+            })
+            .queue
+            .push_back(stanza);
+        if !has_conn {
+            self.open_route(&local, &remote, now);
+        }
+        Ok(())
+    }
+
+    /// Advances time: fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.set_clock(now);
+        let due: Vec<ConnId> = self
+            .conns
+            .values()
+            .filter(|c| self.next_deadline(c).is_some_and(|d| d <= now))
+            .map(|c| c.id)
+            .collect();
+        for id in due {
+            let Some(c) = self.conns.remove(&id) else {
+                continue;
+            };
+            self.on_timers(c, now);
+        }
+    }
+
+    // ---- timers -------------------------------------------------------------------
+
+    fn next_deadline(&self, c: &Conn) -> Option<Instant> {
+        if c.phase == Phase::Closed || c.phase == Phase::Resolving || c.phase == Phase::Connecting {
+            return c.establish_deadline;
+        }
+        let g = &self.config.gateway;
+        let mut d = vec![c.last_activity + g.stream_inactivity_timeout];
+        if let Some(e) = c.establish_deadline {
+            d.push(e);
+        }
+        if c.keep_alive {
+            d.push(c.last_tx + g.keep_alive_interval);
+        }
+        d.extend(c.pending.iter().map(|p| p.deadline));
+        d.into_iter().min()
+    }
+
+    fn on_timers(&mut self, mut c: Conn, now: Instant) {
+        let g = self.config.gateway.clone();
+        if c.establish_deadline.is_some_and(|d| d <= now) {
+            let text = match c.kind {
+                Kind::Verify => format!(
+                    "{} did not answer the dialback verification within {} s",
+                    peer_name(&c),
+                    g.dialback_verify_timeout.as_secs()
+                ),
+                _ => format!(
+                    "stream with {} was not established within {} s (stream_establishment_timeout)",
+                    peer_name(&c),
+                    g.stream_establishment_timeout.as_secs()
+                ),
+            };
+            if c.kind == Kind::Verify {
+                self.fail_verify_requests(&mut c, "remote-server-timeout", &text, now);
+            }
+            match c.phase {
+                Phase::Resolving | Phase::Connecting => {
+                    self.fail(c, By::Us, "remote-server-timeout", &text, now, false)
+                }
+                _ => self.close_with_error(c, "connection-timeout", &text, now),
+            }
+            return;
+        }
+        // Dialback keys whose authoritative server did not answer in time.
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut c.pending).into_iter().partition(|p| p.deadline <= now);
+        c.pending = keep;
+        for p in expired {
+            let text = format!(
+                "the authoritative server of {} did not answer within {} s",
+                p.from,
+                g.dialback_verify_timeout.as_secs()
+            );
+            let el = dialback::error("result", &p.to, &p.from, None, "remote-server-timeout", &text);
+            c.send(&el, &mut self.out, now);
+            // Its verify connection is of no use any more.
+            self.drop_verify_requests(c.id, &p.from);
+        }
+        if c.last_activity + g.stream_inactivity_timeout <= now {
+            let text = format!(
+                "no traffic with {} for {} s (stream_inactivity_timeout)",
+                peer_name(&c),
+                g.stream_inactivity_timeout.as_secs()
+            );
+            self.close_quietly(c, "connection-timeout", &text, now);
+            return;
+        }
+        if c.keep_alive && c.last_tx + g.keep_alive_interval <= now {
+            c.send_keep_alive(&mut self.out, now);
+        }
+        self.conns.insert(c.id, c);
+    }
+
+    // ---- outbound -------------------------------------------------------------------
+
+    fn open_route(&mut self, local: &str, remote: &str, now: Instant) {
+        let id = self.open_outbound(Kind::Route, local, remote, now);
+        if let Some(r) = self.routes.get_mut(&(local.to_owned(), remote.to_owned())) {
+            r.conn = id;
+        }
+        if id.is_none() {
+            let text = format!(
+                "connection limit reached ({} for partner, {} in all)",
+                self.partner_limit(remote),
+                self.config.gateway.connection_limit
+            );
+            self.bounce_route(local, remote, "resource-constraint", &text);
+        }
+    }
+
+    fn partner_limit(&self, remote: &str) -> u32 {
+        self.config
+            .partner_for(remote)
+            .and_then(|p| p.connection_limit)
+            .unwrap_or(self.config.gateway.partner_connection_limit)
+    }
+
+    fn within_limits(&self, remote: &str) -> bool {
+        if self.conns.len() >= self.config.gateway.connection_limit as usize {
+            return false;
+        }
+        let Some(partner) = self.config.partner_for(remote) else {
+            return true;
+        };
+        let count = self.conns.values().filter(|c| partner.covers(&c.remote)).count();
+        count < self.partner_limit(remote) as usize
+    }
+
+    fn open_outbound(&mut self, kind: Kind, local: &str, remote: &str, now: Instant) -> Option<ConnId> {
+        if !self.within_limits(remote) {
+            return None;
+        }
+        let id = self.alloc();
+        let mut c = Conn::new(id, kind.clone(), Phase::Resolving, self.config.gateway.xml_limits, now);
+        c.local = local.to_owned();
+        c.remote = remote.to_owned();
+        let timeout = match kind {
+            Kind::Verify => self.config.gateway.dialback_verify_timeout,
+            _ => self.config.gateway.stream_establishment_timeout,
+        };
+        c.establish_deadline = Some(now + timeout);
+        let target = self
+            .config
+            .partner_for(remote)
+            .and_then(|p| p.proxy_fqdn.clone())
+            .unwrap_or_else(|| remote.to_owned());
+        let query = self.next_id;
+        self.next_id += 1;
+        self.queries.insert(query, id);
+        self.conns.insert(id, c);
+        self.out.push(Output::Resolve { query, domain: target });
+        Some(id)
+    }
+
+    fn header_out(&self, from: &str, to: &str, id: Option<String>) -> StreamHeaderOut {
+        StreamHeaderOut {
+            from: Some(from.to_owned()),
+            to: Some(to.to_owned()),
+            id,
+            version: true,
+            lang: None,
+            default_ns: ns::SERVER.to_owned(),
+            dialback: true,
+        }
+    }
+
+    fn row_for(&self, remote: &str) -> Option<Negotiation> {
+        self.config.partner_for(remote).map(|p| p.negotiation)
+    }
+
+    fn partner(&self, remote: &str) -> Option<&Partner> {
+        self.config.partner_for(remote)
+    }
+
+    // ---- stream events ------------------------------------------------------------
+
+    fn on_header(&mut self, c: &mut Conn, h: StreamHeader, now: Instant) -> Result<Flow, (String, String)> {
+        if h.default_ns.as_deref() != Some(ns::SERVER) {
+            return Err(err(
+                "invalid-namespace",
+                format!(
+                    "the stream's default namespace must be 'jabber:server', not '{}'",
+                    h.default_ns.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        if let Some(v) = h.version.as_deref() {
+            let major = v.split('.').next().and_then(|m| m.trim().parse::<u32>().ok());
+            if major != Some(1) {
+                return Err(err(
+                    "unsupported-version",
+                    format!("stream version '{v}' is not supported; this gateway speaks 1.0"),
+                ));
+            }
+        }
+        c.peer_version = h.version.is_some();
+        c.peer_dialback = h.dialback_declared;
+        match c.kind {
+            Kind::Inbound => self.inbound_header(c, h, now),
+            Kind::Route | Kind::Verify => {
+                if let Some(from) = h.from.as_deref() {
+                    if normalize_domain(from).ok().as_deref() != Some(c.remote.as_str()) {
+                        return Err(err(
+                            "invalid-from",
+                            format!("we opened a stream to {}, but the answer comes from {from}", c.remote),
+                        ));
+                    }
+                }
+                c.stream_id = h.id.filter(|id| !id.is_empty());
+                if c.peer_version {
+                    c.phase = Phase::AwaitFeatures;
+                    Ok(Flow::Continue)
+                } else {
+                    // A pre-1.0 peer sends no features: only dialback over TCP is possible.
+                    self.choose_method(c, &Element::new(ns::STREAM, "features"), now)
+                }
+            }
+        }
+    }
+
+    fn on_element(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+        if el.is(ns::STREAM, "error") {
+            let (cond, text) = stream_error_parts(&el);
+            return self.on_peer_stream_error(c, &cond, &text, now);
+        }
+        match c.kind {
+            Kind::Inbound => self.inbound_element(c, el, now),
+            Kind::Route | Kind::Verify => self.outbound_element(c, el, now),
+        }
+    }
+
+    fn on_peer_stream_error(&mut self, c: &mut Conn, cond: &str, text: &str, now: Instant) -> Result<Flow, (String, String)> {
+        let mut owned = Conn::new(c.id, c.kind.clone(), Phase::Closed, self.config.gateway.xml_limits, now);
+        std::mem::swap(c, &mut owned);
+        if owned.header_sent {
+            owned.send_close(&mut self.out, now);
+        }
+        let text = if text.is_empty() { "(no text)".to_owned() } else { text.to_owned() };
+        self.fail(owned, By::Peer, cond, &text, now, true);
+        Ok(Flow::Closed)
+    }
+
+    fn on_stream_end(&mut self, mut c: Conn, now: Instant) {
+        c.send_close(&mut self.out, now);
+        let done = match c.kind {
+            Kind::Route => c.phase == Phase::Ready,
+            Kind::Inbound => c.is_authenticated() || c.served_verify,
+            Kind::Verify => c.requests.is_empty(),
+        };
+        if done {
+            self.out.push(Output::Close { conn: c.id });
+            self.finish(c, now);
+        } else {
+            let text = format!("{} closed the stream during negotiation", peer_name(&c));
+            self.fail(c, By::Peer, "stream-closed", &text, now, true);
+        }
+    }
+
+    // ---- outbound negotiation -------------------------------------------------------
+
+    fn outbound_element(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+        match c.phase {
+            Phase::AwaitFeatures if el.is(ns::STREAM, "features") => {
+                if c.sasl_done {
+                    return self.route_ready(c, Method::SaslExternalOverTls, now);
+                }
+                self.choose_method(c, &el, now)
+            }
+            Phase::AwaitProceed if el.is(ns::TLS, "proceed") => {
+                let Some(tls) = &self.tls else {
+                    return Err(err("undefined-condition", "TLS is not configured on this gateway".into()));
+                };
+                let conn = tls
+                    .client(&c.remote)
+                    .map_err(|e| err("undefined-condition", format!("cannot start TLS: {e}")))?;
+                match c.start_tls(conn.into(), &mut self.out) {
+                    Ok(true) => {
+                        self.tls_completed(c, now)?;
+                        Ok(Flow::Continue)
+                    }
+                    Ok(false) => Ok(Flow::Continue),
+                    Err(IngestError::Tls(e)) => Err(err("undefined-condition", format!("TLS with {} failed: {e}", c.remote))),
+                }
+            }
+            Phase::AwaitProceed if el.is(ns::TLS, "failure") => Err(err(
+                "undefined-condition",
+                format!("{} refused STARTTLS; TLS is never retried in plaintext", c.remote),
+            )),
+            Phase::AwaitSasl if el.is(ns::SASL, "success") => {
+                c.sasl_done = true;
+                c.reader.restart();
+                c.phase = Phase::AwaitHeader;
+                let header = self.header_out(&c.local, &c.remote, None);
+                c.send_header(&header, &mut self.out, now);
+                Ok(Flow::Continue)
+            }
+            Phase::AwaitSasl if el.is(ns::SASL, "failure") => {
+                let reason = el
+                    .elements()
+                    .find(|e| e.name != "text")
+                    .map_or_else(|| "failure".to_owned(), |e| e.name.clone());
+                let row = self.row_for(&c.remote).unwrap_or_default();
+                if row.allows(Method::DialbackOverTls) && c.peer_dialback {
+                    return self.start_dialback(c, now);
+                }
+                Err(err(
+                    "policy-violation",
+                    format!(
+                        "{} refused SASL EXTERNAL ({reason}) and {} does not allow dialback over TLS",
+                        c.remote,
+                        row.label()
+                    ),
+                ))
+            }
+            _ if el.ns == ns::DIALBACK => self.outbound_dialback(c, el, now),
+            _ => Err(err(
+                "unsupported-stanza-type",
+                format!("unexpected <{}/> from {} while {:?}", el.name, c.remote, c.phase),
+            )),
+        }
+    }
+
+    /// Picks the next step from the peer's features and our row for the partner.
+    fn choose_method(&mut self, c: &mut Conn, features: &Element, now: Instant) -> Result<Flow, (String, String)> {
+        let row = self.row_for(&c.remote).unwrap_or_default();
+        let starttls = features.find(ns::TLS, "starttls");
+        let peer_requires_tls = starttls.is_some_and(|s| s.find(ns::TLS, "required").is_some());
+        let dialback_offered = c.peer_dialback || features.find(ns::DIALBACK_FEATURE, "dialback").is_some();
+        if c.kind == Kind::Verify {
+            // A verify-only stream needs no authentication; it takes TLS only when the
+            // authoritative server insists.
+            if peer_requires_tls && row.tls != TlsMode::NotSupported && self.tls.is_some() && !c.tls_active() {
+                return self.send_starttls(c, now);
+            }
+            for r in c.requests.clone() {
+                c.send(&dialback::verify_request(&r.from, &r.to, &r.id, &r.key), &mut self.out, now);
+            }
+            c.phase = Phase::AwaitVerify;
+            return Ok(Flow::Continue);
+        }
+        if !c.tls_active() {
+            if starttls.is_some() && row.tls != TlsMode::NotSupported && self.tls.is_some() {
+                return self.send_starttls(c, now);
+            }
+            if peer_requires_tls {
+                return Err(err(
+                    "policy-violation",
+                    format!(
+                        "{} requires TLS, but our settings for it say {}; set tls = optional or required for this partner",
+                        c.remote,
+                        row.label()
+                    ),
+                ));
+            }
+            if row.tls == TlsMode::Required {
+                return Err(err(
+                    "policy-violation",
+                    format!(
+                        "{} does not offer STARTTLS, and our settings for it say {}",
+                        c.remote,
+                        row.label()
+                    ),
+                ));
+            }
+            if !row.allows(Method::DialbackOverTcp) {
+                return Err(err(
+                    "policy-violation",
+                    format!("no method left: {} allows no dialback over plain TCP", row.label()),
+                ));
+            }
+            if !dialback_offered {
+                return Err(err(
+                    "policy-violation",
+                    format!("{} offers neither STARTTLS nor dialback", c.remote),
+                ));
+            }
+            return self.start_dialback(c, now);
+        }
+        // TLS is up.
+        let cert_ok = matches!(c.peer_cert, Some(CertCheck::Valid { .. }));
+        let external = features
+            .find(ns::SASL, "mechanisms")
+            .is_some_and(|m| m.elements().any(|e| e.name == "mechanism" && e.text_content().trim() == "EXTERNAL"));
+        if external && row.allows(Method::SaslExternalOverTls) && cert_ok {
+            c.send(&sasl::auth(&c.local), &mut self.out, now);
+            c.phase = Phase::AwaitSasl;
+            return Ok(Flow::Continue);
+        }
+        if row.allows(Method::DialbackOverTls) && dialback_offered {
+            return self.start_dialback(c, now);
+        }
+        let mut why = Vec::new();
+        if !row.allows(Method::SaslExternalOverTls) {
+            why.push(format!("SASL EXTERNAL is not allowed by {}", row.label()));
+        } else if !cert_ok {
+            why.push(format!("the certificate of {} is not acceptable: {}", c.remote, cert_text(c.peer_cert.as_ref())));
+        } else if !external {
+            why.push(format!("{} does not offer SASL EXTERNAL to us (it did not accept our certificate)", c.remote));
+        }
+        if !row.allows(Method::DialbackOverTls) {
+            why.push(format!("dialback over TLS is not allowed by {}", row.label()));
+        } else if !dialback_offered {
+            why.push(format!("{} does not offer dialback", c.remote));
+        }
+        Err(err("policy-violation", format!("no authentication method left: {}", why.join("; "))))
+    }
+
+    fn send_starttls(&mut self, c: &mut Conn, now: Instant) -> Result<Flow, (String, String)> {
+        c.send(&Element::new(ns::TLS, "starttls"), &mut self.out, now);
+        c.phase = Phase::AwaitProceed;
+        Ok(Flow::Continue)
+    }
+
+    fn start_dialback(&mut self, c: &mut Conn, now: Instant) -> Result<Flow, (String, String)> {
+        let Some(id) = c.stream_id.clone() else {
+            return Err(err(
+                "undefined-condition",
+                format!("{} gave no stream id, which dialback needs", c.remote),
+            ));
+        };
+        let key = dialback::key(&self.secret, &c.remote, &c.local, &id);
+        c.send(&dialback::result_request(&c.local, &c.remote, &key), &mut self.out, now);
+        c.phase = Phase::AwaitDialback;
+        Ok(Flow::Continue)
+    }
+
+    fn outbound_dialback(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+        let from = el.get_attr("from").unwrap_or_default().to_owned();
+        let to = el.get_attr("to").unwrap_or_default().to_owned();
+        let ty = el.get_attr("type").unwrap_or_default().to_owned();
+        if el.name == "result" && c.kind == Kind::Route && c.phase == Phase::AwaitDialback && from == c.remote && to == c.local {
+            let method = if c.tls_active() { Method::DialbackOverTls } else { Method::DialbackOverTcp };
+            return match ty.as_str() {
+                "valid" => self.route_ready(c, method, now),
+                "invalid" => Err(err(
+                    "not-authorized",
+                    format!("{} answered our dialback key with 'invalid'", c.remote),
+                )),
+                "error" => {
+                    let cond = dialback::error_condition(&el).unwrap_or_else(|| "undefined-condition".into());
+                    Err(err(
+                        "remote-connection-failed",
+                        format!("{} could not check our dialback key: <{cond}/>", c.remote),
+                    ))
+                }
+                _ => Err(err("bad-format", format!("dialback result with type '{ty}'"))),
+            };
+        }
+        if el.name == "verify" && c.kind == Kind::Verify && c.phase == Phase::AwaitVerify {
+            let id = el.get_attr("id").unwrap_or_default().to_owned();
+            let pos = c.requests.iter().position(|r| r.from == to && r.to == from && r.id == id);
+            if let Some(pos) = pos {
+                let req = c.requests.remove(pos);
+                let answer = match ty.as_str() {
+                    "valid" => Some(true),
+                    "invalid" => Some(false),
+                    _ => None,
+                };
+                self.verify_answered(&req, answer, dialback::error_condition(&el), now);
+                if c.requests.is_empty() {
+                    c.send_close(&mut self.out, now);
+                    c.phase = Phase::Closed;
+                    self.out.push(Output::Close { conn: c.id });
+                    self.event(Event::Closed { conn: c.id });
+                    return Ok(Flow::Closed);
+                }
+                return Ok(Flow::Continue);
+            }
+        }
+        // XEP-0220: answers that match no request of ours are dropped, which defeats
+        // the unsolicited-dialback attack.
+        self.event(Event::Ignored {
+            conn: c.id,
+            what: format!("unsolicited <db:{}/> from='{from}' to='{to}' type='{ty}'", el.name),
+        });
+        Ok(Flow::Continue)
+    }
+
+    fn route_ready(&mut self, c: &mut Conn, method: Method, now: Instant) -> Result<Flow, (String, String)> {
+        c.phase = Phase::Ready;
+        c.method = Some(method);
+        c.establish_deadline = None;
+        c.last_activity = now;
+        c.keep_alive = self.partner(&c.remote).is_some_and(|p| p.enable_keep_alive);
+        let certificate = c.tls_active().then(|| cert_text(c.peer_cert.as_ref()));
+        self.event(Event::Authenticated {
+            conn: c.id,
+            direction: Direction::Outbound,
+            local: c.local.clone(),
+            remote: c.remote.clone(),
+            method,
+            certificate,
+        });
+        let key = (c.local.clone(), c.remote.clone());
+        if let Some(route) = self.routes.get_mut(&key) {
+            let queue = std::mem::take(&mut route.queue);
+            for stanza in queue {
+                c.send(&stanza, &mut self.out, now);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// TLS handshake finished: check the peer's certificate, then restart the stream.
+    fn tls_completed(&mut self, c: &mut Conn, now: Instant) -> Result<(), (String, String)> {
+        let check = match (&self.tls, &c.tls) {
+            (Some(ctx), Some(tls)) => {
+                let reference = c.remote.clone();
+                ctx.verify_peer(tls.peer_certificates(), &reference)
+            }
+            _ => return Err(err("undefined-condition", "TLS state lost".into())),
+        };
+        c.peer_cert = Some(check);
+        c.phase = Phase::AwaitHeader;
+        if c.kind != Kind::Inbound {
+            let header = self.header_out(&c.local, &c.remote, None);
+            c.send_header(&header, &mut self.out, now);
+        }
+        Ok(())
+    }
+
+    // ---- inbound negotiation -------------------------------------------------------
+
+    fn inbound_header(&mut self, c: &mut Conn, h: StreamHeader, now: Instant) -> Result<Flow, (String, String)> {
+        let restart = !c.remote.is_empty();
+        let to = match h.to.as_deref().map(normalize_domain) {
+            Some(Ok(to)) if self.config.serves(&to) => to,
+            Some(Ok(to)) => return Err(err("host-unknown", format!("{to} is not served by this gateway"))),
+            Some(Err(e)) => return Err(err("host-unknown", format!("stream 'to' is not a domain: {e}"))),
+            None => return Err(err("host-unknown", "the stream header has no 'to'".into())),
+        };
+        let from = match h.from.as_deref().map(normalize_domain) {
+            Some(Ok(from)) => from,
+            Some(Err(e)) => return Err(err("invalid-from", format!("stream 'from' is not a domain: {e}"))),
+            None => {
+                c.local = to;
+                return Err(err(
+                    "policy-violation",
+                    "the stream header has no 'from'; partner settings are chosen by the sending domain".into(),
+                ));
+            }
+        };
+        if restart && (from != c.remote || to != c.local) {
+            return Err(err(
+                "invalid-from",
+                format!("the restarted stream names {from} -> {to}, the first one named {} -> {}", c.remote, c.local),
+            ));
+        }
+        c.local = to.clone();
+        c.remote = from.clone();
+        let Some(row) = self.row_for(&from) else {
+            return Err(err(
+                "policy-violation",
+                format!("{from} is not a configured XMPP partner of {to}; add it as a partner to federate with it"),
+            ));
+        };
+        if !restart && !self.within_limits_inbound(&from) {
+            return Err(err(
+                "resource-constraint",
+                format!("connection limit reached for {from}"),
+            ));
+        }
+        let id = self.new_stream_id();
+        c.stream_id = Some(id.clone());
+        let header = self.header_out(&to, &from, Some(id));
+        c.send_header(&header, &mut self.out, now);
+        c.phase = Phase::Open;
+        if !c.peer_version {
+            return Ok(Flow::Continue);
+        }
+        let features = self.inbound_features(c, &row)?;
+        c.send(&features, &mut self.out, now);
+        Ok(Flow::Continue)
+    }
+
+    fn within_limits_inbound(&self, from: &str) -> bool {
+        // This connection is already counted.
+        if self.conns.len() >= self.config.gateway.connection_limit as usize {
+            return false;
+        }
+        let Some(partner) = self.config.partner_for(from) else {
+            return true;
+        };
+        let count = self.conns.values().filter(|c| partner.covers(&c.remote)).count();
+        count < self.partner_limit(from) as usize
+    }
+
+    fn inbound_features(&self, c: &Conn, row: &Negotiation) -> Result<Element, (String, String)> {
+        let mut f = Element::new(ns::STREAM, "features");
+        if c.sasl_done {
+            return Ok(f);
+        }
+        let dialback_feature = Element::new(ns::DIALBACK_FEATURE, "dialback").child(Element::new(ns::DIALBACK_FEATURE, "errors"));
+        if !c.tls_active() {
+            let mut offered = false;
+            if row.tls != TlsMode::NotSupported && self.tls.is_some() {
+                let mut st = Element::new(ns::TLS, "starttls");
+                if row.tls == TlsMode::Required {
+                    st = st.child(Element::new(ns::TLS, "required"));
+                }
+                f = f.child(st);
+                offered = true;
+            }
+            if row.allows(Method::DialbackOverTcp) {
+                f = f.child(dialback_feature);
+                offered = true;
+            }
+            if !offered {
+                return Err(err(
+                    "undefined-condition",
+                    format!("{} needs TLS for {}, and no certificate is configured", row.label(), c.remote),
+                ));
+            }
+            return Ok(f);
+        }
+        let cert_ok = matches!(c.peer_cert, Some(CertCheck::Valid { .. }));
+        let sasl = row.allows(Method::SaslExternalOverTls) && cert_ok;
+        let db = row.allows(Method::DialbackOverTls);
+        if sasl {
+            f = f.child(sasl::mechanisms_external());
+        }
+        if db {
+            f = f.child(dialback_feature);
+        }
+        if !sasl && !db {
+            let why = if row.allows(Method::SaslExternalOverTls) {
+                format!("its certificate is not acceptable: {}", cert_text(c.peer_cert.as_ref()))
+            } else {
+                "SASL EXTERNAL is not allowed".to_owned()
+            };
+            return Err(err(
+                "not-authorized",
+                format!(
+                    "{} cannot authenticate: {why}; our settings for it ({}) allow no dialback over TLS",
+                    c.remote,
+                    row.label()
+                ),
+            ));
+        }
+        Ok(f)
+    }
+
+    fn inbound_element(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+        if c.phase != Phase::Open {
+            return Err(err("not-authorized", format!("<{}/> before the stream header", el.name)));
+        }
+        let row = self.row_for(&c.remote).unwrap_or_default();
+        if el.is(ns::TLS, "starttls") {
+            let offered = !c.tls_active() && row.tls != TlsMode::NotSupported && !c.sasl_done;
+            let Some(ctx) = self.tls.as_ref().filter(|_| offered) else {
+                c.send(&Element::new(ns::TLS, "failure"), &mut self.out, now);
+                c.send_close(&mut self.out, now);
+                let text = format!("{} asked for STARTTLS, which was not offered", c.remote);
+                let mut owned = std::mem::replace(c, Conn::new(c.id, Kind::Inbound, Phase::Closed, self.config.gateway.xml_limits, now));
+                owned.phase = Phase::Closed;
+                self.fail(owned, By::Us, "tls-failure", &text, now, true);
+                return Ok(Flow::Closed);
+            };
+            let server = ctx.server().map_err(|e| err("undefined-condition", format!("cannot start TLS: {e}")))?;
+            c.send(&Element::new(ns::TLS, "proceed"), &mut self.out, now);
+            return match c.start_tls(server.into(), &mut self.out) {
+                Ok(true) => {
+                    self.tls_completed(c, now)?;
+                    Ok(Flow::Continue)
+                }
+                Ok(false) => Ok(Flow::Continue),
+                Err(IngestError::Tls(e)) => Err(err("undefined-condition", format!("TLS with {} failed: {e}", c.remote))),
+            };
+        }
+        if !c.tls_active() && row.tls == TlsMode::Required && (el.ns != ns::DIALBACK || el.name != "verify") {
+            return Err(err(
+                "policy-violation",
+                format!("TLS is required for {} ({}) and was not negotiated", c.remote, row.label()),
+            ));
+        }
+        if el.is(ns::SASL, "auth") {
+            return self.inbound_sasl(c, &el, &row, now);
+        }
+        if el.ns == ns::DIALBACK {
+            return match el.name.as_str() {
+                "result" => self.inbound_db_result(c, &el, &row, now),
+                "verify" => self.inbound_db_verify(c, &el, now),
+                _ => Err(err("unsupported-stanza-type", format!("<db:{}/>", el.name))),
+            };
+        }
+        if el.ns == ns::SERVER && matches!(el.name.as_str(), "message" | "presence" | "iq") {
+            return self.inbound_stanza(c, el, now);
+        }
+        Err(err(
+            "unsupported-stanza-type",
+            format!("<{}/> in namespace '{}' is not a stanza", el.name, el.ns),
+        ))
+    }
+
+    fn inbound_sasl(&mut self, c: &mut Conn, el: &Element, row: &Negotiation, now: Instant) -> Result<Flow, (String, String)> {
+        let cert_ok = matches!(c.peer_cert, Some(CertCheck::Valid { .. }));
+        if !c.tls_active() || !row.allows(Method::SaslExternalOverTls) || c.sasl_done || el.get_attr("mechanism") != Some("EXTERNAL") {
+            c.send(&sasl::failure("invalid-mechanism", ""), &mut self.out, now);
+            return Err(err(
+                "policy-violation",
+                format!("{} tried SASL {} which was not offered", c.remote, el.get_attr("mechanism").unwrap_or("")),
+            ));
+        }
+        match sasl::authzid(el) {
+            Err(()) => {
+                c.send(&sasl::failure("incorrect-encoding", ""), &mut self.out, now);
+                return Err(err("not-authorized", "SASL EXTERNAL authzid is not base64 UTF-8".into()));
+            }
+            Ok(Some(a)) if normalize_domain(&a).ok().as_deref() != Some(c.remote.as_str()) => {
+                c.send(&sasl::failure("invalid-authzid", ""), &mut self.out, now);
+                return Err(err(
+                    "not-authorized",
+                    format!("SASL EXTERNAL authzid {a} differs from the stream's 'from' {}", c.remote),
+                ));
+            }
+            Ok(_) => {}
+        }
+        if !cert_ok {
+            let text = format!("certificate of {} is not acceptable: {}", c.remote, cert_text(c.peer_cert.as_ref()));
+            c.send(&sasl::failure("not-authorized", &text), &mut self.out, now);
+            if row.allows(Method::DialbackOverTls) {
+                return Ok(Flow::Continue);
+            }
+            return Err(err("not-authorized", text));
+        }
+        c.send(&sasl::success(), &mut self.out, now);
+        c.sasl_done = true;
+        c.reader.restart();
+        c.phase = Phase::AwaitHeader;
+        self.inbound_authenticated(c, Method::SaslExternalOverTls, now);
+        Ok(Flow::Continue)
+    }
+
+    fn inbound_authenticated(&mut self, c: &mut Conn, method: Method, now: Instant) {
+        let first = c.method.is_none();
+        c.method = Some(method);
+        c.establish_deadline = None;
+        c.last_activity = now;
+        c.keep_alive = self.partner(&c.remote).is_some_and(|p| p.enable_keep_alive);
+        if first {
+            let certificate = c.tls_active().then(|| cert_text(c.peer_cert.as_ref()));
+            self.event(Event::Authenticated {
+                conn: c.id,
+                direction: Direction::Inbound,
+                local: c.local.clone(),
+                remote: c.remote.clone(),
+                method,
+                certificate,
+            });
+        }
+    }
+
+    fn inbound_db_result(&mut self, c: &mut Conn, el: &Element, row: &Negotiation, now: Instant) -> Result<Flow, (String, String)> {
+        if el.get_attr("type").is_some() {
+            // Results with a type only answer our own requests, and inbound streams carry none.
+            self.event(Event::Ignored {
+                conn: c.id,
+                what: format!("unsolicited <db:result type='{}'/> on an inbound stream", el.get_attr("type").unwrap_or("")),
+            });
+            return Ok(Flow::Continue);
+        }
+        if !row.allows_dialback(c.tls_active()) {
+            return Err(err(
+                "policy-violation",
+                format!(
+                    "dialback over {} is not allowed for {} ({})",
+                    if c.tls_active() { "TLS" } else { "plain TCP" },
+                    c.remote,
+                    row.label()
+                ),
+            ));
+        }
+        let from = el.get_attr("from").map(normalize_domain);
+        let to = el.get_attr("to").map(normalize_domain);
+        let (Some(Ok(from)), Some(Ok(to))) = (from, to) else {
+            return Err(err("improper-addressing", "db:result needs valid 'from' and 'to'".into()));
+        };
+        if from != c.remote {
+            return Err(err(
+                "invalid-from",
+                format!("db:result from {from} on a stream opened by {}", c.remote),
+            ));
+        }
+        if !self.config.serves(&to) {
+            let e = dialback::error("result", &to, &from, None, "item-not-found", &format!("{to} is not served here"));
+            c.send(&e, &mut self.out, now);
+            return Ok(Flow::Continue);
+        }
+        let key = el.text_content();
+        let Some(id) = c.stream_id.clone() else {
+            return Err(err("undefined-condition", "no stream id".into()));
+        };
+        let deadline = now + self.config.gateway.dialback_verify_timeout;
+        c.pending.push(PendingDialback {
+            from: from.clone(),
+            to: to.clone(),
+            deadline,
+        });
+        let req = VerifyRequest {
+            from: to.clone(),
+            to: from.clone(),
+            id,
+            key: key.trim().to_owned(),
+            inbound: c.id,
+        };
+        match self.open_outbound(Kind::Verify, &to, &from, now) {
+            Some(vid) => {
+                if let Some(v) = self.conns.get_mut(&vid) {
+                    v.requests.push(req);
+                }
+            }
+            None => {
+                c.pending.retain(|p| !(p.from == from && p.to == to));
+                let e = dialback::error("result", &to, &from, None, "resource-constraint", "connection limit reached");
+                c.send(&e, &mut self.out, now);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Authoritative server role: check a key we issued.
+    fn inbound_db_verify(&mut self, c: &mut Conn, el: &Element, now: Instant) -> Result<Flow, (String, String)> {
+        if el.get_attr("type").is_some() {
+            self.event(Event::Ignored {
+                conn: c.id,
+                what: "unsolicited <db:verify/> answer on an inbound stream".into(),
+            });
+            return Ok(Flow::Continue);
+        }
+        let from = el.get_attr("from").unwrap_or_default().to_owned();
+        let to = el.get_attr("to").unwrap_or_default().to_owned();
+        let id = el.get_attr("id").unwrap_or_default().to_owned();
+        if !self.config.serves(&to) {
+            let e = dialback::error("verify", &to, &from, Some(&id), "item-not-found", &format!("{to} is not served here"));
+            c.send(&e, &mut self.out, now);
+            return Ok(Flow::Continue);
+        }
+        // The receiving server (from) checks a key we (to) sent for its stream id.
+        let valid = dialback::verify(&self.secret, &from, &to, &id, &el.text_content());
+        c.served_verify = true;
+        c.send(&dialback::answer("verify", &to, &from, Some(&id), valid), &mut self.out, now);
+        Ok(Flow::Continue)
+    }
+
+    fn inbound_stanza(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+        if !c.is_authenticated() {
+            return Err(err(
+                "not-authorized",
+                format!("<{}/> from {} before the stream was authenticated", el.name, c.remote),
+            ));
+        }
+        let from = el.get_attr("from").map(Jid::parse);
+        let to = el.get_attr("to").map(Jid::parse);
+        let (Some(Ok(from)), Some(Ok(to))) = (from, to) else {
+            return Err(err("improper-addressing", format!("<{}/> needs valid 'from' and 'to'", el.name)));
+        };
+        let allowed_from = match c.method {
+            Some(Method::SaslExternalOverTls) => from.domain() == c.remote,
+            _ => c.verified.iter().any(|(f, _)| f == from.domain()),
+        };
+        if !allowed_from {
+            return Err(err(
+                "invalid-from",
+                format!("{} is not authenticated on this stream", from.domain()),
+            ));
+        }
+        let allowed_to = match c.method {
+            Some(Method::SaslExternalOverTls) => self.config.serves(to.domain()),
+            _ => c.verified.iter().any(|(f, t)| f == from.domain() && t == to.domain()),
+        };
+        if !allowed_to {
+            return Err(err("host-unknown", format!("{} is not served on this stream", to.domain())));
+        }
+        c.last_activity = now;
+        self.out.push(Output::Deliver(el));
+        Ok(Flow::Continue)
+    }
+
+    /// A verify connection got its answer (or none): tell the waiting inbound stream.
+    fn verify_answered(&mut self, req: &VerifyRequest, valid: Option<bool>, condition: Option<String>, now: Instant) {
+        let Some(mut c) = self.conns.remove(&req.inbound) else {
+            return;
+        };
+        let before = c.pending.len();
+        c.pending.retain(|p| !(p.from == req.to && p.to == req.from));
+        if c.pending.len() == before || c.phase == Phase::Closed {
+            self.conns.insert(c.id, c);
+            return;
+        }
+        match valid {
+            Some(true) => {
+                c.send(&dialback::answer("result", &req.from, &req.to, None, true), &mut self.out, now);
+                c.verified.push((req.to.clone(), req.from.clone()));
+                let method = if c.tls_active() { Method::DialbackOverTls } else { Method::DialbackOverTcp };
+                self.inbound_authenticated(&mut c, method, now);
+                self.conns.insert(c.id, c);
+            }
+            Some(false) => {
+                c.send(&dialback::answer("result", &req.from, &req.to, None, false), &mut self.out, now);
+                if c.verified.is_empty() {
+                    // XEP-0220: with no other verified pair, the stream is closed.
+                    c.send_close(&mut self.out, now);
+                    let text = format!("the authoritative server of {} says the dialback key is invalid", req.to);
+                    self.fail(c, By::Us, "dialback-invalid", &text, now, true);
+                } else {
+                    self.conns.insert(c.id, c);
+                }
+            }
+            None => {
+                let cond = condition.unwrap_or_else(|| "remote-server-not-found".into());
+                let text = format!("the authoritative server of {} answered with <{cond}/>", req.to);
+                let e = dialback::error("result", &req.from, &req.to, None, &cond, &text);
+                c.send(&e, &mut self.out, now);
+                self.conns.insert(c.id, c);
+            }
+        }
+    }
+
+    fn fail_verify_requests(&mut self, c: &mut Conn, condition: &str, text: &str, now: Instant) {
+        for req in std::mem::take(&mut c.requests) {
+            let Some(mut inbound) = self.conns.remove(&req.inbound) else {
+                continue;
+            };
+            let before = inbound.pending.len();
+            inbound.pending.retain(|p| !(p.from == req.to && p.to == req.from));
+            if inbound.pending.len() != before && inbound.phase != Phase::Closed {
+                let e = dialback::error("result", &req.from, &req.to, None, condition, text);
+                inbound.send(&e, &mut self.out, now);
+            }
+            self.conns.insert(inbound.id, inbound);
+        }
+    }
+
+    fn drop_verify_requests(&mut self, inbound: ConnId, from: &str) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .values()
+            .filter(|v| v.kind == Kind::Verify && v.requests.iter().any(|r| r.inbound == inbound && r.to == from))
+            .map(|v| v.id)
+            .collect();
+        for id in ids {
+            if let Some(v) = self.conns.get_mut(&id) {
+                v.requests.retain(|r| !(r.inbound == inbound && r.to == from));
+            }
+        }
+    }
+
+    // ---- endings --------------------------------------------------------------------
+
+    /// Sends a stream error (with a header first if we have not sent one), closes.
+    fn close_with_error(&mut self, mut c: Conn, condition: &str, text: &str, now: Instant) {
+        if c.phase == Phase::Closed {
+            return;
+        }
+        if !c.header_sent {
+            let from = if c.local.is_empty() { None } else { Some(c.local.clone()) };
+            let header = StreamHeaderOut {
+                from,
+                to: if c.remote.is_empty() { None } else { Some(c.remote.clone()) },
+                id: Some(self.new_stream_id()),
+                version: true,
+                lang: None,
+                default_ns: ns::SERVER.to_owned(),
+                dialback: true,
+            };
+            c.send_header(&header, &mut self.out, now);
+        }
+        c.send_stream_error(condition, text, &mut self.out, now);
+        if let Some(tls) = c.tls.as_mut() {
+            tls.send_close_notify();
+        }
+        self.fail(c, By::Us, condition, text, now, true);
+    }
+
+    /// Inactivity on an authenticated stream is a normal end, not a failure.
+    fn close_quietly(&mut self, mut c: Conn, condition: &str, text: &str, now: Instant) {
+        if !c.is_authenticated() && c.kind != Kind::Verify {
+            self.close_with_error(c, condition, text, now);
+            return;
+        }
+        c.send_stream_error(condition, text, &mut self.out, now);
+        self.out.push(Output::Close { conn: c.id });
+        self.finish(c, now);
+    }
+
+    /// A stream ended in failure: log why, bounce what waited for it, close.
+    fn fail(&mut self, mut c: Conn, by: By, condition: &str, text: &str, now: Instant, close: bool) {
+        c.phase = Phase::Closed;
+        self.event(Event::Failed {
+            conn: c.id,
+            kind: match c.kind {
+                Kind::Route => "outbound",
+                Kind::Verify => "dialback verify",
+                Kind::Inbound => "inbound",
+            },
+            local: c.local.clone(),
+            remote: c.remote.clone(),
+            by,
+            condition: condition.to_owned(),
+            text: text.to_owned(),
+        });
+        if close {
+            self.out.push(Output::Close { conn: c.id });
+        }
+        let bounce = if matches!(condition, "connection-timeout" | "remote-server-timeout" | "remote-connection-failed") {
+            "remote-server-timeout"
+        } else {
+            "remote-server-not-found"
+        };
+        let reason = format!("federation with {} failed: {text}", peer_name(&c));
+        self.finish_with(c, Some((bounce, reason)), now);
+    }
+
+    fn finish(&mut self, c: Conn, now: Instant) {
+        self.finish_with(c, None, now);
+    }
+
+    /// Forgets a connection: bounces what waited on it and answers its dialback waits.
+    fn finish_with(&mut self, mut c: Conn, reason: Option<(&'static str, String)>, now: Instant) {
+        let id = c.id;
+        self.queries.retain(|_, conn| *conn != id);
+        match c.kind {
+            Kind::Route => {
+                let key = (c.local.clone(), c.remote.clone());
+                if self.routes.get(&key).and_then(|r| r.conn) == Some(id) {
+                    let (cond, text) = reason.unwrap_or_else(|| bounce_reason(&c));
+                    self.bounce_route(&c.local, &c.remote, cond, &text);
+                    if let Some(r) = self.routes.get_mut(&key) {
+                        r.conn = None;
+                        if r.queue.is_empty() {
+                            self.routes.remove(&key);
+                        }
+                    }
+                }
+            }
+            Kind::Verify => {
+                if !c.requests.is_empty() {
+                    let text = format!("could not reach the authoritative server of {}", c.remote);
+                    self.fail_verify_requests(&mut c, "remote-connection-failed", &text, now);
+                }
+            }
+            Kind::Inbound => {}
+        }
+        self.event(Event::Closed { conn: id });
+    }
+
+    fn bounce_route(&mut self, local: &str, remote: &str, condition: &'static str, text: &str) {
+        let key = (local.to_owned(), remote.to_owned());
+        let queue = match self.routes.get_mut(&key) {
+            Some(r) => std::mem::take(&mut r.queue),
+            None => return,
+        };
+        for stanza in queue {
+            self.bounce(stanza, condition, text);
+        }
+    }
+
+    /// Returns a stanza to its local sender as an error (never an error for an error).
+    fn bounce(&mut self, stanza: Element, condition: &'static str, text: &str) {
+        let from = stanza.get_attr("from").unwrap_or_default().to_owned();
+        let to = stanza.get_attr("to").unwrap_or_default().to_owned();
+        self.event(Event::Bounced {
+            from: from.clone(),
+            to: to.clone(),
+            condition,
+        });
+        if stanza.get_attr("type") == Some("error") {
+            return;
+        }
+        let mut reply = Element::new(ns::SERVER, &stanza.name)
+            .attr("from", &to)
+            .attr("to", &from)
+            .attr("type", "error");
+        if let Some(id) = stanza.get_attr("id") {
+            reply.set_attr("id", id);
+        }
+        let error_type = if condition == "remote-server-timeout" || condition == "resource-constraint" {
+            "wait"
+        } else {
+            "cancel"
+        };
+        reply = reply.child(
+            Element::new(ns::SERVER, "error")
+                .attr("type", error_type)
+                .child(Element::new(ns::STANZAS_ERR, condition))
+                .child(Element::new(ns::STANZAS_ERR, "text").text(text)),
+        );
+        self.out.push(Output::Deliver(reply));
+    }
+}
+
+enum Flow {
+    Continue,
+    Closed,
+}
+
+fn err(condition: &str, text: String) -> (String, String) {
+    (condition.to_owned(), text)
+}
+
+fn peer_name(c: &Conn) -> String {
+    if c.remote.is_empty() {
+        "the peer".to_owned()
+    } else {
+        c.remote.clone()
+    }
+}
+
+fn cert_text(check: Option<&CertCheck>) -> String {
+    match check {
+        Some(CertCheck::Valid { identity }) => format!("valid, {identity}"),
+        Some(CertCheck::Invalid(fault)) => format!("not verified: {}", fault.describe()),
+        None => "none".to_owned(),
+    }
+}
+
+fn stream_error_parts(el: &Element) -> (String, String) {
+    let cond = el
+        .elements()
+        .find(|e| e.ns == ns::STREAMS_ERR && e.name != "text")
+        .map_or_else(|| "undefined-condition".to_owned(), |e| e.name.clone());
+    let text = el
+        .find(ns::STREAMS_ERR, "text")
+        .map(|t| t.text_content())
+        .unwrap_or_default();
+    (cond, text)
+}
+
+/// The stanza error for stanzas that waited on a stream that failed.
+fn bounce_reason(c: &Conn) -> (&'static str, String) {
+    match c.phase {
+        Phase::Resolving => ("remote-server-not-found", format!("{} could not be resolved", c.remote)),
+        Phase::Connecting => ("remote-server-timeout", format!("{} could not be reached", c.remote)),
+        _ => (
+            "remote-server-not-found",
+            format!("the stream to {} could not be authenticated", c.remote),
+        ),
+    }
+}

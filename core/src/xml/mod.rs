@@ -1,0 +1,141 @@
+//! XMPP's restricted XML: an incremental stream reader, a writer, and the element tree.
+
+mod reader;
+mod writer;
+
+pub use reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
+pub use writer::{escape_attr, escape_text, write_element, StreamHeaderOut};
+
+/// Namespace URIs the gateway speaks.
+pub mod ns {
+    pub const STREAM: &str = "http://etherx.jabber.org/streams";
+    pub const SERVER: &str = "jabber:server";
+    pub const CLIENT: &str = "jabber:client";
+    pub const DIALBACK: &str = "jabber:server:dialback";
+    pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+    pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+    pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+    pub const STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+    pub const STANZAS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+}
+
+/// One attribute. `ns` is `None` for unprefixed attributes (the common case) and the
+/// resolved namespace URI otherwise (`xml:lang` has [`ns::XML`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attribute {
+    pub ns: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+/// A child of an element.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    Element(Element),
+    Text(String),
+}
+
+/// A namespace-resolved element: `ns` is the element's namespace URI whatever prefix
+/// carried it on the wire, `name` its local name. Text is unescaped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element {
+    pub ns: String,
+    pub name: String,
+    pub attrs: Vec<Attribute>,
+    pub children: Vec<Node>,
+}
+
+impl Element {
+    pub fn new(ns: &str, name: &str) -> Self {
+        Element {
+            ns: ns.to_owned(),
+            name: name.to_owned(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Builder: adds an unprefixed attribute.
+    pub fn attr(mut self, name: &str, value: &str) -> Self {
+        self.set_attr(name, value);
+        self
+    }
+
+    /// Builder: appends a child element.
+    pub fn child(mut self, child: Element) -> Self {
+        self.children.push(Node::Element(child));
+        self
+    }
+
+    /// Builder: appends text.
+    pub fn text(mut self, text: &str) -> Self {
+        self.children.push(Node::Text(text.to_owned()));
+        self
+    }
+
+    pub fn is(&self, ns: &str, name: &str) -> bool {
+        self.ns == ns && self.name == name
+    }
+
+    /// The value of an unprefixed attribute.
+    pub fn get_attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|a| a.ns.is_none() && a.name == name)
+            .map(|a| a.value.as_str())
+    }
+
+    pub fn set_attr(&mut self, name: &str, value: &str) {
+        match self
+            .attrs
+            .iter_mut()
+            .find(|a| a.ns.is_none() && a.name == name)
+        {
+            Some(a) => a.value = value.to_owned(),
+            None => self.attrs.push(Attribute {
+                ns: None,
+                name: name.to_owned(),
+                value: value.to_owned(),
+            }),
+        }
+    }
+
+    pub fn remove_attr(&mut self, name: &str) -> Option<String> {
+        let pos = self
+            .attrs
+            .iter()
+            .position(|a| a.ns.is_none() && a.name == name)?;
+        Some(self.attrs.remove(pos).value)
+    }
+
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    pub fn find(&self, ns: &str, name: &str) -> Option<&Element> {
+        self.elements().find(|e| e.is(ns, name))
+    }
+
+    /// Concatenated direct text children.
+    pub fn text_content(&self) -> String {
+        let mut out = String::new();
+        for n in &self.children {
+            if let Node::Text(t) = n {
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    /// Serialises the element as it would appear inside a stream whose default
+    /// namespace is `default_ns` (see [`write_element`]).
+    pub fn to_xml(&self, default_ns: &str) -> String {
+        let mut out = String::new();
+        write_element(&mut out, self, default_ns);
+        out
+    }
+}

@@ -1,0 +1,799 @@
+//! An incremental XMPP stream reader. Bytes may arrive split anywhere; a resumable
+//! scanner finds where the stream header and each top-level element end (rejecting
+//! what XMPP's restricted XML forbids as soon as it is seen), and quick-xml parses
+//! each complete element. Memory is bounded by the stanza-size limit.
+
+use std::fmt;
+
+use quick_xml::events::{BytesStart, Event};
+
+use super::{ns, Attribute, Element, Node};
+
+pub type Limits = crate::config::XmlLimits;
+
+/// The attributes of an opening `<stream:stream>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub id: Option<String>,
+    pub version: Option<String>,
+    pub lang: Option<String>,
+    /// The default namespace declared on the header (the content namespace).
+    pub default_ns: Option<String>,
+    /// Some prefix on the header is bound to `jabber:server:dialback`.
+    pub dialback_declared: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    Header(StreamHeader),
+    Element(Element),
+    End,
+}
+
+/// Why the stream cannot be read further. Each maps to an RFC 6120 stream error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XmlError {
+    NotWellFormed(String),
+    RestrictedXml(String),
+    InvalidNamespace(String),
+    BadNamespacePrefix(String),
+    PolicyViolation(String),
+    UnsupportedEncoding(String),
+}
+
+impl XmlError {
+    /// The stream error condition to send.
+    pub fn condition(&self) -> &'static str {
+        match self {
+            XmlError::NotWellFormed(_) => "not-well-formed",
+            XmlError::RestrictedXml(_) => "restricted-xml",
+            XmlError::InvalidNamespace(_) => "invalid-namespace",
+            XmlError::BadNamespacePrefix(_) => "bad-namespace-prefix",
+            XmlError::PolicyViolation(_) => "policy-violation",
+            XmlError::UnsupportedEncoding(_) => "unsupported-encoding",
+        }
+    }
+}
+
+impl fmt::Display for XmlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XmlError::NotWellFormed(t) => write!(f, "not well-formed XML: {t}"),
+            XmlError::RestrictedXml(t) => write!(f, "XML that XMPP forbids: {t}"),
+            XmlError::InvalidNamespace(t) => write!(f, "invalid namespace: {t}"),
+            XmlError::BadNamespacePrefix(t) => write!(f, "undeclared namespace prefix: {t}"),
+            XmlError::PolicyViolation(t) => write!(f, "limit exceeded: {t}"),
+            XmlError::UnsupportedEncoding(t) => write!(f, "unsupported encoding: {t}"),
+        }
+    }
+}
+
+impl std::error::Error for XmlError {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Before the header: optional `<?xml?>` declaration, then `<stream:stream>`.
+    Prolog,
+    Body,
+    Ended,
+    Failed,
+}
+
+/// Where the resumable scanner stands inside the construct being read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lex {
+    Content,
+    AfterLt,
+    StartTag { quote: u8, slash: bool },
+    EndTag { quote: u8 },
+    /// After `<!`: bytes matched so far against `[CDATA[`.
+    Bang { matched: usize },
+    Cdata { brackets: usize },
+    /// `<?…?>`: only the leading XML declaration is allowed.
+    Pi { question: bool },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Scan {
+    /// Absolute index of the construct's first byte.
+    start: usize,
+    /// Next byte to examine.
+    at: usize,
+    depth: usize,
+    lex: Lex,
+    /// The construct is a stream-closing `</…>` at top level.
+    closing: bool,
+    /// The construct is the prolog's `<?xml?>` declaration.
+    decl: bool,
+}
+
+/// The incremental reader for one direction of one s2s connection.
+pub struct StreamReader {
+    limits: Limits,
+    buf: Vec<u8>,
+    /// Bytes before `pos` are consumed.
+    pos: usize,
+    stage: Stage,
+    scan: Option<Scan>,
+    /// Namespace declarations in scope for top-level elements (from the header).
+    scope: Vec<(String, String)>,
+    seen_decl: bool,
+}
+
+impl StreamReader {
+    pub fn new(limits: Limits) -> Self {
+        StreamReader {
+            limits,
+            buf: Vec::new(),
+            pos: 0,
+            stage: Stage::Prolog,
+            scan: None,
+            scope: Vec::new(),
+            seen_decl: false,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            self.scan = None;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// A stream restart (after STARTTLS or SASL): a new header is expected.
+    /// Bytes already received stay buffered.
+    pub fn restart(&mut self) {
+        self.stage = Stage::Prolog;
+        self.scan = None;
+        self.scope.clear();
+        self.seen_decl = false;
+    }
+
+    /// The bytes after the last returned event (the start of TLS after `<proceed/>`).
+    pub fn take_unconsumed(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.pos.min(self.buf.len()));
+        self.buf.clear();
+        self.pos = 0;
+        self.scan = None;
+        rest
+    }
+
+    /// The next complete event, or `None` until more bytes arrive.
+    pub fn next(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+        match self.stage {
+            Stage::Ended | Stage::Failed => return Ok(None),
+            Stage::Prolog | Stage::Body => {}
+        }
+        let result = self.next_inner();
+        if result.is_err() {
+            self.stage = Stage::Failed;
+        }
+        result
+    }
+
+    fn next_inner(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+        loop {
+            let Some((start, end, scan)) = self.scan_construct()? else {
+                return Ok(None);
+            };
+            self.pos = end;
+            self.scan = None;
+            let bytes = self.buf.get(start..end).unwrap_or_default().to_vec();
+            if self.pos > 64 * 1024 {
+                // Keep the buffer from growing without bound on long streams.
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            if scan.decl {
+                check_declaration(&bytes)?;
+                continue;
+            }
+            if scan.closing {
+                if self.stage != Stage::Body {
+                    return Err(XmlError::NotWellFormed("a closing tag before the stream header".into()));
+                }
+                self.stage = Stage::Ended;
+                return Ok(Some(StreamEvent::End));
+            }
+            return match self.stage {
+                Stage::Prolog => {
+                    let header = self.parse_header(&bytes)?;
+                    self.stage = Stage::Body;
+                    Ok(Some(StreamEvent::Header(header)))
+                }
+                _ => Ok(Some(StreamEvent::Element(self.parse_element(&bytes)?))),
+            };
+        }
+    }
+
+    /// Advances the scanner over buffered bytes; returns the byte range of the next
+    /// complete construct.
+    fn scan_construct(&mut self) -> Result<Option<(usize, usize, Scan)>, XmlError> {
+        let mut scan = match self.scan {
+            Some(s) => s,
+            None => {
+                // Skip whitespace (keep-alives) between constructs.
+                while let Some(b) = self.buf.get(self.pos) {
+                    if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+                        self.pos += 1;
+                    } else {
+                        break;
+                    }
+                }
+                match self.buf.get(self.pos) {
+                    None => return Ok(None),
+                    Some(b'<') => {}
+                    Some(_) => {
+                        return Err(XmlError::NotWellFormed("text outside of any element".into()));
+                    }
+                }
+                Scan {
+                    start: self.pos,
+                    at: self.pos + 1,
+                    depth: 0,
+                    lex: Lex::AfterLt,
+                    closing: false,
+                    decl: false,
+                }
+            }
+        };
+        let header_mode = self.stage == Stage::Prolog;
+        let result = loop {
+            if scan.at - scan.start > self.limits.max_stanza_bytes {
+                break Err(XmlError::PolicyViolation(format!(
+                    "an element is larger than {} bytes",
+                    self.limits.max_stanza_bytes
+                )));
+            }
+            let Some(&b) = self.buf.get(scan.at) else {
+                break Ok(None);
+            };
+            scan.at += 1;
+            let top = scan.depth == 0;
+            match scan.lex {
+                Lex::Content => {
+                    if b == b'<' {
+                        scan.lex = Lex::AfterLt;
+                    }
+                }
+                Lex::AfterLt => match b {
+                    b'/' => {
+                        if top {
+                            scan.closing = true;
+                        }
+                        scan.lex = Lex::EndTag { quote: 0 };
+                    }
+                    b'!' => {
+                        if top {
+                            break Err(XmlError::RestrictedXml(
+                                "a comment, DTD or CDATA section outside of a stanza".into(),
+                            ));
+                        }
+                        scan.lex = Lex::Bang { matched: 0 };
+                    }
+                    b'?' => {
+                        let leading = top && header_mode && !self.seen_decl;
+                        if !leading {
+                            break Err(XmlError::RestrictedXml("a processing instruction".into()));
+                        }
+                        scan.decl = true;
+                        scan.lex = Lex::Pi { question: false };
+                    }
+                    _ => scan.lex = Lex::StartTag { quote: 0, slash: false },
+                },
+                Lex::StartTag { quote, slash } => {
+                    if quote != 0 {
+                        if b == quote {
+                            scan.lex = Lex::StartTag { quote: 0, slash: false };
+                        }
+                    } else if b == b'\'' || b == b'"' {
+                        scan.lex = Lex::StartTag { quote: b, slash: false };
+                    } else if b == b'>' {
+                        if header_mode {
+                            // The stream header is complete at its '>'.
+                            break Ok(Some(scan.at));
+                        }
+                        if scan.depth + 1 > self.limits.max_depth {
+                            break Err(XmlError::PolicyViolation(format!(
+                                "elements nested deeper than {}",
+                                self.limits.max_depth
+                            )));
+                        }
+                        if slash {
+                            if top {
+                                break Ok(Some(scan.at));
+                            }
+                        } else {
+                            scan.depth += 1;
+                        }
+                        scan.lex = Lex::Content;
+                    } else if b == b'<' {
+                        break Err(XmlError::NotWellFormed("'<' inside a tag".into()));
+                    } else {
+                        scan.lex = Lex::StartTag { quote: 0, slash: b == b'/' };
+                    }
+                }
+                Lex::EndTag { quote } => {
+                    if quote != 0 {
+                        if b == quote {
+                            scan.lex = Lex::EndTag { quote: 0 };
+                        }
+                    } else if b == b'>' {
+                        if scan.closing {
+                            break Ok(Some(scan.at));
+                        }
+                        scan.depth = scan.depth.saturating_sub(1);
+                        if scan.depth == 0 {
+                            break Ok(Some(scan.at));
+                        }
+                        scan.lex = Lex::Content;
+                    }
+                }
+                Lex::Bang { matched } => {
+                    const CDATA: &[u8] = b"[CDATA[";
+                    if CDATA.get(matched) == Some(&b) {
+                        scan.lex = if matched + 1 == CDATA.len() {
+                            Lex::Cdata { brackets: 0 }
+                        } else {
+                            Lex::Bang { matched: matched + 1 }
+                        };
+                    } else if matched == 0 && b == b'-' {
+                        break Err(XmlError::RestrictedXml("a comment".into()));
+                    } else {
+                        break Err(XmlError::RestrictedXml("a DTD or entity declaration".into()));
+                    }
+                }
+                Lex::Cdata { brackets } => {
+                    scan.lex = match b {
+                        b']' => Lex::Cdata { brackets: brackets + 1 },
+                        b'>' if brackets >= 2 => Lex::Content,
+                        _ => Lex::Cdata { brackets: 0 },
+                    };
+                }
+                Lex::Pi { question } => {
+                    if question && b == b'>' {
+                        self.seen_decl = true;
+                        break Ok(Some(scan.at));
+                    }
+                    scan.lex = Lex::Pi { question: b == b'?' };
+                }
+            }
+        };
+        match result {
+            Ok(Some(end)) => Ok(Some((scan.start, end, scan))),
+            Ok(None) => {
+                self.scan = Some(scan);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse_header(&mut self, bytes: &[u8]) -> Result<StreamHeader, XmlError> {
+        let mut reader = quick_xml::Reader::from_reader(bytes);
+        let start = match reader.read_event() {
+            Ok(Event::Start(s)) => s,
+            Ok(Event::Empty(_)) => {
+                return Err(XmlError::NotWellFormed("the stream header closes itself".into()));
+            }
+            Ok(other) => {
+                return Err(XmlError::NotWellFormed(format!("expected the stream header, got {other:?}")));
+            }
+            Err(e) => return Err(XmlError::NotWellFormed(e.to_string())),
+        };
+        let mut scope = Vec::new();
+        let (ns_uri, name, attrs) = open_tag(&start, &mut scope, &self.limits)?;
+        if ns_uri != ns::STREAM || name != "stream" {
+            return Err(XmlError::InvalidNamespace(format!(
+                "the root element is {{{ns_uri}}}{name}, not {{{}}}stream",
+                ns::STREAM
+            )));
+        }
+        let get = |n: &str| {
+            attrs
+                .iter()
+                .find(|a| a.ns.is_none() && a.name == n)
+                .map(|a| a.value.clone())
+        };
+        let header = StreamHeader {
+            from: get("from"),
+            to: get("to"),
+            id: get("id"),
+            version: get("version"),
+            lang: attrs
+                .iter()
+                .find(|a| a.ns.as_deref() == Some(ns::XML) && a.name == "lang")
+                .map(|a| a.value.clone()),
+            default_ns: scope.iter().rev().find(|(p, _)| p.is_empty()).map(|(_, u)| u.clone()),
+            dialback_declared: scope.iter().any(|(p, u)| !p.is_empty() && u == ns::DIALBACK),
+        };
+        self.scope = scope;
+        Ok(header)
+    }
+
+    fn parse_element(&self, bytes: &[u8]) -> Result<Element, XmlError> {
+        let mut reader = quick_xml::Reader::from_reader(bytes);
+        reader.config_mut().check_end_names = true;
+        let mut scope = self.scope.clone();
+        // Open elements with the scope length to restore when each closes.
+        let mut stack: Vec<(Element, usize)> = Vec::new();
+        loop {
+            let event = reader
+                .read_event()
+                .map_err(|e| XmlError::NotWellFormed(e.to_string()))?;
+            match event {
+                Event::Start(s) => {
+                    let mark = scope.len();
+                    let el = element(&s, &mut scope, &self.limits)?;
+                    stack.push((el, mark));
+                }
+                Event::Empty(s) => {
+                    let mark = scope.len();
+                    let el = element(&s, &mut scope, &self.limits)?;
+                    scope.truncate(mark);
+                    match stack.last_mut() {
+                        Some((parent, _)) => parent.children.push(Node::Element(el)),
+                        None => return Ok(el),
+                    }
+                }
+                Event::End(_) => {
+                    let Some((el, mark)) = stack.pop() else {
+                        return Err(XmlError::NotWellFormed("an unmatched end tag".into()));
+                    };
+                    scope.truncate(mark);
+                    match stack.last_mut() {
+                        Some((parent, _)) => parent.children.push(Node::Element(el)),
+                        None => return Ok(el),
+                    }
+                }
+                Event::Text(t) => {
+                    let text = t
+                        .xml_content()
+                        .map_err(|e| XmlError::NotWellFormed(format!("text: {e}")))?;
+                    append_text(&mut stack, &text)?;
+                }
+                Event::CData(c) => {
+                    let text = std::str::from_utf8(&c)
+                        .map_err(|_| XmlError::NotWellFormed("CDATA is not UTF-8".into()))?
+                        .to_owned();
+                    append_text(&mut stack, &text)?;
+                }
+                Event::GeneralRef(r) => {
+                    let c = match r.resolve_char_ref() {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            let name = std::str::from_utf8(&r).unwrap_or("?");
+                            match name {
+                                "amp" => '&',
+                                "lt" => '<',
+                                "gt" => '>',
+                                "apos" => '\'',
+                                "quot" => '"',
+                                other => {
+                                    return Err(XmlError::RestrictedXml(format!("the entity reference &{other};")));
+                                }
+                            }
+                        }
+                        Err(e) => return Err(XmlError::NotWellFormed(format!("character reference: {e}"))),
+                    };
+                    append_text(&mut stack, c.encode_utf8(&mut [0u8; 4]))?;
+                }
+                Event::Comment(_) => return Err(XmlError::RestrictedXml("a comment".into())),
+                Event::PI(_) => return Err(XmlError::RestrictedXml("a processing instruction".into())),
+                Event::DocType(_) => return Err(XmlError::RestrictedXml("a DTD".into())),
+                Event::Decl(_) => return Err(XmlError::RestrictedXml("an XML declaration inside the stream".into())),
+                Event::Eof => return Err(XmlError::NotWellFormed("the element is incomplete".into())),
+            }
+        }
+    }
+}
+
+fn append_text(stack: &mut [(Element, usize)], text: &str) -> Result<(), XmlError> {
+    let Some((el, _)) = stack.last_mut() else {
+        return Err(XmlError::NotWellFormed("text outside of any element".into()));
+    };
+    if let Some(Node::Text(t)) = el.children.last_mut() {
+        t.push_str(text);
+    } else if !text.is_empty() {
+        el.children.push(Node::Text(text.to_owned()));
+    }
+    Ok(())
+}
+
+fn element(s: &BytesStart<'_>, scope: &mut Vec<(String, String)>, limits: &Limits) -> Result<Element, XmlError> {
+    let (ns_uri, name, attrs) = open_tag(s, scope, limits)?;
+    Ok(Element {
+        ns: ns_uri,
+        name,
+        attrs,
+        children: Vec::new(),
+    })
+}
+
+/// Reads a start tag: declares its namespaces in `scope`, resolves the element's and
+/// the attributes' namespaces.
+fn open_tag(
+    s: &BytesStart<'_>,
+    scope: &mut Vec<(String, String)>,
+    limits: &Limits,
+) -> Result<(String, String, Vec<Attribute>), XmlError> {
+    let qname = utf8(s.name().as_ref())?;
+    let mut raw = Vec::new();
+    for (count, attr) in s.attributes().with_checks(true).enumerate() {
+        if count >= limits.max_attributes {
+            return Err(XmlError::PolicyViolation(format!(
+                "more than {} attributes on <{qname}>",
+                limits.max_attributes
+            )));
+        }
+        let attr = attr.map_err(|e| XmlError::NotWellFormed(format!("attribute on <{qname}>: {e}")))?;
+        let key = utf8(attr.key.as_ref())?;
+        let value = attr.unescape_value().map_err(|e| match e {
+            quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(..)) => {
+                XmlError::RestrictedXml(format!("an entity reference in attribute {key}"))
+            }
+            other => XmlError::NotWellFormed(format!("attribute {key}: {other}")),
+        })?;
+        if key == "xmlns" {
+            scope.push((String::new(), value.into_owned()));
+        } else if let Some(prefix) = key.strip_prefix("xmlns:") {
+            if value.is_empty() {
+                return Err(XmlError::NotWellFormed(format!("prefix {prefix} bound to no namespace")));
+            }
+            scope.push((prefix.to_owned(), value.into_owned()));
+        } else {
+            raw.push((key, value.into_owned()));
+        }
+    }
+    let lookup = |scope: &[(String, String)], prefix: &str| -> Option<String> {
+        scope.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.clone())
+    };
+    let (ns_uri, local) = match qname.split_once(':') {
+        Some((prefix, local)) => match lookup(scope, prefix) {
+            Some(u) => (u, local.to_owned()),
+            None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>"))),
+        },
+        None => (lookup(scope, "").unwrap_or_default(), qname.clone()),
+    };
+    let mut attrs = Vec::with_capacity(raw.len());
+    for (key, value) in raw {
+        let (ns_attr, name) = match key.split_once(':') {
+            None => (None, key),
+            Some(("xml", local)) => (Some(ns::XML.to_owned()), local.to_owned()),
+            Some((prefix, local)) => match lookup(scope, prefix) {
+                Some(u) => (Some(u), local.to_owned()),
+                None => return Err(XmlError::BadNamespacePrefix(format!("attribute {key}"))),
+            },
+        };
+        attrs.push(Attribute {
+            ns: ns_attr,
+            name,
+            value,
+        });
+    }
+    Ok((ns_uri, local, attrs))
+}
+
+fn utf8(b: &[u8]) -> Result<String, XmlError> {
+    std::str::from_utf8(b)
+        .map(str::to_owned)
+        .map_err(|_| XmlError::NotWellFormed("a name is not UTF-8".into()))
+}
+
+/// `<?xml version='1.0' encoding='…'?>`: only UTF-8 is allowed (RFC 6120 §11.6).
+fn check_declaration(bytes: &[u8]) -> Result<(), XmlError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| XmlError::NotWellFormed("declaration is not UTF-8".into()))?;
+    if !text.starts_with("<?xml") || !text.get(5..6).is_some_and(|c| c.trim().is_empty() || c == "?") {
+        return Err(XmlError::RestrictedXml("a processing instruction".into()));
+    }
+    if let Some(pos) = text.find("encoding") {
+        let rest = text.get(pos + 8..).unwrap_or_default();
+        let value: String = rest
+            .trim_start()
+            .trim_start_matches('=')
+            .trim_start()
+            .chars()
+            .skip(1)
+            .take_while(|c| *c != '\'' && *c != '"')
+            .collect();
+        if !value.eq_ignore_ascii_case("utf-8") {
+            return Err(XmlError::UnsupportedEncoding(format!("'{value}'; XMPP uses UTF-8")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+        xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+        from='a.example' to='b.example' version='1.0' xml:lang='en'>\
+        <db:result from='a.example' to='b.example'>k3y</db:result> \n\
+        <message from='x@a.example' to='y@b.example'><body>caf\u{e9} &amp; &#x1F389; <![CDATA[<raw>]]></body>\
+        <x xmlns='urn:example'><y a='1&apos;'/></x></message>\
+        <stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>\
+        </stream:stream>";
+
+    fn read_all(chunks: &[&[u8]]) -> Result<Vec<StreamEvent>, XmlError> {
+        let mut r = StreamReader::new(Limits::default());
+        let mut events = Vec::new();
+        for c in chunks {
+            r.push(c);
+            while let Some(e) = r.next()? {
+                events.push(e);
+            }
+        }
+        Ok(events)
+    }
+
+    fn reference() -> Vec<StreamEvent> {
+        read_all(&[STREAM.as_bytes()]).expect("reference parse")
+    }
+
+    #[test]
+    fn reads_header_elements_and_end() {
+        let events = reference();
+        assert_eq!(events.len(), 5);
+        let StreamEvent::Header(h) = &events[0] else { panic!("header first") };
+        assert_eq!(h.from.as_deref(), Some("a.example"));
+        assert_eq!(h.default_ns.as_deref(), Some(ns::SERVER));
+        assert!(h.dialback_declared);
+        assert_eq!(h.lang.as_deref(), Some("en"));
+        let StreamEvent::Element(db) = &events[1] else { panic!() };
+        assert!(db.is(ns::DIALBACK, "result"));
+        assert_eq!(db.text_content(), "k3y");
+        let StreamEvent::Element(msg) = &events[2] else { panic!() };
+        assert!(msg.is(ns::SERVER, "message"));
+        let body = msg.find(ns::SERVER, "body").expect("body");
+        assert_eq!(body.text_content(), "caf\u{e9} & \u{1F389} <raw>");
+        let x = msg.find("urn:example", "x").expect("x");
+        assert_eq!(x.find("urn:example", "y").and_then(|y| y.get_attr("a")), Some("1'"));
+        let StreamEvent::Element(f) = &events[3] else { panic!() };
+        assert!(f.is(ns::STREAM, "features"));
+        assert!(f.find(ns::TLS, "starttls").and_then(|s| s.find(ns::TLS, "required")).is_some());
+        assert_eq!(events[4], StreamEvent::End);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_events() {
+        let all = reference();
+        let bytes = STREAM.as_bytes();
+        for i in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(i);
+            assert_eq!(read_all(&[a, b]).as_ref(), Ok(&all), "split at {i}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(read_all(&singles), Ok(all));
+    }
+
+    #[test]
+    fn any_prefix_works() {
+        let s = "<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server' xmlns:d='jabber:server:dialback'>\
+                 <d:verify id='1'/><s:features/>";
+        let ev = read_all(&[s.as_bytes()]).expect("parse");
+        let StreamEvent::Element(v) = &ev[1] else { panic!() };
+        assert!(v.is(ns::DIALBACK, "verify"));
+        let StreamEvent::Element(f) = &ev[2] else { panic!() };
+        assert!(f.is(ns::STREAM, "features"));
+    }
+
+    fn first_error(s: &str) -> XmlError {
+        read_all(&[s.as_bytes()]).expect_err("must fail")
+    }
+
+    const H: &str = "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    #[test]
+    fn restricted_xml_and_errors() {
+        assert_eq!(first_error(&format!("{H}<!-- hi -->")).condition(), "restricted-xml");
+        assert_eq!(first_error(&format!("{H}<message><!-- hi --></message>")).condition(), "restricted-xml");
+        assert_eq!(first_error("<!DOCTYPE x [<!ENTITY a 'b'>]>").condition(), "restricted-xml");
+        assert_eq!(first_error(&format!("{H}<message><!ENTITY a 'b'></message>")).condition(), "restricted-xml");
+        assert_eq!(first_error(&format!("{H}<?pi x?>")).condition(), "restricted-xml");
+        assert_eq!(first_error(&format!("{H}<message>&ent;</message>")).condition(), "restricted-xml");
+        assert_eq!(first_error(&format!("{H}<a></b>")).condition(), "not-well-formed");
+        assert_eq!(first_error(&format!("{H}text")).condition(), "not-well-formed");
+        assert_eq!(first_error(&format!("{H}<a x='1' x='2'/>")).condition(), "not-well-formed");
+        assert_eq!(first_error(&format!("{H}<p:a/>")).condition(), "bad-namespace-prefix");
+        assert_eq!(first_error("<stream xmlns='jabber:server'>").condition(), "invalid-namespace");
+        assert_eq!(
+            first_error(&format!("<?xml version='1.0' encoding='ISO-8859-1'?>{H}")).condition(),
+            "unsupported-encoding"
+        );
+        let bad_utf8 = [H.as_bytes(), b"<a b='\xff'/>"].concat();
+        let mut r = StreamReader::new(Limits::default());
+        r.push(&bad_utf8);
+        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
+        assert_eq!(r.next().map_err(|e| e.condition()), Err("not-well-formed"));
+    }
+
+    #[test]
+    fn limits_are_enforced_before_the_element_completes() {
+        let limits = Limits {
+            max_stanza_bytes: 100,
+            max_depth: 3,
+            max_attributes: 2,
+        };
+        let mut r = StreamReader::new(limits);
+        r.push(H.as_bytes());
+        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
+        r.push(b"<message>");
+        assert_eq!(r.next(), Ok(None));
+        r.push(&[b'x'; 200]);
+        assert_eq!(r.next().map_err(|e| e.condition()), Err("policy-violation"));
+
+        let deep = format!("{H}<a><b><c><d/></c></b></a>");
+        assert!(matches!(read_limited(&deep, limits), Err(XmlError::PolicyViolation(_))));
+        let attrs = format!("{H}<a x='1' y='2' z='3'/>");
+        assert!(matches!(read_limited(&attrs, limits), Err(XmlError::PolicyViolation(_))));
+        let ok = format!("{H}<a x='1' y='2'><b><c/></b></a>");
+        assert!(read_limited(&ok, limits).is_ok());
+    }
+
+    fn read_limited(s: &str, limits: Limits) -> Result<Vec<StreamEvent>, XmlError> {
+        let mut r = StreamReader::new(limits);
+        r.push(s.as_bytes());
+        let mut v = Vec::new();
+        while let Some(e) = r.next()? {
+            v.push(e);
+        }
+        Ok(v)
+    }
+
+    #[test]
+    fn take_unconsumed_after_proceed_and_restart() {
+        let mut r = StreamReader::new(Limits::default());
+        r.push(H.as_bytes());
+        r.push(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01\x00");
+        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
+        assert!(matches!(r.next(), Ok(Some(StreamEvent::Element(e))) if e.name == "proceed"));
+        assert_eq!(r.take_unconsumed(), b"\x16\x03\x01\x00");
+        assert_eq!(r.buffered_len(), 0);
+        // After SASL success the next header may already be buffered.
+        r.restart();
+        r.push(format!("<?xml version='1.0'?>{H}<a/>").as_bytes());
+        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
+        assert!(matches!(r.next(), Ok(Some(StreamEvent::Element(_)))));
+    }
+
+    #[test]
+    fn writer_round_trip() {
+        let StreamEvent::Element(msg) = reference().remove(2) else { panic!() };
+        let text = format!("{H}{}", msg.to_xml(ns::SERVER));
+        let again = read_all(&[text.as_bytes()]).expect("re-read");
+        assert_eq!(again.get(1), Some(&StreamEvent::Element(msg)));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = crate::rng::Rng::new(42);
+        for _ in 0..500 {
+            let mut r = StreamReader::new(Limits::default());
+            r.push(H.as_bytes());
+            let len = (rng.next_u64() % 200) as usize;
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    let alphabet = b"<>/='\"ab:x!?[]-&;# \xc3\xa9";
+                    alphabet[(rng.next_u64() % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            r.push(&junk);
+            for _ in 0..50 {
+                match r.next() {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+}

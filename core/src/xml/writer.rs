@@ -1,0 +1,182 @@
+//! Serialising elements and stream headers. Attributes are quoted with `'`.
+
+use std::borrow::Cow;
+
+use super::{ns, Element, Node};
+
+/// Escapes character data: `&`, `<`, `>` (the last so `]]>` can never appear).
+pub fn escape_text(s: &str) -> Cow<'_, str> {
+    escape(s, false)
+}
+
+/// Escapes an attribute value for `'`-quoting (both quotes, for safety either way).
+pub fn escape_attr(s: &str) -> Cow<'_, str> {
+    escape(s, true)
+}
+
+fn escape(s: &str, attr: bool) -> Cow<'_, str> {
+    let needs = |c: char| matches!(c, '&' | '<' | '>' | '\r') || (attr && matches!(c, '\'' | '"' | '\n' | '\t'));
+    if !s.chars().any(needs) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            // Kept as references so that XML end-of-line and attribute-value
+            // normalisation do not change the value on the way through.
+            '\r' => out.push_str("&#13;"),
+            '\'' if attr => out.push_str("&apos;"),
+            '"' if attr => out.push_str("&quot;"),
+            '\n' if attr => out.push_str("&#10;"),
+            '\t' if attr => out.push_str("&#9;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Writes `el` as it appears inside a stream whose default namespace is `default_ns`.
+/// Stream elements use the `stream:` prefix and dialback elements `db:`, both
+/// declared on every header this gateway writes; any other namespace is declared
+/// on the element that enters it.
+pub fn write_element(out: &mut String, el: &Element, default_ns: &str) {
+    write_inner(out, el, default_ns);
+}
+
+fn write_inner(out: &mut String, el: &Element, inherited: &str) {
+    let (prefix, declare) = if el.ns == ns::STREAM {
+        ("stream:", false)
+    } else if el.ns == ns::DIALBACK {
+        ("db:", false)
+    } else {
+        ("", el.ns != inherited)
+    };
+    out.push('<');
+    out.push_str(prefix);
+    out.push_str(&el.name);
+    if declare {
+        out.push_str(" xmlns='");
+        out.push_str(&escape_attr(&el.ns));
+        out.push('\'');
+    }
+    for a in &el.attrs {
+        out.push(' ');
+        match a.ns.as_deref() {
+            None => {}
+            Some(ns::XML) => out.push_str("xml:"),
+            // Foreign attribute namespaces are rare in s2s; keep them, prefixed.
+            Some(_) => out.push_str("ns1:"),
+        }
+        out.push_str(&a.name);
+        out.push_str("='");
+        out.push_str(&escape_attr(&a.value));
+        out.push('\'');
+    }
+    // Children in no-prefix form inherit this element's namespace; prefixed ones
+    // (stream:, db:) leave the default namespace as it was.
+    let child_default = if prefix.is_empty() { el.ns.as_str() } else { inherited };
+    if el.children.is_empty() {
+        out.push_str("/>");
+        return;
+    }
+    out.push('>');
+    for child in &el.children {
+        match child {
+            Node::Element(c) => write_inner(out, c, child_default),
+            Node::Text(t) => out.push_str(&escape_text(t)),
+        }
+    }
+    out.push_str("</");
+    out.push_str(prefix);
+    out.push_str(&el.name);
+    out.push('>');
+}
+
+/// An opening stream header as this gateway writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHeaderOut {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub id: Option<String>,
+    /// Write `version='1.0'`.
+    pub version: bool,
+    pub lang: Option<String>,
+    pub default_ns: String,
+    /// Declare `xmlns:db`, which also advertises dialback (XEP-0220 §2.4).
+    pub dialback: bool,
+}
+
+impl StreamHeaderOut {
+    pub fn to_xml(&self) -> String {
+        let mut s = String::from("<?xml version='1.0'?><stream:stream xmlns='");
+        s.push_str(&escape_attr(&self.default_ns));
+        s.push_str("' xmlns:stream='http://etherx.jabber.org/streams'");
+        if self.dialback {
+            s.push_str(" xmlns:db='jabber:server:dialback'");
+        }
+        for (name, value) in [("from", &self.from), ("to", &self.to), ("id", &self.id)] {
+            if let Some(v) = value {
+                s.push_str(&format!(" {name}='{}'", escape_attr(v)));
+            }
+        }
+        if self.version {
+            s.push_str(" version='1.0'");
+        }
+        if let Some(l) = &self.lang {
+            s.push_str(&format!(" xml:lang='{}'", escape_attr(l)));
+        }
+        s.push('>');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(escape_text("a<b>&c'\""), "a&lt;b&gt;&amp;c'\"");
+        assert_eq!(escape_attr("it's \"q\" <&>"), "it&apos;s &quot;q&quot; &lt;&amp;&gt;");
+        assert!(matches!(escape_text("plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn namespaces_and_prefixes() {
+        let el = Element::new(ns::STREAM, "features")
+            .child(Element::new(ns::TLS, "starttls").child(Element::new(ns::TLS, "required")))
+            .child(Element::new(ns::DIALBACK_FEATURE, "dialback").child(Element::new(ns::DIALBACK_FEATURE, "errors")));
+        assert_eq!(
+            el.to_xml(ns::SERVER),
+            "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>\
+             <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>"
+        );
+        let db = Element::new(ns::DIALBACK, "result").attr("from", "a").attr("to", "b").text("k");
+        assert_eq!(db.to_xml(ns::SERVER), "<db:result from='a' to='b'>k</db:result>");
+        let msg = Element::new(ns::SERVER, "message")
+            .attr("to", "x@y")
+            .child(Element::new(ns::SERVER, "body").text("a & b"));
+        assert_eq!(msg.to_xml(ns::SERVER), "<message to='x@y'><body>a &amp; b</body></message>");
+    }
+
+    #[test]
+    fn header() {
+        let h = StreamHeaderOut {
+            from: Some("a.test".into()),
+            to: Some("b.test".into()),
+            id: None,
+            version: true,
+            lang: None,
+            default_ns: ns::SERVER.into(),
+            dialback: true,
+        };
+        assert_eq!(
+            h.to_xml(),
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>"
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! An in-memory network of gateways: byte pipes, per-node DNS answers and virtual
+//! time. Like quinn-proto's test `Pair` and str0m's `progress`, generalised to N
+//! nodes: every step drains all outputs, delivers bytes, and when nothing is left to
+//! do advances virtual time to the earliest deadline, with a bound that catches
+//! livelock.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use isthmus_core::config::Config;
+use isthmus_core::gateway::{ConnId, Event, Gateway, Output, Trace};
+use isthmus_core::rng::Rng;
+use isthmus_core::s2s::tls::TlsContext;
+use isthmus_core::xml::Element;
+
+/// Wall-clock time of the simulation's start: 2026-06-01T00:00:00Z.
+pub const START_UNIX: u64 = 1_780_272_000;
+
+/// One end of a pipe: a gateway's connection, or a scripted raw peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum End {
+    Gw(usize, ConnId),
+    Raw(usize),
+}
+
+struct Node {
+    name: String,
+    gw: Gateway,
+    addr: SocketAddr,
+}
+
+/// What a scripted raw peer saw.
+#[derive(Default, Clone, Debug)]
+pub struct RawPeer {
+    pub received: Vec<u8>,
+    pub closed: bool,
+}
+
+/// The simulated network.
+pub struct Net {
+    pub now: Instant,
+    start: Instant,
+    nodes: Vec<Node>,
+    /// Per-node DNS view: (node, domain) → addresses; `None` node = every node.
+    dns: HashMap<(Option<usize>, String), Vec<SocketAddr>>,
+    /// Addresses that accept TCP and never answer.
+    black_holes: HashSet<SocketAddr>,
+    /// Pipes: each end to the other end, with a link number for transcripts.
+    links: BTreeMap<End, (End, usize)>,
+    next_link: usize,
+    in_flight: VecDeque<(End, Vec<u8>)>,
+    closing: VecDeque<End>,
+    pub raw: Vec<RawPeer>,
+    /// Readable record of everything written, in order.
+    pub transcript: Vec<String>,
+    pub events: Vec<(String, Event)>,
+    pub delivered: Vec<(String, Element)>,
+    /// Chunking of delivered bytes: `None` delivers each write whole.
+    chunking: Option<Rng>,
+    last_time_shown: Duration,
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Net {
+    pub fn new() -> Self {
+        let now = Instant::now();
+        Net {
+            now,
+            start: now,
+            nodes: Vec::new(),
+            dns: HashMap::new(),
+            black_holes: HashSet::new(),
+            links: BTreeMap::new(),
+            next_link: 1,
+            in_flight: VecDeque::new(),
+            closing: VecDeque::new(),
+            raw: Vec::new(),
+            transcript: Vec::new(),
+            events: Vec::new(),
+            delivered: Vec::new(),
+            chunking: None,
+            last_time_shown: Duration::ZERO,
+        }
+    }
+
+    /// Deliver bytes in random chunks (1..=max bytes) drawn from `seed`.
+    pub fn set_chunking(&mut self, seed: u64) {
+        self.chunking = Some(Rng::new(seed));
+    }
+
+    /// Adds a gateway listening at 127.0.0.(n+1):5269 whose served domains resolve
+    /// there for every node.
+    pub fn add_gateway(&mut self, name: &str, config: Config, tls: Option<TlsContext>, seed: u64) -> usize {
+        let idx = self.nodes.len();
+        let addr: SocketAddr = ([127, 0, 0, u8::try_from(idx + 1).unwrap_or(250)], 5269).into();
+        for d in &config.gateway.served_domains {
+            self.dns.insert((None, d.clone()), vec![addr]);
+        }
+        let mut gw = Gateway::new(config, tls, seed, self.now, START_UNIX);
+        gw.set_trace(true);
+        self.nodes.push(Node {
+            name: name.to_owned(),
+            gw,
+            addr,
+        });
+        idx
+    }
+
+    pub fn gateway(&mut self, node: usize) -> &mut Gateway {
+        &mut self.nodes[node].gw
+    }
+
+    pub fn addr(&self, node: usize) -> SocketAddr {
+        self.nodes[node].addr
+    }
+
+    /// What `node` gets when it resolves `domain` (overrides the shared answer).
+    pub fn set_dns(&mut self, node: usize, domain: &str, addrs: Vec<SocketAddr>) {
+        self.dns.insert((Some(node), domain.to_owned()), addrs);
+    }
+
+    pub fn add_black_hole(&mut self, addr: SocketAddr) {
+        self.black_holes.insert(addr);
+    }
+
+    /// Opens a raw TCP connection to a gateway; returns the raw peer's index.
+    pub fn raw_connect(&mut self, node: usize) -> usize {
+        let r = self.raw.len();
+        self.raw.push(RawPeer::default());
+        let conn = self.nodes[node].gw.accept(self.now);
+        self.link(End::Raw(r), End::Gw(node, conn));
+        r
+    }
+
+    /// Writes bytes from a raw peer.
+    pub fn raw_send(&mut self, raw: usize, text: &str) {
+        if let Some((to, link)) = self.links.get(&End::Raw(raw)).copied() {
+            let who = self.name_of(End::Raw(raw));
+            let peer = self.name_of(to);
+            self.note(format!("{who}→{peer} #{link}: {text}"));
+            self.in_flight.push_back((to, text.as_bytes().to_vec()));
+        }
+    }
+
+    pub fn raw_received(&self, raw: usize) -> String {
+        String::from_utf8_lossy(&self.raw[raw].received).into_owned()
+    }
+
+    fn link(&mut self, a: End, b: End) -> usize {
+        let n = self.next_link;
+        self.next_link += 1;
+        self.links.insert(a, (b, n));
+        self.links.insert(b, (a, n));
+        n
+    }
+
+    fn name_of(&self, end: End) -> String {
+        match end {
+            End::Gw(n, _) => self.nodes[n].name.clone(),
+            End::Raw(r) => format!("raw{r}"),
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        let t = self.now.duration_since(self.start);
+        if t != self.last_time_shown {
+            self.last_time_shown = t;
+            self.transcript.push(format!("-- t = {} s", t.as_secs()));
+        }
+        self.transcript.push(line);
+    }
+
+    /// Hands a stanza from a local user of `node` to its gateway.
+    pub fn send_stanza(&mut self, node: usize, stanza: Element) {
+        let now = self.now;
+        if let Err(e) = self.nodes[node].gw.send_stanza(now, stanza) {
+            self.note(format!("{} refused a local stanza: {e}", self.nodes[node].name));
+        }
+    }
+
+    /// Runs until nothing is in flight and no timer is due before `limit` from now.
+    /// Panics on livelock (more steps than `max_steps`).
+    pub fn run_for(&mut self, limit: Duration) {
+        let end = self.now + limit;
+        let max_steps = 100_000;
+        for _ in 0..max_steps {
+            if self.step() {
+                continue;
+            }
+            let next = self.nodes.iter().filter_map(|n| n.gw.poll_timeout()).min();
+            match next {
+                Some(t) if t <= end => {
+                    if t > self.now {
+                        self.now = t;
+                    }
+                    let now = self.now;
+                    for n in &mut self.nodes {
+                        if n.gw.poll_timeout().is_some_and(|d| d <= now) {
+                            n.gw.handle_timeout(now);
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+        panic!("simulation did not settle within {max_steps} steps (livelock?)");
+    }
+
+    /// Runs until quiet, firing timers up to 61 s ahead: long enough for the
+    /// stream-establishment (60 s) and dialback-verify (30 s) timeouts, short of
+    /// keep-alives and inactivity.
+    pub fn run(&mut self) {
+        self.run_for(Duration::from_secs(61));
+    }
+
+    /// One round: drain every node's outputs, deliver bytes in flight. Returns
+    /// whether anything happened.
+    fn step(&mut self) -> bool {
+        let mut busy = false;
+        for i in 0..self.nodes.len() {
+            while let Some(out) = self.nodes[i].gw.poll_output() {
+                busy = true;
+                self.apply(i, out);
+            }
+        }
+        if let Some((to, bytes)) = self.in_flight.pop_front() {
+            busy = true;
+            self.deliver(to, bytes);
+        } else if let Some(end) = self.closing.pop_front() {
+            busy = true;
+            self.close_end(end);
+        }
+        busy
+    }
+
+    fn deliver(&mut self, to: End, bytes: Vec<u8>) {
+        let now = self.now;
+        match to {
+            End::Gw(n, conn) => {
+                let chunks = match self.chunking.as_mut() {
+                    None => vec![bytes],
+                    Some(rng) => {
+                        let mut v = Vec::new();
+                        let mut rest = bytes.as_slice();
+                        while !rest.is_empty() {
+                            let k = (rng.next_u64() % 64 + 1) as usize;
+                            let (a, b) = rest.split_at(k.min(rest.len()));
+                            v.push(a.to_vec());
+                            rest = b;
+                        }
+                        v
+                    }
+                };
+                for c in chunks {
+                    self.nodes[n].gw.received(now, conn, &c);
+                }
+            }
+            End::Raw(r) => self.raw[r].received.extend_from_slice(&bytes),
+        }
+    }
+
+    fn close_end(&mut self, end: End) {
+        // `end` closed its side: the other side sees EOF after the bytes in flight.
+        let Some((other, _)) = self.links.remove(&end) else {
+            return;
+        };
+        self.links.remove(&other);
+        let now = self.now;
+        match other {
+            End::Gw(n, conn) => self.nodes[n].gw.peer_closed(now, conn),
+            End::Raw(r) => self.raw[r].closed = true,
+        }
+    }
+
+    fn apply(&mut self, node: usize, out: Output) {
+        let name = self.nodes[node].name.clone();
+        let now = self.now;
+        match out {
+            Output::Transmit { conn, bytes } => {
+                if let Some((to, _)) = self.links.get(&End::Gw(node, conn)).copied() {
+                    self.in_flight.push_back((to, bytes));
+                }
+            }
+            Output::Trace { conn, trace } => {
+                let (peer, link) = match self.links.get(&End::Gw(node, conn)).copied() {
+                    Some((to, link)) => (self.name_of(to), link),
+                    None => ("?".to_owned(), 0),
+                };
+                let body = match trace {
+                    Trace::Xml(x) if x.trim().is_empty() => "(whitespace keep-alive)".to_owned(),
+                    Trace::Xml(x) => x,
+                    Trace::Tls(n) => format!("[TLS {n} bytes]"),
+                };
+                self.note(format!("{name}→{peer} #{link}: {body}"));
+            }
+            Output::Connect { conn, domain, addr } => {
+                if self.black_holes.contains(&addr) {
+                    let r = self.raw.len();
+                    self.raw.push(RawPeer::default());
+                    let link = self.link(End::Gw(node, conn), End::Raw(r));
+                    self.note(format!("{name} connects to {domain} at {addr} (#{link}, never answers)"));
+                    self.nodes[node].gw.connected(now, conn);
+                    return;
+                }
+                match self.nodes.iter().position(|n| n.addr == addr) {
+                    Some(target) => {
+                        let accepted = self.nodes[target].gw.accept(now);
+                        let link = self.link(End::Gw(node, conn), End::Gw(target, accepted));
+                        let tname = self.nodes[target].name.clone();
+                        self.note(format!("{name} connects to {domain} at {addr}: {tname} accepts (#{link})"));
+                        self.nodes[node].gw.connected(now, conn);
+                    }
+                    None => {
+                        self.note(format!("{name} connects to {domain} at {addr}: refused"));
+                        self.nodes[node].gw.connect_failed(now, conn, "connection refused");
+                    }
+                }
+            }
+            Output::Resolve { query, domain } => {
+                let answer = self
+                    .dns
+                    .get(&(Some(node), domain.clone()))
+                    .or_else(|| self.dns.get(&(None, domain.clone())))
+                    .cloned();
+                let result = match answer {
+                    Some(a) => Ok(a),
+                    None => Err("NXDOMAIN".to_owned()),
+                };
+                self.nodes[node].gw.resolved(now, query, result);
+            }
+            Output::Close { conn } => {
+                let end = End::Gw(node, conn);
+                if let Some((_, link)) = self.links.get(&end).copied() {
+                    self.note(format!("{name} closes #{link}"));
+                    self.closing.push_back(end);
+                }
+            }
+            Output::Deliver(el) => {
+                self.note(format!("{name} delivers locally: {}", el.to_xml("jabber:server")));
+                self.delivered.push((name, el));
+            }
+            Output::Event(e) => {
+                self.note(format!("{name} event: {e}"));
+                self.events.push((name, e));
+            }
+        }
+    }
+
+    pub fn transcript_text(&self) -> String {
+        let mut s = self.transcript.join("\n");
+        s.push('\n');
+        s
+    }
+}
