@@ -212,6 +212,11 @@ impl Net {
         panic!("simulation did not settle within {max_steps} steps (livelock?)");
     }
 
+    /// Delivers everything in flight without letting more than a second pass.
+    pub fn settle(&mut self) {
+        self.run_for(Duration::from_secs(1));
+    }
+
     /// Runs until quiet, firing timers up to 61 s ahead: long enough for the
     /// stream-establishment (60 s) and dialback-verify (30 s) timeouts, short of
     /// keep-alives and inactivity.

@@ -141,14 +141,14 @@ fn forged_dialback_key_is_refused() {
     // Mallory claims to be a.test on a fresh connection to B.
     let m = net.raw_connect(1);
     net.raw_send(m, &header(A, B));
-    net.run();
+    net.settle();
     net.raw_send(
         m,
         &format!("<db:result from='{A}' to='{B}'>{}</db:result>", "ab".repeat(32)),
     );
-    net.run();
+    net.settle();
     net.raw_send(m, "<message from='boss@a.test' to='bob@b.test'><body>wire the money</body></message>");
-    net.run();
+    net.settle();
     let seen = net.raw_received(m);
     assert!(seen.contains("type='invalid'"), "{seen}");
     assert!(!net.delivered.iter().any(|(n, _)| n == "B"), "nothing from Mallory may be delivered");
@@ -163,13 +163,13 @@ fn unsolicited_dialback_answers_are_ignored() {
     let mut net = dialback_net(&pki);
     let m = net.raw_connect(1);
     net.raw_send(m, &header(A, B));
-    net.run();
+    net.settle();
     // Answers to requests B never made must not authenticate anything.
     net.raw_send(m, &format!("<db:result type='valid' from='{A}' to='{B}'/>"));
     net.raw_send(m, &format!("<db:verify type='valid' from='{A}' to='{B}' id='nope'/>"));
-    net.run();
+    net.settle();
     net.raw_send(m, "<message from='boss@a.test' to='bob@b.test'><body>hi</body></message>");
-    net.run();
+    net.settle();
     let ignored = net
         .events
         .iter()
