@@ -820,16 +820,21 @@ impl Gateway {
                     ),
                 ));
             }
-            if !row.allows(Method::DialbackOverTcp) {
+            if !row.allows(Method::DialbackOverTcp) || !dialback_offered {
+                let mut why = Vec::new();
+                if starttls.is_some() {
+                    why.push(format!("{} offers STARTTLS, which {} excludes", c.remote, row.label()));
+                } else {
+                    why.push(format!("{} does not offer STARTTLS", c.remote));
+                }
+                if !row.allows(Method::DialbackOverTcp) {
+                    why.push(format!("{} allows no dialback over plain TCP", row.label()));
+                } else {
+                    why.push(format!("{} does not offer dialback over plain TCP", c.remote));
+                }
                 return Err(err(
                     "policy-violation",
-                    format!("no method left: {} allows no dialback over plain TCP", row.label()),
-                ));
-            }
-            if !dialback_offered {
-                return Err(err(
-                    "policy-violation",
-                    format!("{} offers neither STARTTLS nor dialback", c.remote),
+                    format!("no authentication method left: {}", why.join("; ")),
                 ));
             }
             return self.start_dialback(c, now);
@@ -853,7 +858,10 @@ impl Gateway {
         } else if !cert_ok {
             why.push(format!("the certificate of {} is not acceptable: {}", c.remote, cert_text(c.peer_cert.as_ref())));
         } else if !external {
-            why.push(format!("{} does not offer SASL EXTERNAL to us (it did not accept our certificate)", c.remote));
+            why.push(format!(
+                "{} does not offer SASL EXTERNAL (its settings for {} exclude it, or it did not accept our certificate)",
+                c.remote, c.local
+            ));
         }
         if !row.allows(Method::DialbackOverTls) {
             why.push(format!("dialback over TLS is not allowed by {}", row.label()));
@@ -1020,7 +1028,9 @@ impl Gateway {
         }
         let id = self.new_stream_id();
         c.stream_id = Some(id.clone());
-        let header = self.header_out(&to, &from, Some(id));
+        let mut header = self.header_out(&to, &from, Some(id));
+        // xmlns:db on the header advertises dialback (XEP-0220 §2.4).
+        header.dialback = row.allows(Method::DialbackOverTls) || row.allows(Method::DialbackOverTcp);
         c.send_header(&header, &mut self.out, now);
         c.phase = Phase::Open;
         if !c.peer_version {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::config::{Method, XmlLimits};
 use crate::s2s::tls::CertCheck;
-use crate::xml::{ns, write_element, Element, StreamHeaderOut, StreamReader};
+use crate::xml::{ns, write_element, write_element_with, Element, StreamHeaderOut, StreamReader};
 
 /// A connection handle, allocated by the gateway for inbound and outbound connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,6 +140,8 @@ pub struct Conn {
     pub last_activity: Instant,
     pub last_tx: Instant,
     pub keep_alive: bool,
+    /// Our header declared `xmlns:db`, so dialback elements may use the `db:` prefix.
+    pub db_declared: bool,
     /// Inbound: the peer used this stream to have dialback keys checked.
     pub served_verify: bool,
 }
@@ -176,6 +178,7 @@ impl Conn {
             last_tx: now,
             keep_alive: false,
             served_verify: false,
+            db_declared: false,
         }
     }
 
@@ -264,12 +267,13 @@ impl Conn {
 
     pub fn send(&mut self, el: &Element, out: &mut Outq, now: Instant) {
         let mut text = String::new();
-        write_element(&mut text, el, ns::SERVER);
+        write_element_with(&mut text, el, ns::SERVER, self.db_declared);
         self.send_raw(&text, out, now);
     }
 
     pub fn send_header(&mut self, header: &StreamHeaderOut, out: &mut Outq, now: Instant) {
         self.header_sent = true;
+        self.db_declared = header.dialback;
         self.send_raw(&header.to_xml(), out, now);
     }
 

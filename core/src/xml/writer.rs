@@ -43,13 +43,19 @@ fn escape(s: &str, attr: bool) -> Cow<'_, str> {
 /// declared on every header this gateway writes; any other namespace is declared
 /// on the element that enters it.
 pub fn write_element(out: &mut String, el: &Element, default_ns: &str) {
-    write_inner(out, el, default_ns);
+    write_inner(out, el, default_ns, true);
 }
 
-fn write_inner(out: &mut String, el: &Element, inherited: &str) {
+/// As [`write_element`], for a stream whose header may not declare `xmlns:db`
+/// (`db_prefix` false): dialback elements then carry their namespace themselves.
+pub fn write_element_with(out: &mut String, el: &Element, default_ns: &str, db_prefix: bool) {
+    write_inner(out, el, default_ns, db_prefix);
+}
+
+fn write_inner(out: &mut String, el: &Element, inherited: &str, db_prefix: bool) {
     let (prefix, declare) = if el.ns == ns::STREAM {
         ("stream:", false)
-    } else if el.ns == ns::DIALBACK {
+    } else if el.ns == ns::DIALBACK && db_prefix {
         ("db:", false)
     } else {
         ("", el.ns != inherited)
@@ -85,7 +91,7 @@ fn write_inner(out: &mut String, el: &Element, inherited: &str) {
     out.push('>');
     for child in &el.children {
         match child {
-            Node::Element(c) => write_inner(out, c, child_default),
+            Node::Element(c) => write_inner(out, c, child_default, db_prefix),
             Node::Text(t) => out.push_str(&escape_text(t)),
         }
     }
