@@ -126,10 +126,18 @@ impl Negotiation {
     /// The 18 rows in the order of Lync's complete matrix (row 1 first).
     pub fn all_rows() -> Vec<Negotiation> {
         let mut rows = Vec::with_capacity(18);
-        for sasl in [SaslMode::Required, SaslMode::Optional, SaslMode::NotSupported] {
+        for sasl in [
+            SaslMode::Required,
+            SaslMode::Optional,
+            SaslMode::NotSupported,
+        ] {
             for tls in [TlsMode::Required, TlsMode::Optional, TlsMode::NotSupported] {
                 for dialback in [true, false] {
-                    rows.push(Negotiation { tls, sasl, dialback });
+                    rows.push(Negotiation {
+                        tls,
+                        sasl,
+                        dialback,
+                    });
                 }
             }
         }

@@ -15,9 +15,7 @@ use crate::jid::{normalize_domain, Jid};
 use crate::rng::Rng;
 use crate::s2s::dialback;
 use crate::s2s::sasl;
-use crate::s2s::stream::{
-    Conn, IngestError, Kind, Outq, PendingDialback, Phase, VerifyRequest,
-};
+use crate::s2s::stream::{Conn, IngestError, Kind, Outq, PendingDialback, Phase, VerifyRequest};
 pub use crate::s2s::stream::{ConnId, Output, Trace};
 use crate::s2s::tls::{CertCheck, TlsContext};
 use crate::xml::{ns, Element, StreamEvent, StreamHeader, StreamHeaderOut};
@@ -70,8 +68,13 @@ pub enum Event {
         condition: &'static str,
     },
     /// Input that was not acted upon, such as an unsolicited dialback answer.
-    Ignored { conn: ConnId, what: String },
-    Closed { conn: ConnId },
+    Ignored {
+        conn: ConnId,
+        what: String,
+    },
+    Closed {
+        conn: ConnId,
+    },
 }
 
 impl fmt::Display for Event {
@@ -89,7 +92,10 @@ impl fmt::Display for Event {
                     Direction::Outbound => "->",
                     Direction::Inbound => "<-",
                 };
-                write!(f, "{conn} {local} {arrow} {remote} authenticated by {method}")?;
+                write!(
+                    f,
+                    "{conn} {local} {arrow} {remote} authenticated by {method}"
+                )?;
                 if let Some(c) = certificate {
                     write!(f, " (peer certificate: {c})")?;
                 }
@@ -108,9 +114,16 @@ impl fmt::Display for Event {
                     By::Us => "we closed it with",
                     By::Peer => "the peer sent",
                 };
-                write!(f, "{conn} {kind} stream {local} / {remote} failed: {who} {condition}: {text}")
+                write!(
+                    f,
+                    "{conn} {kind} stream {local} / {remote} failed: {who} {condition}: {text}"
+                )
             }
-            Event::Bounced { from, to, condition } => {
+            Event::Bounced {
+                from,
+                to,
+                condition,
+            } => {
                 write!(f, "stanza from {from} to {to} returned with {condition}")
             }
             Event::Ignored { conn, what } => write!(f, "{conn} ignored: {what}"),
@@ -161,7 +174,13 @@ pub struct Gateway {
 impl Gateway {
     /// `unix_secs` is the wall-clock time at `now`, for certificate validity; later
     /// wall-clock times are derived from the injected `Instant`s.
-    pub fn new(config: Config, tls: Option<TlsContext>, seed: u64, now: Instant, unix_secs: u64) -> Self {
+    pub fn new(
+        config: Config,
+        tls: Option<TlsContext>,
+        seed: u64,
+        now: Instant,
+        unix_secs: u64,
+    ) -> Self {
         let mut rng = Rng::new(seed);
         let secret = match &config.gateway.dialback_secret {
             Some(s) => s.clone(),
@@ -204,7 +223,10 @@ impl Gateway {
 
     /// The earliest deadline of any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns.values().filter_map(|c| self.next_deadline(c)).min()
+        self.conns
+            .values()
+            .filter_map(|c| self.next_deadline(c))
+            .min()
     }
 
     /// Number of open connections (all kinds).
@@ -239,7 +261,13 @@ impl Gateway {
     pub fn accept(&mut self, now: Instant) -> ConnId {
         self.set_clock(now);
         let id = self.alloc();
-        let mut c = Conn::new(id, Kind::Inbound, Phase::AwaitHeader, self.config.gateway.xml_limits, now);
+        let mut c = Conn::new(
+            id,
+            Kind::Inbound,
+            Phase::AwaitHeader,
+            self.config.gateway.xml_limits,
+            now,
+        );
         c.establish_deadline = Some(now + self.config.gateway.stream_establishment_timeout);
         self.conns.insert(id, c);
         id
@@ -322,7 +350,8 @@ impl Gateway {
             self.event(Event::Closed { conn });
             return;
         }
-        let negotiated = c.phase == Phase::Ready || (c.kind == Kind::Inbound && c.is_authenticated());
+        let negotiated =
+            c.phase == Phase::Ready || (c.kind == Kind::Inbound && c.is_authenticated());
         if negotiated {
             self.finish(c, now);
         } else {
@@ -366,7 +395,7 @@ impl Gateway {
             if c.phase == Phase::Closed || c.phase == Phase::TlsHandshake {
                 break;
             }
-            let event = match c.reader.next() {
+            let event = match c.reader.next_event() {
                 Ok(Some(ev)) => ev,
                 Ok(None) => break,
                 Err(e) => {
@@ -401,11 +430,15 @@ impl Gateway {
         let from = stanza
             .get_attr("from")
             .ok_or_else(|| RouteError::Addressing("no 'from'".into()))
-            .and_then(|f| Jid::parse(f).map_err(|e| RouteError::Addressing(format!("'from': {e}"))))?;
+            .and_then(|f| {
+                Jid::parse(f).map_err(|e| RouteError::Addressing(format!("'from': {e}")))
+            })?;
         let to = stanza
             .get_attr("to")
             .ok_or_else(|| RouteError::Addressing("no 'to'".into()))
-            .and_then(|t| Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}"))))?;
+            .and_then(|t| {
+                Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}")))
+            })?;
         let local = from.domain().to_owned();
         if !self.config.serves(&local) {
             return Err(RouteError::NotServed(local));
@@ -440,11 +473,16 @@ impl Gateway {
         }
         let queued = self.routes.get(&key).map_or(0, |r| r.queue.len());
         if queued >= MAX_QUEUED {
-            let text = format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
+            let text =
+                format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
             self.bounce(stanza, "resource-constraint", &text);
             return Ok(());
         }
-        let has_conn = self.routes.get(&key).and_then(|r| r.conn).is_some_and(|id| self.conns.contains_key(&id));
+        let has_conn = self
+            .routes
+            .get(&key)
+            .and_then(|r| r.conn)
+            .is_some_and(|id| self.conns.contains_key(&id));
         self.routes
             .entry(key)
             .or_insert_with(|| Route {
@@ -521,7 +559,9 @@ impl Gateway {
             return;
         }
         // Dialback keys whose authoritative server did not answer in time.
-        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut c.pending).into_iter().partition(|p| p.deadline <= now);
+        let (expired, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut c.pending)
+            .into_iter()
+            .partition(|p| p.deadline <= now);
         c.pending = keep;
         for p in expired {
             let text = format!(
@@ -529,7 +569,14 @@ impl Gateway {
                 p.from,
                 g.dialback_verify_timeout.as_secs()
             );
-            let el = dialback::error("result", &p.to, &p.from, None, "remote-server-timeout", &text);
+            let el = dialback::error(
+                "result",
+                &p.to,
+                &p.from,
+                None,
+                "remote-server-timeout",
+                &text,
+            );
             c.send(&el, &mut self.out, now);
             // Its verify connection is of no use any more.
             self.drop_verify_requests(c.id, &p.from);
@@ -580,16 +627,32 @@ impl Gateway {
         let Some(partner) = self.config.partner_for(remote) else {
             return true;
         };
-        let count = self.conns.values().filter(|c| partner.covers(&c.remote)).count();
+        let count = self
+            .conns
+            .values()
+            .filter(|c| partner.covers(&c.remote))
+            .count();
         count < self.partner_limit(remote) as usize
     }
 
-    fn open_outbound(&mut self, kind: Kind, local: &str, remote: &str, now: Instant) -> Option<ConnId> {
+    fn open_outbound(
+        &mut self,
+        kind: Kind,
+        local: &str,
+        remote: &str,
+        now: Instant,
+    ) -> Option<ConnId> {
         if !self.within_limits(remote) {
             return None;
         }
         let id = self.alloc();
-        let mut c = Conn::new(id, kind.clone(), Phase::Resolving, self.config.gateway.xml_limits, now);
+        let mut c = Conn::new(
+            id,
+            kind.clone(),
+            Phase::Resolving,
+            self.config.gateway.xml_limits,
+            now,
+        );
         c.local = local.to_owned();
         c.remote = remote.to_owned();
         let timeout = match kind {
@@ -606,7 +669,10 @@ impl Gateway {
         self.next_id += 1;
         self.queries.insert(query, id);
         self.conns.insert(id, c);
-        self.out.push(Output::Resolve { query, domain: target });
+        self.out.push(Output::Resolve {
+            query,
+            domain: target,
+        });
         Some(id)
     }
 
@@ -632,7 +698,12 @@ impl Gateway {
 
     // ---- stream events ------------------------------------------------------------
 
-    fn on_header(&mut self, c: &mut Conn, h: StreamHeader, now: Instant) -> Result<Flow, (String, String)> {
+    fn on_header(
+        &mut self,
+        c: &mut Conn,
+        h: StreamHeader,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         if h.default_ns.as_deref() != Some(ns::SERVER) {
             return Err(err(
                 "invalid-namespace",
@@ -643,7 +714,10 @@ impl Gateway {
             ));
         }
         if let Some(v) = h.version.as_deref() {
-            let major = v.split('.').next().and_then(|m| m.trim().parse::<u32>().ok());
+            let major = v
+                .split('.')
+                .next()
+                .and_then(|m| m.trim().parse::<u32>().ok());
             if major != Some(1) {
                 return Err(err(
                     "unsupported-version",
@@ -660,7 +734,10 @@ impl Gateway {
                     if normalize_domain(from).ok().as_deref() != Some(c.remote.as_str()) {
                         return Err(err(
                             "invalid-from",
-                            format!("we opened a stream to {}, but the answer comes from {from}", c.remote),
+                            format!(
+                                "we opened a stream to {}, but the answer comes from {from}",
+                                c.remote
+                            ),
                         ));
                     }
                 }
@@ -676,7 +753,12 @@ impl Gateway {
         }
     }
 
-    fn on_element(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+    fn on_element(
+        &mut self,
+        c: &mut Conn,
+        el: Element,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         if el.is(ns::STREAM, "error") {
             let (cond, text) = stream_error_parts(&el);
             return self.on_peer_stream_error(c, &cond, &text, now);
@@ -687,13 +769,29 @@ impl Gateway {
         }
     }
 
-    fn on_peer_stream_error(&mut self, c: &mut Conn, cond: &str, text: &str, now: Instant) -> Result<Flow, (String, String)> {
-        let mut owned = Conn::new(c.id, c.kind.clone(), Phase::Closed, self.config.gateway.xml_limits, now);
+    fn on_peer_stream_error(
+        &mut self,
+        c: &mut Conn,
+        cond: &str,
+        text: &str,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
+        let mut owned = Conn::new(
+            c.id,
+            c.kind.clone(),
+            Phase::Closed,
+            self.config.gateway.xml_limits,
+            now,
+        );
         std::mem::swap(c, &mut owned);
         if owned.header_sent {
             owned.send_close(&mut self.out, now);
         }
-        let text = if text.is_empty() { "(no text)".to_owned() } else { text.to_owned() };
+        let text = if text.is_empty() {
+            "(no text)".to_owned()
+        } else {
+            text.to_owned()
+        };
         self.fail(owned, By::Peer, cond, &text, now, true);
         Ok(Flow::Closed)
     }
@@ -716,7 +814,12 @@ impl Gateway {
 
     // ---- outbound negotiation -------------------------------------------------------
 
-    fn outbound_element(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+    fn outbound_element(
+        &mut self,
+        c: &mut Conn,
+        el: Element,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         match c.phase {
             Phase::AwaitFeatures if el.is(ns::STREAM, "features") => {
                 if c.sasl_done {
@@ -726,7 +829,10 @@ impl Gateway {
             }
             Phase::AwaitProceed if el.is(ns::TLS, "proceed") => {
                 let Some(tls) = &self.tls else {
-                    return Err(err("undefined-condition", "TLS is not configured on this gateway".into()));
+                    return Err(err(
+                        "undefined-condition",
+                        "TLS is not configured on this gateway".into(),
+                    ));
                 };
                 let conn = tls
                     .client(&c.remote)
@@ -737,12 +843,18 @@ impl Gateway {
                         Ok(Flow::Continue)
                     }
                     Ok(false) => Ok(Flow::Continue),
-                    Err(IngestError::Tls(e)) => Err(err("undefined-condition", format!("TLS with {} failed: {e}", c.remote))),
+                    Err(IngestError::Tls(e)) => Err(err(
+                        "undefined-condition",
+                        format!("TLS with {} failed: {e}", c.remote),
+                    )),
                 }
             }
             Phase::AwaitProceed if el.is(ns::TLS, "failure") => Err(err(
                 "undefined-condition",
-                format!("{} refused STARTTLS; TLS is never retried in plaintext", c.remote),
+                format!(
+                    "{} refused STARTTLS; TLS is never retried in plaintext",
+                    c.remote
+                ),
             )),
             Phase::AwaitSasl if el.is(ns::SASL, "success") => {
                 c.sasl_done = true;
@@ -773,25 +885,42 @@ impl Gateway {
             _ if el.ns == ns::DIALBACK => self.outbound_dialback(c, el, now),
             _ => Err(err(
                 "unsupported-stanza-type",
-                format!("unexpected <{}/> from {} while {:?}", el.name, c.remote, c.phase),
+                format!(
+                    "unexpected <{}/> from {} while {:?}",
+                    el.name, c.remote, c.phase
+                ),
             )),
         }
     }
 
     /// Picks the next step from the peer's features and our row for the partner.
-    fn choose_method(&mut self, c: &mut Conn, features: &Element, now: Instant) -> Result<Flow, (String, String)> {
+    fn choose_method(
+        &mut self,
+        c: &mut Conn,
+        features: &Element,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         let row = self.row_for(&c.remote).unwrap_or_default();
         let starttls = features.find(ns::TLS, "starttls");
         let peer_requires_tls = starttls.is_some_and(|s| s.find(ns::TLS, "required").is_some());
-        let dialback_offered = c.peer_dialback || features.find(ns::DIALBACK_FEATURE, "dialback").is_some();
+        let dialback_offered =
+            c.peer_dialback || features.find(ns::DIALBACK_FEATURE, "dialback").is_some();
         if c.kind == Kind::Verify {
             // A verify-only stream needs no authentication; it takes TLS only when the
             // authoritative server insists.
-            if peer_requires_tls && row.tls != TlsMode::NotSupported && self.tls.is_some() && !c.tls_active() {
+            if peer_requires_tls
+                && row.tls != TlsMode::NotSupported
+                && self.tls.is_some()
+                && !c.tls_active()
+            {
                 return self.send_starttls(c, now);
             }
             for r in c.requests.clone() {
-                c.send(&dialback::verify_request(&r.from, &r.to, &r.id, &r.key), &mut self.out, now);
+                c.send(
+                    &dialback::verify_request(&r.from, &r.to, &r.id, &r.key),
+                    &mut self.out,
+                    now,
+                );
             }
             c.phase = Phase::AwaitVerify;
             return Ok(Flow::Continue);
@@ -823,14 +952,21 @@ impl Gateway {
             if !row.allows(Method::DialbackOverTcp) || !dialback_offered {
                 let mut why = Vec::new();
                 if starttls.is_some() {
-                    why.push(format!("{} offers STARTTLS, which {} excludes", c.remote, row.label()));
+                    why.push(format!(
+                        "{} offers STARTTLS, which {} excludes",
+                        c.remote,
+                        row.label()
+                    ));
                 } else {
                     why.push(format!("{} does not offer STARTTLS", c.remote));
                 }
                 if !row.allows(Method::DialbackOverTcp) {
                     why.push(format!("{} allows no dialback over plain TCP", row.label()));
                 } else {
-                    why.push(format!("{} does not offer dialback over plain TCP", c.remote));
+                    why.push(format!(
+                        "{} does not offer dialback over plain TCP",
+                        c.remote
+                    ));
                 }
                 return Err(err(
                     "policy-violation",
@@ -841,9 +977,10 @@ impl Gateway {
         }
         // TLS is up.
         let cert_ok = matches!(c.peer_cert, Some(CertCheck::Valid { .. }));
-        let external = features
-            .find(ns::SASL, "mechanisms")
-            .is_some_and(|m| m.elements().any(|e| e.name == "mechanism" && e.text_content().trim() == "EXTERNAL"));
+        let external = features.find(ns::SASL, "mechanisms").is_some_and(|m| {
+            m.elements()
+                .any(|e| e.name == "mechanism" && e.text_content().trim() == "EXTERNAL")
+        });
         if external && row.allows(Method::SaslExternalOverTls) && cert_ok {
             c.send(&sasl::auth(&c.local), &mut self.out, now);
             c.phase = Phase::AwaitSasl;
@@ -856,7 +993,11 @@ impl Gateway {
         if !row.allows(Method::SaslExternalOverTls) {
             why.push(format!("SASL EXTERNAL is not allowed by {}", row.label()));
         } else if !cert_ok {
-            why.push(format!("the certificate of {} is not acceptable: {}", c.remote, cert_text(c.peer_cert.as_ref())));
+            why.push(format!(
+                "the certificate of {} is not acceptable: {}",
+                c.remote,
+                cert_text(c.peer_cert.as_ref())
+            ));
         } else if !external {
             why.push(format!(
                 "{} does not offer SASL EXTERNAL (its settings for {} exclude it, or it did not accept our certificate)",
@@ -864,11 +1005,17 @@ impl Gateway {
             ));
         }
         if !row.allows(Method::DialbackOverTls) {
-            why.push(format!("dialback over TLS is not allowed by {}", row.label()));
+            why.push(format!(
+                "dialback over TLS is not allowed by {}",
+                row.label()
+            ));
         } else if !dialback_offered {
             why.push(format!("{} does not offer dialback", c.remote));
         }
-        Err(err("policy-violation", format!("no authentication method left: {}", why.join("; "))))
+        Err(err(
+            "policy-violation",
+            format!("no authentication method left: {}", why.join("; ")),
+        ))
     }
 
     fn send_starttls(&mut self, c: &mut Conn, now: Instant) -> Result<Flow, (String, String)> {
@@ -885,17 +1032,35 @@ impl Gateway {
             ));
         };
         let key = dialback::key(&self.secret, &c.remote, &c.local, &id);
-        c.send(&dialback::result_request(&c.local, &c.remote, &key), &mut self.out, now);
+        c.send(
+            &dialback::result_request(&c.local, &c.remote, &key),
+            &mut self.out,
+            now,
+        );
         c.phase = Phase::AwaitDialback;
         Ok(Flow::Continue)
     }
 
-    fn outbound_dialback(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+    fn outbound_dialback(
+        &mut self,
+        c: &mut Conn,
+        el: Element,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         let from = el.get_attr("from").unwrap_or_default().to_owned();
         let to = el.get_attr("to").unwrap_or_default().to_owned();
         let ty = el.get_attr("type").unwrap_or_default().to_owned();
-        if el.name == "result" && c.kind == Kind::Route && c.phase == Phase::AwaitDialback && from == c.remote && to == c.local {
-            let method = if c.tls_active() { Method::DialbackOverTls } else { Method::DialbackOverTcp };
+        if el.name == "result"
+            && c.kind == Kind::Route
+            && c.phase == Phase::AwaitDialback
+            && from == c.remote
+            && to == c.local
+        {
+            let method = if c.tls_active() {
+                Method::DialbackOverTls
+            } else {
+                Method::DialbackOverTcp
+            };
             return match ty.as_str() {
                 "valid" => self.route_ready(c, method, now),
                 "invalid" => Err(err(
@@ -903,18 +1068,25 @@ impl Gateway {
                     format!("{} answered our dialback key with 'invalid'", c.remote),
                 )),
                 "error" => {
-                    let cond = dialback::error_condition(&el).unwrap_or_else(|| "undefined-condition".into());
+                    let cond = dialback::error_condition(&el)
+                        .unwrap_or_else(|| "undefined-condition".into());
                     Err(err(
                         "remote-connection-failed",
                         format!("{} could not check our dialback key: <{cond}/>", c.remote),
                     ))
                 }
-                _ => Err(err("bad-format", format!("dialback result with type '{ty}'"))),
+                _ => Err(err(
+                    "bad-format",
+                    format!("dialback result with type '{ty}'"),
+                )),
             };
         }
         if el.name == "verify" && c.kind == Kind::Verify && c.phase == Phase::AwaitVerify {
             let id = el.get_attr("id").unwrap_or_default().to_owned();
-            let pos = c.requests.iter().position(|r| r.from == to && r.to == from && r.id == id);
+            let pos = c
+                .requests
+                .iter()
+                .position(|r| r.from == to && r.to == from && r.id == id);
             if let Some(pos) = pos {
                 let req = c.requests.remove(pos);
                 let answer = match ty.as_str() {
@@ -937,12 +1109,20 @@ impl Gateway {
         // the unsolicited-dialback attack.
         self.event(Event::Ignored {
             conn: c.id,
-            what: format!("unsolicited <db:{}/> from='{from}' to='{to}' type='{ty}'", el.name),
+            what: format!(
+                "unsolicited <db:{}/> from='{from}' to='{to}' type='{ty}'",
+                el.name
+            ),
         });
         Ok(Flow::Continue)
     }
 
-    fn route_ready(&mut self, c: &mut Conn, method: Method, now: Instant) -> Result<Flow, (String, String)> {
+    fn route_ready(
+        &mut self,
+        c: &mut Conn,
+        method: Method,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         c.phase = Phase::Ready;
         c.method = Some(method);
         c.establish_deadline = None;
@@ -987,17 +1167,37 @@ impl Gateway {
 
     // ---- inbound negotiation -------------------------------------------------------
 
-    fn inbound_header(&mut self, c: &mut Conn, h: StreamHeader, now: Instant) -> Result<Flow, (String, String)> {
+    fn inbound_header(
+        &mut self,
+        c: &mut Conn,
+        h: StreamHeader,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         let restart = !c.remote.is_empty();
         let to = match h.to.as_deref().map(normalize_domain) {
             Some(Ok(to)) if self.config.serves(&to) => to,
-            Some(Ok(to)) => return Err(err("host-unknown", format!("{to} is not served by this gateway"))),
-            Some(Err(e)) => return Err(err("host-unknown", format!("stream 'to' is not a domain: {e}"))),
+            Some(Ok(to)) => {
+                return Err(err(
+                    "host-unknown",
+                    format!("{to} is not served by this gateway"),
+                ))
+            }
+            Some(Err(e)) => {
+                return Err(err(
+                    "host-unknown",
+                    format!("stream 'to' is not a domain: {e}"),
+                ))
+            }
             None => return Err(err("host-unknown", "the stream header has no 'to'".into())),
         };
         let from = match h.from.as_deref().map(normalize_domain) {
             Some(Ok(from)) => from,
-            Some(Err(e)) => return Err(err("invalid-from", format!("stream 'from' is not a domain: {e}"))),
+            Some(Err(e)) => {
+                return Err(err(
+                    "invalid-from",
+                    format!("stream 'from' is not a domain: {e}"),
+                ))
+            }
             None => {
                 c.local = to;
                 return Err(err(
@@ -1009,7 +1209,10 @@ impl Gateway {
         if restart && (from != c.remote || to != c.local) {
             return Err(err(
                 "invalid-from",
-                format!("the restarted stream names {from} -> {to}, the first one named {} -> {}", c.remote, c.local),
+                format!(
+                    "the restarted stream names {from} -> {to}, the first one named {} -> {}",
+                    c.remote, c.local
+                ),
             ));
         }
         c.local = to.clone();
@@ -1030,7 +1233,8 @@ impl Gateway {
         c.stream_id = Some(id.clone());
         let mut header = self.header_out(&to, &from, Some(id));
         // xmlns:db on the header advertises dialback (XEP-0220 §2.4).
-        header.dialback = row.allows(Method::DialbackOverTls) || row.allows(Method::DialbackOverTcp);
+        header.dialback =
+            row.allows(Method::DialbackOverTls) || row.allows(Method::DialbackOverTcp);
         c.send_header(&header, &mut self.out, now);
         c.phase = Phase::Open;
         if !c.peer_version {
@@ -1049,7 +1253,11 @@ impl Gateway {
         let Some(partner) = self.config.partner_for(from) else {
             return true;
         };
-        let count = self.conns.values().filter(|c| partner.covers(&c.remote)).count();
+        let count = self
+            .conns
+            .values()
+            .filter(|c| partner.covers(&c.remote))
+            .count();
         count < self.partner_limit(from) as usize
     }
 
@@ -1058,7 +1266,8 @@ impl Gateway {
         if c.sasl_done {
             return Ok(f);
         }
-        let dialback_feature = Element::new(ns::DIALBACK_FEATURE, "dialback").child(Element::new(ns::DIALBACK_FEATURE, "errors"));
+        let dialback_feature = Element::new(ns::DIALBACK_FEATURE, "dialback")
+            .child(Element::new(ns::DIALBACK_FEATURE, "errors"));
         if !c.tls_active() {
             let mut offered = false;
             if row.tls != TlsMode::NotSupported && self.tls.is_some() {
@@ -1076,7 +1285,11 @@ impl Gateway {
             if !offered {
                 return Err(err(
                     "undefined-condition",
-                    format!("{} needs TLS for {}, and no certificate is configured", row.label(), c.remote),
+                    format!(
+                        "{} needs TLS for {}, and no certificate is configured",
+                        row.label(),
+                        c.remote
+                    ),
                 ));
             }
             return Ok(f);
@@ -1092,7 +1305,10 @@ impl Gateway {
         }
         if !sasl && !db {
             let why = if row.allows(Method::SaslExternalOverTls) {
-                format!("its certificate is not acceptable: {}", cert_text(c.peer_cert.as_ref()))
+                format!(
+                    "its certificate is not acceptable: {}",
+                    cert_text(c.peer_cert.as_ref())
+                )
             } else {
                 "SASL EXTERNAL is not allowed".to_owned()
             };
@@ -1108,9 +1324,17 @@ impl Gateway {
         Ok(f)
     }
 
-    fn inbound_element(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+    fn inbound_element(
+        &mut self,
+        c: &mut Conn,
+        el: Element,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         if c.phase != Phase::Open {
-            return Err(err("not-authorized", format!("<{}/> before the stream header", el.name)));
+            return Err(err(
+                "not-authorized",
+                format!("<{}/> before the stream header", el.name),
+            ));
         }
         let row = self.row_for(&c.remote).unwrap_or_default();
         if el.is(ns::TLS, "starttls") {
@@ -1119,12 +1343,23 @@ impl Gateway {
                 c.send(&Element::new(ns::TLS, "failure"), &mut self.out, now);
                 c.send_close(&mut self.out, now);
                 let text = format!("{} asked for STARTTLS, which was not offered", c.remote);
-                let mut owned = std::mem::replace(c, Conn::new(c.id, Kind::Inbound, Phase::Closed, self.config.gateway.xml_limits, now));
+                let mut owned = std::mem::replace(
+                    c,
+                    Conn::new(
+                        c.id,
+                        Kind::Inbound,
+                        Phase::Closed,
+                        self.config.gateway.xml_limits,
+                        now,
+                    ),
+                );
                 owned.phase = Phase::Closed;
                 self.fail(owned, By::Us, "tls-failure", &text, now, true);
                 return Ok(Flow::Closed);
             };
-            let server = ctx.server().map_err(|e| err("undefined-condition", format!("cannot start TLS: {e}")))?;
+            let server = ctx
+                .server()
+                .map_err(|e| err("undefined-condition", format!("cannot start TLS: {e}")))?;
             c.send(&Element::new(ns::TLS, "proceed"), &mut self.out, now);
             return match c.start_tls(server.into(), &mut self.out) {
                 Ok(true) => {
@@ -1132,13 +1367,23 @@ impl Gateway {
                     Ok(Flow::Continue)
                 }
                 Ok(false) => Ok(Flow::Continue),
-                Err(IngestError::Tls(e)) => Err(err("undefined-condition", format!("TLS with {} failed: {e}", c.remote))),
+                Err(IngestError::Tls(e)) => Err(err(
+                    "undefined-condition",
+                    format!("TLS with {} failed: {e}", c.remote),
+                )),
             };
         }
-        if !c.tls_active() && row.tls == TlsMode::Required && (el.ns != ns::DIALBACK || el.name != "verify") {
+        if !c.tls_active()
+            && row.tls == TlsMode::Required
+            && (el.ns != ns::DIALBACK || el.name != "verify")
+        {
             return Err(err(
                 "policy-violation",
-                format!("TLS is required for {} ({}) and was not negotiated", c.remote, row.label()),
+                format!(
+                    "TLS is required for {} ({}) and was not negotiated",
+                    c.remote,
+                    row.label()
+                ),
             ));
         }
         if el.is(ns::SASL, "auth") {
@@ -1160,31 +1405,55 @@ impl Gateway {
         ))
     }
 
-    fn inbound_sasl(&mut self, c: &mut Conn, el: &Element, row: &Negotiation, now: Instant) -> Result<Flow, (String, String)> {
+    fn inbound_sasl(
+        &mut self,
+        c: &mut Conn,
+        el: &Element,
+        row: &Negotiation,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         let cert_ok = matches!(c.peer_cert, Some(CertCheck::Valid { .. }));
-        if !c.tls_active() || !row.allows(Method::SaslExternalOverTls) || c.sasl_done || el.get_attr("mechanism") != Some("EXTERNAL") {
+        if !c.tls_active()
+            || !row.allows(Method::SaslExternalOverTls)
+            || c.sasl_done
+            || el.get_attr("mechanism") != Some("EXTERNAL")
+        {
             c.send(&sasl::failure("invalid-mechanism", ""), &mut self.out, now);
             return Err(err(
                 "policy-violation",
-                format!("{} tried SASL {} which was not offered", c.remote, el.get_attr("mechanism").unwrap_or("")),
+                format!(
+                    "{} tried SASL {} which was not offered",
+                    c.remote,
+                    el.get_attr("mechanism").unwrap_or("")
+                ),
             ));
         }
         match sasl::authzid(el) {
-            Err(()) => {
+            Err(sasl::BadAuthzid) => {
                 c.send(&sasl::failure("incorrect-encoding", ""), &mut self.out, now);
-                return Err(err("not-authorized", "SASL EXTERNAL authzid is not base64 UTF-8".into()));
+                return Err(err(
+                    "not-authorized",
+                    "SASL EXTERNAL authzid is not base64 UTF-8".into(),
+                ));
             }
             Ok(Some(a)) if normalize_domain(&a).ok().as_deref() != Some(c.remote.as_str()) => {
                 c.send(&sasl::failure("invalid-authzid", ""), &mut self.out, now);
                 return Err(err(
                     "not-authorized",
-                    format!("SASL EXTERNAL authzid {a} differs from the stream's 'from' {}", c.remote),
+                    format!(
+                        "SASL EXTERNAL authzid {a} differs from the stream's 'from' {}",
+                        c.remote
+                    ),
                 ));
             }
             Ok(_) => {}
         }
         if !cert_ok {
-            let text = format!("certificate of {} is not acceptable: {}", c.remote, cert_text(c.peer_cert.as_ref()));
+            let text = format!(
+                "certificate of {} is not acceptable: {}",
+                c.remote,
+                cert_text(c.peer_cert.as_ref())
+            );
             c.send(&sasl::failure("not-authorized", &text), &mut self.out, now);
             if row.allows(Method::DialbackOverTls) {
                 return Ok(Flow::Continue);
@@ -1218,12 +1487,21 @@ impl Gateway {
         }
     }
 
-    fn inbound_db_result(&mut self, c: &mut Conn, el: &Element, row: &Negotiation, now: Instant) -> Result<Flow, (String, String)> {
+    fn inbound_db_result(
+        &mut self,
+        c: &mut Conn,
+        el: &Element,
+        row: &Negotiation,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         if el.get_attr("type").is_some() {
             // Results with a type only answer our own requests, and inbound streams carry none.
             self.event(Event::Ignored {
                 conn: c.id,
-                what: format!("unsolicited <db:result type='{}'/> on an inbound stream", el.get_attr("type").unwrap_or("")),
+                what: format!(
+                    "unsolicited <db:result type='{}'/> on an inbound stream",
+                    el.get_attr("type").unwrap_or("")
+                ),
             });
             return Ok(Flow::Continue);
         }
@@ -1241,7 +1519,10 @@ impl Gateway {
         let from = el.get_attr("from").map(normalize_domain);
         let to = el.get_attr("to").map(normalize_domain);
         let (Some(Ok(from)), Some(Ok(to))) = (from, to) else {
-            return Err(err("improper-addressing", "db:result needs valid 'from' and 'to'".into()));
+            return Err(err(
+                "improper-addressing",
+                "db:result needs valid 'from' and 'to'".into(),
+            ));
         };
         if from != c.remote {
             return Err(err(
@@ -1250,7 +1531,14 @@ impl Gateway {
             ));
         }
         if !self.config.serves(&to) {
-            let e = dialback::error("result", &to, &from, None, "item-not-found", &format!("{to} is not served here"));
+            let e = dialback::error(
+                "result",
+                &to,
+                &from,
+                None,
+                "item-not-found",
+                &format!("{to} is not served here"),
+            );
             c.send(&e, &mut self.out, now);
             return Ok(Flow::Continue);
         }
@@ -1279,7 +1567,14 @@ impl Gateway {
             }
             None => {
                 c.pending.retain(|p| !(p.from == from && p.to == to));
-                let e = dialback::error("result", &to, &from, None, "resource-constraint", "connection limit reached");
+                let e = dialback::error(
+                    "result",
+                    &to,
+                    &from,
+                    None,
+                    "resource-constraint",
+                    "connection limit reached",
+                );
                 c.send(&e, &mut self.out, now);
             }
         }
@@ -1287,7 +1582,12 @@ impl Gateway {
     }
 
     /// Authoritative server role: check a key we issued.
-    fn inbound_db_verify(&mut self, c: &mut Conn, el: &Element, now: Instant) -> Result<Flow, (String, String)> {
+    fn inbound_db_verify(
+        &mut self,
+        c: &mut Conn,
+        el: &Element,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         if el.get_attr("type").is_some() {
             self.event(Event::Ignored {
                 conn: c.id,
@@ -1299,28 +1599,50 @@ impl Gateway {
         let to = el.get_attr("to").unwrap_or_default().to_owned();
         let id = el.get_attr("id").unwrap_or_default().to_owned();
         if !self.config.serves(&to) {
-            let e = dialback::error("verify", &to, &from, Some(&id), "item-not-found", &format!("{to} is not served here"));
+            let e = dialback::error(
+                "verify",
+                &to,
+                &from,
+                Some(&id),
+                "item-not-found",
+                &format!("{to} is not served here"),
+            );
             c.send(&e, &mut self.out, now);
             return Ok(Flow::Continue);
         }
         // The receiving server (from) checks a key we (to) sent for its stream id.
         let valid = dialback::verify(&self.secret, &from, &to, &id, &el.text_content());
         c.served_verify = true;
-        c.send(&dialback::answer("verify", &to, &from, Some(&id), valid), &mut self.out, now);
+        c.send(
+            &dialback::answer("verify", &to, &from, Some(&id), valid),
+            &mut self.out,
+            now,
+        );
         Ok(Flow::Continue)
     }
 
-    fn inbound_stanza(&mut self, c: &mut Conn, el: Element, now: Instant) -> Result<Flow, (String, String)> {
+    fn inbound_stanza(
+        &mut self,
+        c: &mut Conn,
+        el: Element,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
         if !c.is_authenticated() {
             return Err(err(
                 "not-authorized",
-                format!("<{}/> from {} before the stream was authenticated", el.name, c.remote),
+                format!(
+                    "<{}/> from {} before the stream was authenticated",
+                    el.name, c.remote
+                ),
             ));
         }
         let from = el.get_attr("from").map(Jid::parse);
         let to = el.get_attr("to").map(Jid::parse);
         let (Some(Ok(from)), Some(Ok(to))) = (from, to) else {
-            return Err(err("improper-addressing", format!("<{}/> needs valid 'from' and 'to'", el.name)));
+            return Err(err(
+                "improper-addressing",
+                format!("<{}/> needs valid 'from' and 'to'", el.name),
+            ));
         };
         let allowed_from = match c.method {
             Some(Method::SaslExternalOverTls) => from.domain() == c.remote,
@@ -1334,10 +1656,16 @@ impl Gateway {
         }
         let allowed_to = match c.method {
             Some(Method::SaslExternalOverTls) => self.config.serves(to.domain()),
-            _ => c.verified.iter().any(|(f, t)| f == from.domain() && t == to.domain()),
+            _ => c
+                .verified
+                .iter()
+                .any(|(f, t)| f == from.domain() && t == to.domain()),
         };
         if !allowed_to {
-            return Err(err("host-unknown", format!("{} is not served on this stream", to.domain())));
+            return Err(err(
+                "host-unknown",
+                format!("{} is not served on this stream", to.domain()),
+            ));
         }
         c.last_activity = now;
         self.out.push(Output::Deliver(el));
@@ -1345,30 +1673,52 @@ impl Gateway {
     }
 
     /// A verify connection got its answer (or none): tell the waiting inbound stream.
-    fn verify_answered(&mut self, req: &VerifyRequest, valid: Option<bool>, condition: Option<String>, now: Instant) {
+    fn verify_answered(
+        &mut self,
+        req: &VerifyRequest,
+        valid: Option<bool>,
+        condition: Option<String>,
+        now: Instant,
+    ) {
         let Some(mut c) = self.conns.remove(&req.inbound) else {
             return;
         };
         let before = c.pending.len();
-        c.pending.retain(|p| !(p.from == req.to && p.to == req.from));
+        c.pending
+            .retain(|p| !(p.from == req.to && p.to == req.from));
         if c.pending.len() == before || c.phase == Phase::Closed {
             self.conns.insert(c.id, c);
             return;
         }
         match valid {
             Some(true) => {
-                c.send(&dialback::answer("result", &req.from, &req.to, None, true), &mut self.out, now);
+                c.send(
+                    &dialback::answer("result", &req.from, &req.to, None, true),
+                    &mut self.out,
+                    now,
+                );
                 c.verified.push((req.to.clone(), req.from.clone()));
-                let method = if c.tls_active() { Method::DialbackOverTls } else { Method::DialbackOverTcp };
+                let method = if c.tls_active() {
+                    Method::DialbackOverTls
+                } else {
+                    Method::DialbackOverTcp
+                };
                 self.inbound_authenticated(&mut c, method, now);
                 self.conns.insert(c.id, c);
             }
             Some(false) => {
-                c.send(&dialback::answer("result", &req.from, &req.to, None, false), &mut self.out, now);
+                c.send(
+                    &dialback::answer("result", &req.from, &req.to, None, false),
+                    &mut self.out,
+                    now,
+                );
                 if c.verified.is_empty() {
                     // XEP-0220: with no other verified pair, the stream is closed.
                     c.send_close(&mut self.out, now);
-                    let text = format!("the authoritative server of {} says the dialback key is invalid", req.to);
+                    let text = format!(
+                        "the authoritative server of {} says the dialback key is invalid",
+                        req.to
+                    );
                     self.fail(c, By::Us, "dialback-invalid", &text, now, true);
                 } else {
                     self.conns.insert(c.id, c);
@@ -1376,7 +1726,10 @@ impl Gateway {
             }
             None => {
                 let cond = condition.unwrap_or_else(|| "remote-server-not-found".into());
-                let text = format!("the authoritative server of {} answered with <{cond}/>", req.to);
+                let text = format!(
+                    "the authoritative server of {} answered with <{cond}/>",
+                    req.to
+                );
                 let e = dialback::error("result", &req.from, &req.to, None, &cond, &text);
                 c.send(&e, &mut self.out, now);
                 self.conns.insert(c.id, c);
@@ -1390,7 +1743,9 @@ impl Gateway {
                 continue;
             };
             let before = inbound.pending.len();
-            inbound.pending.retain(|p| !(p.from == req.to && p.to == req.from));
+            inbound
+                .pending
+                .retain(|p| !(p.from == req.to && p.to == req.from));
             if inbound.pending.len() != before && inbound.phase != Phase::Closed {
                 let e = dialback::error("result", &req.from, &req.to, None, condition, text);
                 inbound.send(&e, &mut self.out, now);
@@ -1403,12 +1758,18 @@ impl Gateway {
         let ids: Vec<ConnId> = self
             .conns
             .values()
-            .filter(|v| v.kind == Kind::Verify && v.requests.iter().any(|r| r.inbound == inbound && r.to == from))
+            .filter(|v| {
+                v.kind == Kind::Verify
+                    && v.requests
+                        .iter()
+                        .any(|r| r.inbound == inbound && r.to == from)
+            })
             .map(|v| v.id)
             .collect();
         for id in ids {
             if let Some(v) = self.conns.get_mut(&id) {
-                v.requests.retain(|r| !(r.inbound == inbound && r.to == from));
+                v.requests
+                    .retain(|r| !(r.inbound == inbound && r.to == from));
             }
         }
     }
@@ -1421,10 +1782,18 @@ impl Gateway {
             return;
         }
         if !c.header_sent {
-            let from = if c.local.is_empty() { None } else { Some(c.local.clone()) };
+            let from = if c.local.is_empty() {
+                None
+            } else {
+                Some(c.local.clone())
+            };
             let header = StreamHeaderOut {
                 from,
-                to: if c.remote.is_empty() { None } else { Some(c.remote.clone()) },
+                to: if c.remote.is_empty() {
+                    None
+                } else {
+                    Some(c.remote.clone())
+                },
                 id: Some(self.new_stream_id()),
                 version: true,
                 lang: None,
@@ -1452,7 +1821,15 @@ impl Gateway {
     }
 
     /// A stream ended in failure: log why, bounce what waited for it, close.
-    fn fail(&mut self, mut c: Conn, by: By, condition: &str, text: &str, now: Instant, close: bool) {
+    fn fail(
+        &mut self,
+        mut c: Conn,
+        by: By,
+        condition: &str,
+        text: &str,
+        now: Instant,
+        close: bool,
+    ) {
         c.phase = Phase::Closed;
         self.event(Event::Failed {
             conn: c.id,
@@ -1470,7 +1847,10 @@ impl Gateway {
         if close {
             self.out.push(Output::Close { conn: c.id });
         }
-        let bounce = if matches!(condition, "connection-timeout" | "remote-server-timeout" | "remote-connection-failed") {
+        let bounce = if matches!(
+            condition,
+            "connection-timeout" | "remote-server-timeout" | "remote-connection-failed"
+        ) {
             "remote-server-timeout"
         } else {
             "remote-server-not-found"
@@ -1542,11 +1922,12 @@ impl Gateway {
         if let Some(id) = stanza.get_attr("id") {
             reply.set_attr("id", id);
         }
-        let error_type = if condition == "remote-server-timeout" || condition == "resource-constraint" {
-            "wait"
-        } else {
-            "cancel"
-        };
+        let error_type =
+            if condition == "remote-server-timeout" || condition == "resource-constraint" {
+                "wait"
+            } else {
+                "cancel"
+            };
         reply = reply.child(
             Element::new(ns::SERVER, "error")
                 .attr("type", error_type)
@@ -1597,8 +1978,14 @@ fn stream_error_parts(el: &Element) -> (String, String) {
 /// The stanza error for stanzas that waited on a stream that failed.
 fn bounce_reason(c: &Conn) -> (&'static str, String) {
     match c.phase {
-        Phase::Resolving => ("remote-server-not-found", format!("{} could not be resolved", c.remote)),
-        Phase::Connecting => ("remote-server-timeout", format!("{} could not be reached", c.remote)),
+        Phase::Resolving => (
+            "remote-server-not-found",
+            format!("{} could not be resolved", c.remote),
+        ),
+        Phase::Connecting => (
+            "remote-server-timeout",
+            format!("{} could not be reached", c.remote),
+        ),
         _ => (
             "remote-server-not-found",
             format!("the stream to {} could not be authenticated", c.remote),

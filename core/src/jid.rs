@@ -40,9 +40,14 @@ impl fmt::Display for JidError {
             JidError::DomainEmpty => f.write_str("the domainpart is empty"),
             JidError::DomainTooLong => f.write_str("the domainpart is longer than 1023 octets"),
             JidError::LabelEmpty => f.write_str("the domainpart has an empty label"),
-            JidError::LabelTooLong(l) => write!(f, "the domain label '{l}' is longer than 63 octets"),
+            JidError::LabelTooLong(l) => {
+                write!(f, "the domain label '{l}' is longer than 63 octets")
+            }
             JidError::LabelInvalid(l) => {
-                write!(f, "the domain label '{l}' may hold only letters, digits and inner hyphens")
+                write!(
+                    f,
+                    "the domain label '{l}' may hold only letters, digits and inner hyphens"
+                )
             }
             JidError::LocalEmpty => f.write_str("the localpart before '@' is empty"),
             JidError::LocalTooLong => f.write_str("the localpart is longer than 1023 octets"),
@@ -151,7 +156,10 @@ fn normalize_local(l: &str) -> Result<String, JidError> {
         return Err(JidError::LocalEmpty);
     }
     for c in l.chars() {
-        if matches!(c, '"' | '&' | '\'' | '/' | ':' | '<' | '>' | '@') || c.is_whitespace() || c.is_control() {
+        if matches!(c, '"' | '&' | '\'' | '/' | ':' | '<' | '>' | '@')
+            || c.is_whitespace()
+            || c.is_control()
+        {
             return Err(JidError::LocalInvalidChar(c));
         }
     }
@@ -200,13 +208,16 @@ pub fn normalize_domain(s: &str) -> Result<String, JidError> {
         let ascii = if lower.is_ascii() {
             lower
         } else {
-            let encoded = punycode_encode(&lower).ok_or_else(|| JidError::Idna(label.to_owned()))?;
+            let encoded =
+                punycode_encode(&lower).ok_or_else(|| JidError::Idna(label.to_owned()))?;
             format!("xn--{encoded}")
         };
         if ascii.len() > 63 {
             return Err(JidError::LabelTooLong(label.to_owned()));
         }
-        let ldh = ascii.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ldh = ascii
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ldh || ascii.starts_with('-') || ascii.ends_with('-') {
             return Err(JidError::LabelInvalid(label.to_owned()));
         }
@@ -237,7 +248,11 @@ fn punycode_encode(input: &str) -> Option<String> {
         k + (BASE - TMIN + 1) * delta / (delta + SKEW)
     }
     fn digit(d: u32) -> char {
-        let b = if d < 26 { b'a' + d as u8 } else { b'0' + (d - 26) as u8 };
+        let b = if d < 26 {
+            b'a' + d as u8
+        } else {
+            b'0' + (d - 26) as u8
+        };
         char::from(b)
     }
     let chars: Vec<u32> = input.chars().map(u32::from).collect();
@@ -303,10 +318,9 @@ const ESCAPES: [(char, &str); 10] = [
 ];
 
 fn starts_with_escape(s: &str) -> bool {
-    ESCAPES.iter().any(|(_, e)| {
-        s.get(..3)
-            .is_some_and(|p| p.eq_ignore_ascii_case(e))
-    })
+    ESCAPES
+        .iter()
+        .any(|(_, e)| s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case(e)))
 }
 
 /// XEP-0106: escapes a string for use as a localpart. A backslash is escaped only
@@ -314,7 +328,9 @@ fn starts_with_escape(s: &str) -> bool {
 /// are refused.
 pub fn escape_node(s: &str) -> Result<String, JidError> {
     if s.starts_with(' ') || s.ends_with(' ') {
-        return Err(JidError::Escape("a localpart may not start or end with a space".into()));
+        return Err(JidError::Escape(
+            "a localpart may not start or end with a space".into(),
+        ));
     }
     let mut out = String::with_capacity(s.len());
     for (i, c) in s.char_indices() {
@@ -370,8 +386,14 @@ mod tests {
         assert_eq!(j.to_string(), "juliet@example.com/balcony/with@slash");
         assert_eq!(j.bare().to_string(), "juliet@example.com");
         assert!(Jid::parse("example.com").expect("domain").is_bare());
-        assert_eq!(Jid::parse("[::1]").map(|j| j.domain().to_owned()), Ok("[::1]".into()));
-        assert_eq!(Jid::parse("192.0.2.1").map(|j| j.domain().to_owned()), Ok("192.0.2.1".into()));
+        assert_eq!(
+            Jid::parse("[::1]").map(|j| j.domain().to_owned()),
+            Ok("[::1]".into())
+        );
+        assert_eq!(
+            Jid::parse("192.0.2.1").map(|j| j.domain().to_owned()),
+            Ok("192.0.2.1".into())
+        );
     }
 
     #[test]
@@ -380,23 +402,47 @@ mod tests {
         assert_eq!(Jid::parse("@example.com"), Err(JidError::LocalEmpty));
         assert_eq!(Jid::parse("a@example.com/"), Err(JidError::ResourceEmpty));
         assert_eq!(Jid::parse("a@"), Err(JidError::DomainEmpty));
-        assert_eq!(Jid::parse("a b@example.com"), Err(JidError::LocalInvalidChar(' ')));
+        assert_eq!(
+            Jid::parse("a b@example.com"),
+            Err(JidError::LocalInvalidChar(' '))
+        );
         assert_eq!(Jid::parse("a@b..c"), Err(JidError::LabelEmpty));
-        assert!(matches!(Jid::parse("a@-bad.com"), Err(JidError::LabelInvalid(_))));
-        assert!(matches!(Jid::parse("a@exa mple.com"), Err(JidError::LabelInvalid(_))));
+        assert!(matches!(
+            Jid::parse("a@-bad.com"),
+            Err(JidError::LabelInvalid(_))
+        ));
+        assert!(matches!(
+            Jid::parse("a@exa mple.com"),
+            Err(JidError::LabelInvalid(_))
+        ));
         let long_label = "x".repeat(64);
-        assert!(matches!(normalize_domain(&format!("{long_label}.com")), Err(JidError::LabelTooLong(_))));
+        assert!(matches!(
+            normalize_domain(&format!("{long_label}.com")),
+            Err(JidError::LabelTooLong(_))
+        ));
         assert!(normalize_domain(&format!("{}.com", "x".repeat(63))).is_ok());
         let long_domain = vec!["abcdefghi"; 103].join(".");
         assert_eq!(normalize_domain(&long_domain), Err(JidError::DomainTooLong));
-        assert_eq!(Jid::parse(&format!("{}@a.b", "l".repeat(1024))), Err(JidError::LocalTooLong));
+        assert_eq!(
+            Jid::parse(&format!("{}@a.b", "l".repeat(1024))),
+            Err(JidError::LocalTooLong)
+        );
     }
 
     #[test]
     fn idna_to_ascii() {
-        assert_eq!(normalize_domain("münchen.example"), Ok("xn--mnchen-3ya.example".into()));
-        assert_eq!(normalize_domain("ÉXAMPLE.com"), Ok("xn--xample-9ua.com".into()));
-        assert_eq!(normalize_domain("例え.テスト"), Ok("xn--r8jz45g.xn--zckzah".into()));
+        assert_eq!(
+            normalize_domain("münchen.example"),
+            Ok("xn--mnchen-3ya.example".into())
+        );
+        assert_eq!(
+            normalize_domain("ÉXAMPLE.com"),
+            Ok("xn--xample-9ua.com".into())
+        );
+        assert_eq!(
+            normalize_domain("例え.テスト"),
+            Ok("xn--r8jz45g.xn--zckzah".into())
+        );
         assert_eq!(normalize_domain("bücher.de"), Ok("xn--bcher-kva.de".into()));
     }
 

@@ -1,5 +1,5 @@
 //! Test support for isthmus: the in-memory simulation network and the test PKI.
 
-pub mod sim;
 pub mod pki;
 pub mod scenario;
+pub mod sim;

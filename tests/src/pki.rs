@@ -3,8 +3,8 @@
 //! sizes in transcripts, identical on every run.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, OtherNameValue, SanType, SerialNumber, PKCS_ED25519,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, OtherNameValue, SanType, SerialNumber, PKCS_ED25519,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -64,7 +64,6 @@ impl Issued {
     }
 }
 
-
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
         let key = KeyPair::generate_for(&PKCS_ED25519).expect("CA key");
@@ -90,7 +89,10 @@ impl TestCa {
         let key = KeyPair::generate_for(&PKCS_ED25519).expect("key");
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, spec.dns.first().map_or("xmpp", String::as_str));
+        dn.push(
+            DnType::CommonName,
+            spec.dns.first().map_or("xmpp", String::as_str),
+        );
         params.distinguished_name = dn;
         for d in &spec.dns {
             params
@@ -98,12 +100,16 @@ impl TestCa {
                 .push(SanType::DnsName(d.clone().try_into().expect("DNS name")));
         }
         for x in &spec.xmpp_addr {
-            params
-                .subject_alt_names
-                .push(SanType::OtherName((XMPP_ADDR_OID.to_vec(), OtherNameValue::Utf8String(x.clone()))));
+            params.subject_alt_names.push(SanType::OtherName((
+                XMPP_ADDR_OID.to_vec(),
+                OtherNameValue::Utf8String(x.clone()),
+            )));
         }
         params.extended_key_usages = match spec.eku {
-            Eku::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            Eku::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             Eku::ServerOnly => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Eku::ClientOnly => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Eku::None => Vec::new(),
@@ -117,7 +123,9 @@ impl TestCa {
             params.not_before = rcgen::date_time_ymd(2026, 1, 1);
             params.not_after = rcgen::date_time_ymd(2036, 1, 1);
         }
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("certificate");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("certificate");
         Issued {
             chain: vec![cert.der().clone()],
             key_der: key.serialize_der(),

@@ -57,7 +57,9 @@ impl fmt::Display for Outcome {
                 sender,
                 condition,
                 text,
-            } if is_stream_error(condition) => write!(f, "failed: {sender} sent <{condition}/>: {text}"),
+            } if is_stream_error(condition) => {
+                write!(f, "failed: {sender} sent <{condition}/>: {text}")
+            }
             Outcome::Failed {
                 sender,
                 condition,
@@ -209,15 +211,33 @@ pub fn pair_net(pki: &Pki, row_a: Negotiation, row_b: Negotiation, setup: &PairS
     if let Some(seed) = setup.chunk_seed {
         net.set_chunking(seed);
     }
-    net.add_gateway("A", config(A, B, row_a), Some(pki.context(A, &setup.a_cert)), 1);
-    net.add_gateway("B", config(B, A, row_b), Some(pki.context(B, &setup.b_cert)), 2);
+    net.add_gateway(
+        "A",
+        config(A, B, row_a),
+        Some(pki.context(A, &setup.a_cert)),
+        1,
+    );
+    net.add_gateway(
+        "B",
+        config(B, A, row_b),
+        Some(pki.context(B, &setup.b_cert)),
+        2,
+    );
     net
 }
 
 /// A's user sends one message to B's user; run until quiet; judge.
-pub fn run_pair(pki: &Pki, row_a: Negotiation, row_b: Negotiation, setup: &PairSetup) -> PairResult {
+pub fn run_pair(
+    pki: &Pki,
+    row_a: Negotiation,
+    row_b: Negotiation,
+    setup: &PairSetup,
+) -> PairResult {
     let mut net = pair_net(pki, row_a, row_b, setup);
-    net.send_stanza(0, message("alice@a.test/desk", "bob@b.test", "hello from A"));
+    net.send_stanza(
+        0,
+        message("alice@a.test/desk", "bob@b.test", "hello from A"),
+    );
     net.run();
     judge(net)
 }
@@ -232,7 +252,9 @@ pub fn judge(net: Net) -> PairResult {
                 direction: Direction::Outbound,
                 method,
                 ..
-            } if node == "A" && outcome == Outcome::Undecided => outcome = Outcome::Authenticated(*method),
+            } if node == "A" && outcome == Outcome::Undecided => {
+                outcome = Outcome::Authenticated(*method)
+            }
             Event::Authenticated {
                 direction: Direction::Inbound,
                 method,
@@ -258,9 +280,10 @@ pub fn judge(net: Net) -> PairResult {
             _ => {}
         }
     }
-    let delivered = net.delivered.iter().any(|(n, el)| {
-        n == "B" && el.name == "message" && el.get_attr("type") != Some("error")
-    });
+    let delivered = net
+        .delivered
+        .iter()
+        .any(|(n, el)| n == "B" && el.name == "message" && el.get_attr("type") != Some("error"));
     let bounced = net
         .delivered
         .iter()

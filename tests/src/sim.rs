@@ -96,7 +96,13 @@ impl Net {
 
     /// Adds a gateway listening at 127.0.0.(n+1):5269 whose served domains resolve
     /// there for every node.
-    pub fn add_gateway(&mut self, name: &str, config: Config, tls: Option<TlsContext>, seed: u64) -> usize {
+    pub fn add_gateway(
+        &mut self,
+        name: &str,
+        config: Config,
+        tls: Option<TlsContext>,
+        seed: u64,
+    ) -> usize {
         let idx = self.nodes.len();
         let addr: SocketAddr = ([127, 0, 0, u8::try_from(idx + 1).unwrap_or(250)], 5269).into();
         for d in &config.gateway.served_domains {
@@ -180,7 +186,10 @@ impl Net {
     pub fn send_stanza(&mut self, node: usize, stanza: Element) {
         let now = self.now;
         if let Err(e) = self.nodes[node].gw.send_stanza(now, stanza) {
-            self.note(format!("{} refused a local stanza: {e}", self.nodes[node].name));
+            self.note(format!(
+                "{} refused a local stanza: {e}",
+                self.nodes[node].name
+            ));
         }
     }
 
@@ -309,7 +318,9 @@ impl Net {
                     let r = self.raw.len();
                     self.raw.push(RawPeer::default());
                     let link = self.link(End::Gw(node, conn), End::Raw(r));
-                    self.note(format!("{name} connects to {domain} at {addr} (#{link}, never answers)"));
+                    self.note(format!(
+                        "{name} connects to {domain} at {addr} (#{link}, never answers)"
+                    ));
                     self.nodes[node].gw.connected(now, conn);
                     return;
                 }
@@ -318,12 +329,16 @@ impl Net {
                         let accepted = self.nodes[target].gw.accept(now);
                         let link = self.link(End::Gw(node, conn), End::Gw(target, accepted));
                         let tname = self.nodes[target].name.clone();
-                        self.note(format!("{name} connects to {domain} at {addr}: {tname} accepts (#{link})"));
+                        self.note(format!(
+                            "{name} connects to {domain} at {addr}: {tname} accepts (#{link})"
+                        ));
                         self.nodes[node].gw.connected(now, conn);
                     }
                     None => {
                         self.note(format!("{name} connects to {domain} at {addr}: refused"));
-                        self.nodes[node].gw.connect_failed(now, conn, "connection refused");
+                        self.nodes[node]
+                            .gw
+                            .connect_failed(now, conn, "connection refused");
                     }
                 }
             }
@@ -347,7 +362,10 @@ impl Net {
                 }
             }
             Output::Deliver(el) => {
-                self.note(format!("{name} delivers locally: {}", el.to_xml("jabber:server")));
+                self.note(format!(
+                    "{name} delivers locally: {}",
+                    el.to_xml("jabber:server")
+                ));
                 self.delivered.push((name, el));
             }
             Output::Event(e) => {

@@ -5,11 +5,17 @@ use std::time::Duration;
 
 use isthmus_core::config::{Method, Negotiation, SaslMode, TlsMode};
 use isthmus_core::gateway::Event;
-use isthmus_tests::scenario::{config, judge, message, pair_net, run_pair, Cert, Outcome, PairSetup, Pki, A, B};
+use isthmus_tests::scenario::{
+    config, judge, message, pair_net, run_pair, Cert, Outcome, PairSetup, Pki, A, B,
+};
 use isthmus_tests::sim::Net;
 
 fn row(tls: TlsMode, sasl: SaslMode, dialback: bool) -> Negotiation {
-    Negotiation { tls, sasl, dialback }
+    Negotiation {
+        tls,
+        sasl,
+        dialback,
+    }
 }
 
 /// SASL EXTERNAL only: tls=required sasl=required dialback=false (row 2).
@@ -54,7 +60,11 @@ fn certificate_faults_of_the_initiator() {
     let _g = settings();
     let pki = Pki::new();
     let cases = [
-        ("no_client_certificate", Cert::NoClientCert, "no certificate"),
+        (
+            "no_client_certificate",
+            Cert::NoClientCert,
+            "no certificate",
+        ),
         ("wrong_name", Cert::WrongName, "not valid for a.test"),
         ("untrusted_issuer", Cert::UntrustedIssuer, ""),
         ("expired", Cert::Expired, ""),
@@ -66,16 +76,36 @@ fn certificate_faults_of_the_initiator() {
             ..PairSetup::default()
         };
         let r = run_pair(&pki, sasl_only(), sasl_only(), &setup);
-        assert!(failed_with(&r.outcome, "B", "not-authorized"), "{name}: {}", r.outcome);
+        assert!(
+            failed_with(&r.outcome, "B", "not-authorized"),
+            "{name}: {}",
+            r.outcome
+        );
         assert!(!r.delivered && r.bounced.is_some(), "{name}");
-        insta::assert_snapshot!(format!("initiator_{name}_sasl_only"), report(&format!("A presents: {name}; both rows {}", sasl_only().label()), &r));
+        insta::assert_snapshot!(
+            format!("initiator_{name}_sasl_only"),
+            report(
+                &format!("A presents: {name}; both rows {}", sasl_only().label()),
+                &r
+            )
+        );
         // ...and where dialback over TLS is allowed, it carries the stream instead.
         let r = run_pair(&pki, sasl_or_dialback(), sasl_or_dialback(), &setup);
-        assert_eq!(r.outcome, Outcome::Authenticated(Method::DialbackOverTls), "{name}");
+        assert_eq!(
+            r.outcome,
+            Outcome::Authenticated(Method::DialbackOverTls),
+            "{name}"
+        );
         assert!(r.delivered, "{name}");
         insta::assert_snapshot!(
             format!("initiator_{name}_dialback_fallback"),
-            report(&format!("A presents: {name}; both rows {}", sasl_or_dialback().label()), &r)
+            report(
+                &format!(
+                    "A presents: {name}; both rows {}",
+                    sasl_or_dialback().label()
+                ),
+                &r
+            )
         );
     }
 }
@@ -90,9 +120,15 @@ fn server_auth_only_certificates_are_accepted() {
         ..PairSetup::default()
     };
     let r = run_pair(&pki, sasl_only(), sasl_only(), &setup);
-    assert_eq!(r.outcome, Outcome::Authenticated(Method::SaslExternalOverTls));
+    assert_eq!(
+        r.outcome,
+        Outcome::Authenticated(Method::SaslExternalOverTls)
+    );
     assert!(r.delivered);
-    insta::assert_snapshot!("server_auth_only_purpose", report("both certificates carry only the serverAuth purpose", &r));
+    insta::assert_snapshot!(
+        "server_auth_only_purpose",
+        report("both certificates carry only the serverAuth purpose", &r)
+    );
 }
 
 #[test]
@@ -112,13 +148,27 @@ fn certificate_faults_of_the_receiver() {
         };
         let r = run_pair(&pki, sasl_only(), sasl_only(), &setup);
         if ok {
-            assert_eq!(r.outcome, Outcome::Authenticated(Method::SaslExternalOverTls), "{name}");
+            assert_eq!(
+                r.outcome,
+                Outcome::Authenticated(Method::SaslExternalOverTls),
+                "{name}"
+            );
             assert!(r.delivered);
         } else {
-            assert!(failed_with(&r.outcome, "A", "policy-violation"), "{name}: {}", r.outcome);
+            assert!(
+                failed_with(&r.outcome, "A", "policy-violation"),
+                "{name}: {}",
+                r.outcome
+            );
             assert!(r.bounced.is_some());
         }
-        insta::assert_snapshot!(format!("receiver_{name}"), report(&format!("B presents: {name}; both rows {}", sasl_only().label()), &r));
+        insta::assert_snapshot!(
+            format!("receiver_{name}"),
+            report(
+                &format!("B presents: {name}; both rows {}", sasl_only().label()),
+                &r
+            )
+        );
     }
 }
 
@@ -144,15 +194,25 @@ fn forged_dialback_key_is_refused() {
     net.settle();
     net.raw_send(
         m,
-        &format!("<db:result from='{A}' to='{B}'>{}</db:result>", "ab".repeat(32)),
+        &format!(
+            "<db:result from='{A}' to='{B}'>{}</db:result>",
+            "ab".repeat(32)
+        ),
     );
     net.settle();
-    net.raw_send(m, "<message from='boss@a.test' to='bob@b.test'><body>wire the money</body></message>");
+    net.raw_send(
+        m,
+        "<message from='boss@a.test' to='bob@b.test'><body>wire the money</body></message>",
+    );
     net.settle();
     let seen = net.raw_received(m);
     assert!(seen.contains("type='invalid'"), "{seen}");
-    assert!(!net.delivered.iter().any(|(n, _)| n == "B"), "nothing from Mallory may be delivered");
-    assert!(net.events.iter().any(|(n, e)| n == "B" && matches!(e, Event::Failed { condition, .. } if condition == "dialback-invalid")));
+    assert!(
+        !net.delivered.iter().any(|(n, _)| n == "B"),
+        "nothing from Mallory may be delivered"
+    );
+    assert!(net.events.iter().any(|(n, e)| n == "B"
+        && matches!(e, Event::Failed { condition, .. } if condition == "dialback-invalid")));
     insta::assert_snapshot!("dialback_forged_key", net.transcript_text());
 }
 
@@ -166,9 +226,15 @@ fn unsolicited_dialback_answers_are_ignored() {
     net.settle();
     // Answers to requests B never made must not authenticate anything.
     net.raw_send(m, &format!("<db:result type='valid' from='{A}' to='{B}'/>"));
-    net.raw_send(m, &format!("<db:verify type='valid' from='{A}' to='{B}' id='nope'/>"));
+    net.raw_send(
+        m,
+        &format!("<db:verify type='valid' from='{A}' to='{B}' id='nope'/>"),
+    );
     net.settle();
-    net.raw_send(m, "<message from='boss@a.test' to='bob@b.test'><body>hi</body></message>");
+    net.raw_send(
+        m,
+        "<message from='boss@a.test' to='bob@b.test'><body>hi</body></message>",
+    );
     net.settle();
     let ignored = net
         .events
@@ -186,7 +252,12 @@ fn unsolicited_result_on_an_outbound_stream_is_ignored() {
     let _g = settings();
     let pki = Pki::new();
     let mut net = Net::new();
-    net.add_gateway("A", config(A, B, tcp_dialback()), Some(pki.context(A, &Cert::Good)), 1);
+    net.add_gateway(
+        "A",
+        config(A, B, tcp_dialback()),
+        Some(pki.context(A, &Cert::Good)),
+        1,
+    );
     // b.test resolves to a host that accepts and lets the test speak for it.
     let hole: std::net::SocketAddr = ([127, 0, 0, 66], 5269).into();
     net.add_black_hole(hole);
@@ -194,12 +265,24 @@ fn unsolicited_result_on_an_outbound_stream_is_ignored() {
     net.send_stanza(0, message("alice@a.test", "bob@b.test", "hi"));
     net.run_for(Duration::from_secs(1));
     let fake_b = net.raw.len() - 1;
-    net.raw_send(fake_b, &header(B, A).replace("version='1.0'", "id='fake' version='1.0'"));
+    net.raw_send(
+        fake_b,
+        &header(B, A).replace("version='1.0'", "id='fake' version='1.0'"),
+    );
     // A valid result before A has even offered a key.
-    net.raw_send(fake_b, &format!("<db:result type='valid' from='{B}' to='{A}'/>"));
+    net.raw_send(
+        fake_b,
+        &format!("<db:result type='valid' from='{B}' to='{A}'/>"),
+    );
     net.run_for(Duration::from_secs(1));
-    assert!(net.events.iter().any(|(_, e)| matches!(e, Event::Ignored { .. })));
-    assert!(!net.events.iter().any(|(_, e)| matches!(e, Event::Authenticated { .. })));
+    assert!(net
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Ignored { .. })));
+    assert!(!net
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Authenticated { .. })));
     insta::assert_snapshot!("dialback_unsolicited_on_outbound", net.transcript_text());
 }
 
@@ -213,10 +296,17 @@ fn authoritative_server_unreachable() {
     net.send_stanza(0, message("alice@a.test", "bob@b.test", "hi"));
     net.run();
     let r = judge(net);
-    assert!(failed_with(&r.outcome, "A", "remote-connection-failed"), "{}", r.outcome);
+    assert!(
+        failed_with(&r.outcome, "A", "remote-connection-failed"),
+        "{}",
+        r.outcome
+    );
     let bounced = r.bounced.clone().unwrap_or_default();
     assert!(bounced.contains("remote-server-timeout"), "{bounced}");
-    insta::assert_snapshot!("dialback_authoritative_unreachable", report("B's DNS sends a.test to a closed port", &r));
+    insta::assert_snapshot!(
+        "dialback_authoritative_unreachable",
+        report("B's DNS sends a.test to a closed port", &r)
+    );
 }
 
 #[test]
@@ -230,10 +320,20 @@ fn verify_timeout() {
     net.send_stanza(0, message("alice@a.test", "bob@b.test", "hi"));
     net.run();
     let r = judge(net);
-    assert!(failed_with(&r.outcome, "A", "remote-connection-failed"), "{}", r.outcome);
+    assert!(
+        failed_with(&r.outcome, "A", "remote-connection-failed"),
+        "{}",
+        r.outcome
+    );
     assert!(r.net.transcript_text().contains("remote-server-timeout"));
     assert!(r.bounced.is_some());
-    insta::assert_snapshot!("dialback_verify_timeout", report("a.test's authoritative server accepts the verify connection and never answers", &r));
+    insta::assert_snapshot!(
+        "dialback_verify_timeout",
+        report(
+            "a.test's authoritative server accepts the verify connection and never answers",
+            &r
+        )
+    );
 }
 
 #[test]

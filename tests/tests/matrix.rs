@@ -7,7 +7,11 @@
 use isthmus_core::config::{Negotiation, Verdict};
 use isthmus_tests::scenario::{expected_method, loadable_rows, run_pair, Outcome, PairSetup, Pki};
 
-fn describe(row_a: Negotiation, row_b: Negotiation, r: &isthmus_tests::scenario::PairResult) -> String {
+fn describe(
+    row_a: Negotiation,
+    row_b: Negotiation,
+    r: &isthmus_tests::scenario::PairResult,
+) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "A (initiator), its partner entry for b.test: row {} {}\n",
@@ -22,9 +26,13 @@ fn describe(row_a: Negotiation, row_b: Negotiation, r: &isthmus_tests::scenario:
     s.push_str(&format!("outcome: {}\n", r.outcome));
     s.push_str(&format!(
         "B accepted: {}\n",
-        r.inbound.map_or("nothing".to_owned(), |m| m.as_str().to_owned())
+        r.inbound
+            .map_or("nothing".to_owned(), |m| m.as_str().to_owned())
     ));
-    s.push_str(&format!("message delivered to bob@b.test: {}\n", r.delivered));
+    s.push_str(&format!(
+        "message delivered to bob@b.test: {}\n",
+        r.delivered
+    ));
     if let Some(b) = &r.bounced {
         s.push_str(&format!("returned to alice: {b}\n"));
     }
@@ -48,16 +56,28 @@ fn all_169_pairs() {
             let label = format!("rows {} × {}", row_a.row_number(), row_b.row_number());
             match expected_method(*row_a, *row_b) {
                 Some(m) => {
-                    assert_eq!(r.outcome, Outcome::Authenticated(m), "{label}\n{}", r.net.transcript_text());
+                    assert_eq!(
+                        r.outcome,
+                        Outcome::Authenticated(m),
+                        "{label}\n{}",
+                        r.net.transcript_text()
+                    );
                     assert_eq!(r.inbound, Some(m), "{label}: B must agree on the method");
                     assert!(r.delivered, "{label}: the message must reach bob");
                     assert!(r.bounced.is_none(), "{label}: nothing may bounce");
                 }
                 None => {
-                    assert!(matches!(r.outcome, Outcome::Failed { .. }), "{label}: {}", r.outcome);
+                    assert!(
+                        matches!(r.outcome, Outcome::Failed { .. }),
+                        "{label}: {}",
+                        r.outcome
+                    );
                     assert_eq!(r.inbound, None, "{label}");
                     assert!(!r.delivered, "{label}");
-                    assert!(r.bounced.is_some(), "{label}: the message must be returned to alice");
+                    assert!(
+                        r.bounced.is_some(),
+                        "{label}: the message must be returned to alice"
+                    );
                 }
             }
             insta::assert_snapshot!(
@@ -80,7 +100,13 @@ fn random_chunking_gives_the_same_outcomes_and_transcripts() {
                 ..PairSetup::default()
             };
             let chunked = run_pair(&pki, *row_a, *row_b, &setup);
-            assert_eq!(whole.outcome, chunked.outcome, "rows {} × {}", row_a.row_number(), row_b.row_number());
+            assert_eq!(
+                whole.outcome,
+                chunked.outcome,
+                "rows {} × {}",
+                row_a.row_number(),
+                row_b.row_number()
+            );
             assert_eq!(whole.inbound, chunked.inbound);
             assert_eq!(whole.delivered, chunked.delivered);
         }
@@ -102,17 +128,33 @@ fn render_doc(pki: &Pki) -> String {
          complete matrix. Invalid rows are refused when the configuration loads; warned rows load \
          with a warning.\n\n",
     );
-    s.push_str("| row | tls | sasl | dialback | methods allowed (preferred first) | verdict | why |\n");
+    s.push_str(
+        "| row | tls | sasl | dialback | methods allowed (preferred first) | verdict | why |\n",
+    );
     s.push_str("|---|---|---|---|---|---|---|\n");
     for row in Negotiation::all_rows() {
         let methods: Vec<&str> = row.methods().iter().map(|m| m.as_str()).collect();
         let (verdict, why) = match row.verdict() {
             Verdict::Valid => ("valid".to_owned(), String::new()),
             Verdict::Warning(rules) => (
-                format!("warning: {}", rules.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")),
-                rules.iter().map(|r| r.explain()).collect::<Vec<_>>().join("; "),
+                format!(
+                    "warning: {}",
+                    rules
+                        .iter()
+                        .map(|r| r.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                rules
+                    .iter()
+                    .map(|r| r.explain())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             ),
-            Verdict::Invalid(rule) => (format!("**invalid**: {}", rule.name()), format!("{}; fix: {}", rule.explain(), rule.fix())),
+            Verdict::Invalid(rule) => (
+                format!("**invalid**: {}", rule.name()),
+                format!("{}; fix: {}", rule.explain(), rule.fix()),
+            ),
         };
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} |\n",
@@ -120,7 +162,11 @@ fn render_doc(pki: &Pki) -> String {
             row.tls.as_str(),
             row.sasl.as_str(),
             row.dialback,
-            if methods.is_empty() { "none".to_owned() } else { methods.join(", ") },
+            if methods.is_empty() {
+                "none".to_owned()
+            } else {
+                methods.join(", ")
+            },
             verdict,
             why
         ));
@@ -156,7 +202,12 @@ fn render_doc(pki: &Pki) -> String {
                 .replace("dialback-over-tcp", "db/tcp");
             s.push_str(&format!(" {short} |"));
             if let Outcome::Failed { .. } = r.outcome {
-                failures.push(format!("- {} × {}: {}", a.row_number(), b.row_number(), r.outcome));
+                failures.push(format!(
+                    "- {} × {}: {}",
+                    a.row_number(),
+                    b.row_number(),
+                    r.outcome
+                ));
             }
         }
         s.push('\n');

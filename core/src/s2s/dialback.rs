@@ -8,7 +8,10 @@ use crate::xml::{ns, Element};
 
 /// The XEP-0185 key for a stream.
 pub fn key(secret: &str, receiving: &str, originating: &str, stream_id: &str) -> String {
-    let tag = hmac::sign(&hmac_key(secret), message(receiving, originating, stream_id).as_bytes());
+    let tag = hmac::sign(
+        &hmac_key(secret),
+        message(receiving, originating, stream_id).as_bytes(),
+    );
     hex(tag.as_ref())
 }
 
@@ -102,7 +105,14 @@ pub fn answer(name: &str, from: &str, to: &str, id: Option<&str>, valid: bool) -
 }
 
 /// A dialback error (`type='error'`) carrying an RFC 6120 stanza error condition.
-pub fn error(name: &str, from: &str, to: &str, id: Option<&str>, condition: &str, text: &str) -> Element {
+pub fn error(
+    name: &str,
+    from: &str,
+    to: &str,
+    id: Option<&str>,
+    condition: &str,
+    text: &str,
+) -> Element {
     let mut el = Element::new(ns::DIALBACK, name)
         .attr("from", from)
         .attr("to", to);
@@ -138,7 +148,12 @@ mod tests {
             "a7136eb1f46c9ef18c5e78c36ca257067c69b3d518285f0b18a96c33beae9acc"
         );
         assert_eq!(
-            key("s3cr3tf0rd14lb4ck", "xmpp.example.com", "example.org", "D60000229F"),
+            key(
+                "s3cr3tf0rd14lb4ck",
+                "xmpp.example.com",
+                "example.org",
+                "D60000229F"
+            ),
             "37c69b1cf07a3f67c04a5ef5902fa5114f2c76fe4a2686482ba5b89323075643"
         );
     }
@@ -146,11 +161,21 @@ mod tests {
     #[test]
     fn xep_0220_vectors() {
         assert_eq!(
-            key("s3cr3tf0rd14lb4ck", "montague.example", "capulet.example", "D60000229F"),
+            key(
+                "s3cr3tf0rd14lb4ck",
+                "montague.example",
+                "capulet.example",
+                "D60000229F"
+            ),
             "b4835385f37fe2895af6c196b59097b16862406db80559900d96bf6fa7d23df3"
         );
         assert_eq!(
-            key("d14lb4ck43v3r", "capulet.example", "montague.example", "417GAF25"),
+            key(
+                "d14lb4ck43v3r",
+                "capulet.example",
+                "montague.example",
+                "417GAF25"
+            ),
             "225cc5aa6a071133249d25fef42ae516fc7a86c523aa1c6980a7f73e784c972d"
         );
     }
@@ -159,7 +184,13 @@ mod tests {
     fn verify_accepts_own_key_and_rejects_forgeries() {
         let k = key("secret", "b.example", "a.example", "id1");
         assert!(verify("secret", "b.example", "a.example", "id1", &k));
-        assert!(verify("secret", "b.example", "a.example", "id1", &k.to_uppercase()));
+        assert!(verify(
+            "secret",
+            "b.example",
+            "a.example",
+            "id1",
+            &k.to_uppercase()
+        ));
         assert!(!verify("secret", "b.example", "a.example", "id2", &k));
         assert!(!verify("other", "b.example", "a.example", "id1", &k));
         assert!(!verify("secret", "a.example", "b.example", "id1", &k));

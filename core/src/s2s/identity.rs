@@ -38,7 +38,9 @@ fn tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
             return None;
         }
         let bytes = rest.get(..n)?;
-        let len = bytes.iter().fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
         (len, rest.get(n..)?)
     };
     let contents = rest.get(..len)?;
@@ -126,7 +128,10 @@ pub fn matches(ids: &PresentedIds, reference: &str) -> Option<String> {
     }
     for x in &ids.xmpp_addr {
         // A bare domain XmppAddr identifies the server; user JIDs never do.
-        if !x.contains('@') && !x.contains('/') && x.trim_end_matches('.').eq_ignore_ascii_case(&reference) {
+        if !x.contains('@')
+            && !x.contains('/')
+            && x.trim_end_matches('.').eq_ignore_ascii_case(&reference)
+        {
             return Some(format!("XmppAddr {x}"));
         }
     }

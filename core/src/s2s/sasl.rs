@@ -26,15 +26,19 @@ pub fn failure(condition: &str, text: &str) -> Element {
     el
 }
 
-/// The authzid an `<auth/>` carries: `None` for empty or `=`, `Err` when not base64/UTF-8.
-pub fn authzid(auth: &Element) -> Result<Option<String>, ()> {
+/// An authzid that is not base64 of UTF-8 text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadAuthzid;
+
+/// The authzid an `<auth/>` carries: `None` for empty or `=`.
+pub fn authzid(auth: &Element) -> Result<Option<String>, BadAuthzid> {
     let text = auth.text_content();
     let text = text.trim();
     if text.is_empty() || text == "=" {
         return Ok(None);
     }
-    let bytes = base64_decode(text).ok_or(())?;
-    let s = String::from_utf8(bytes).map_err(|_| ())?;
+    let bytes = base64_decode(text).ok_or(BadAuthzid)?;
+    let s = String::from_utf8(bytes).map_err(|_| BadAuthzid)?;
     Ok(if s.is_empty() { None } else { Some(s) })
 }
 
@@ -125,6 +129,6 @@ mod tests {
         let empty = Element::new(ns::SASL, "auth").text("=");
         assert_eq!(authzid(&empty), Ok(None));
         let bad = Element::new(ns::SASL, "auth").text("***");
-        assert_eq!(authzid(&bad), Err(()));
+        assert_eq!(authzid(&bad), Err(BadAuthzid));
     }
 }

@@ -85,17 +85,32 @@ pub enum Trace {
 /// What the gateway asks its host to do. Drained in order with `poll_output`.
 #[derive(Clone, Debug)]
 pub enum Output {
-    Transmit { conn: ConnId, bytes: Vec<u8> },
+    Transmit {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
     /// Open a TCP connection to `addr` for `domain`; answer with `connected` or `connect_failed`.
-    Connect { conn: ConnId, domain: String, addr: std::net::SocketAddr },
+    Connect {
+        conn: ConnId,
+        domain: String,
+        addr: std::net::SocketAddr,
+    },
     /// Find the s2s addresses of `domain` (SRV, then A/AAAA on 5269); answer with `resolved`.
-    Resolve { query: u64, domain: String },
+    Resolve {
+        query: u64,
+        domain: String,
+    },
     /// Close the connection once the transmits before this one are written.
-    Close { conn: ConnId },
+    Close {
+        conn: ConnId,
+    },
     /// A stanza for a local user: received from a partner, or a bounce of ours.
     Deliver(Element),
     Event(crate::gateway::Event),
-    Trace { conn: ConnId, trace: Trace },
+    Trace {
+        conn: ConnId,
+        trace: Trace,
+    },
 }
 
 /// The output queue shared by all connections.
@@ -228,7 +243,11 @@ impl Conn {
 
     /// Starts TLS on this connection; bytes already buffered behind the STARTTLS
     /// element belong to the TLS layer.
-    pub fn start_tls(&mut self, conn: rustls::Connection, out: &mut Outq) -> Result<bool, IngestError> {
+    pub fn start_tls(
+        &mut self,
+        conn: rustls::Connection,
+        out: &mut Outq,
+    ) -> Result<bool, IngestError> {
         let leftover = self.reader.take_unconsumed();
         self.tls = Some(conn);
         self.tls_handshaking = true;
@@ -283,7 +302,8 @@ impl Conn {
 
     /// Writes a stream error and the stream close. The caller closes the connection.
     pub fn send_stream_error(&mut self, condition: &str, text: &str, out: &mut Outq, now: Instant) {
-        let mut err = Element::new(ns::STREAM, "error").child(Element::new(ns::STREAMS_ERR, condition));
+        let mut err =
+            Element::new(ns::STREAM, "error").child(Element::new(ns::STREAMS_ERR, condition));
         if !text.is_empty() {
             err = err.child(Element::new(ns::STREAMS_ERR, "text").text(text));
         }

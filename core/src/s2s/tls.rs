@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -61,7 +63,9 @@ impl TlsIdentity {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| TlsError::Pem(format!("certificate chain: {e}")))?;
         if chain.is_empty() {
-            return Err(TlsError::Pem("the certificate file holds no certificate".into()));
+            return Err(TlsError::Pem(
+                "the certificate file holds no certificate".into(),
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| TlsError::Pem(format!("private key: {e}")))?;
@@ -99,7 +103,9 @@ impl std::error::Error for TlsError {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CertCheck {
     /// Chain, validity and identity all hold; `identity` says which identifier matched.
-    Valid { identity: String },
+    Valid {
+        identity: String,
+    },
     Invalid(CertFault),
 }
 
@@ -107,10 +113,15 @@ pub enum CertCheck {
 pub enum CertFault {
     NoCertificate,
     UntrustedIssuer,
-    Expired { not_after_unix: Option<u64> },
+    Expired {
+        not_after_unix: Option<u64>,
+    },
     NotYetValid,
     WrongPurpose,
-    NameMismatch { reference: String, presented: Vec<String> },
+    NameMismatch {
+        reference: String,
+        presented: Vec<String>,
+    },
     Malformed(String),
 }
 
@@ -124,12 +135,22 @@ impl CertFault {
                 None => "it expired".into(),
             },
             CertFault::NotYetValid => "it is not valid yet".into(),
-            CertFault::WrongPurpose => "its extended key usage allows neither serverAuth nor clientAuth".into(),
-            CertFault::NameMismatch { reference, presented } => {
+            CertFault::WrongPurpose => {
+                "its extended key usage allows neither serverAuth nor clientAuth".into()
+            }
+            CertFault::NameMismatch {
+                reference,
+                presented,
+            } => {
                 if presented.is_empty() {
-                    format!("it is not valid for {reference}: it names no DNS-ID, SRV-ID or XmppAddr")
+                    format!(
+                        "it is not valid for {reference}: it names no DNS-ID, SRV-ID or XmppAddr"
+                    )
                 } else {
-                    format!("it is not valid for {reference}: it names {}", presented.join(", "))
+                    format!(
+                        "it is not valid for {reference}: it names {}",
+                        presented.join(", ")
+                    )
                 }
             }
             CertFault::Malformed(t) => format!("it cannot be read: {t}"),
@@ -154,12 +175,14 @@ impl TlsContext {
         clock: WallClock,
     ) -> Result<Self, TlsError> {
         for a in &trust_anchors {
-            webpki::anchor_from_trusted_cert(a).map_err(|e| TlsError::TrustAnchor(e.to_string()))?;
+            webpki::anchor_from_trusted_cert(a)
+                .map_err(|e| TlsError::TrustAnchor(e.to_string()))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let algorithms = provider.signature_verification_algorithms;
         let time: Arc<dyn rustls::time_provider::TimeProvider> = Arc::new(clock.clone());
-        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let versions: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
         let verifier = Arc::new(DeferredVerifier { algorithms });
         let mut server = rustls::ServerConfig::builder_with_details(provider.clone(), time.clone())
             .with_protocol_versions(versions)
@@ -216,19 +239,26 @@ impl TlsContext {
 
     /// The receiving side of STARTTLS: asks for, but does not require, a client certificate.
     pub fn server(&self) -> Result<rustls::ServerConnection, TlsError> {
-        rustls::ServerConnection::new(self.server.clone()).map_err(|e| TlsError::Config(e.to_string()))
+        rustls::ServerConnection::new(self.server.clone())
+            .map_err(|e| TlsError::Config(e.to_string()))
     }
 
     /// The initiating side of STARTTLS, presenting our certificate as client certificate.
     pub fn client(&self, sni_domain: &str) -> Result<rustls::ClientConnection, TlsError> {
-        let name = ServerName::try_from(sni_domain.to_owned()).map_err(|e| TlsError::Config(format!("{sni_domain}: {e}")))?;
-        rustls::ClientConnection::new(self.client.clone(), name).map_err(|e| TlsError::Config(e.to_string()))
+        let name = ServerName::try_from(sni_domain.to_owned())
+            .map_err(|e| TlsError::Config(format!("{sni_domain}: {e}")))?;
+        rustls::ClientConnection::new(self.client.clone(), name)
+            .map_err(|e| TlsError::Config(e.to_string()))
     }
 
     /// Chain to a trusted CA, validity at the injected time, and identity for
     /// `reference_domain`. serverAuth-only certificates are accepted for both roles:
     /// public CAs stopped issuing clientAuth in 2026.
-    pub fn verify_peer(&self, peer_chain: Option<&[CertificateDer<'_>]>, reference_domain: &str) -> CertCheck {
+    pub fn verify_peer(
+        &self,
+        peer_chain: Option<&[CertificateDer<'_>]>,
+        reference_domain: &str,
+    ) -> CertCheck {
         let Some((ee_der, intermediates)) = peer_chain.and_then(|c| c.split_first()) else {
             return CertCheck::Invalid(CertFault::NoCertificate);
         };
@@ -267,9 +297,7 @@ impl TlsContext {
                     not_after_unix: Some(not_after.as_secs()),
                 },
                 webpki::Error::CertNotValidYet { .. } => CertFault::NotYetValid,
-                webpki::Error::RequiredEkuNotFoundContext(_) => {
-                    CertFault::WrongPurpose
-                }
+                webpki::Error::RequiredEkuNotFoundContext(_) => CertFault::WrongPurpose,
                 other => CertFault::Malformed(format!("{other:?}")),
             });
         }

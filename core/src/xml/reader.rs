@@ -86,13 +86,24 @@ enum Stage {
 enum Lex {
     Content,
     AfterLt,
-    StartTag { quote: u8, slash: bool },
-    EndTag { quote: u8 },
+    StartTag {
+        quote: u8,
+        slash: bool,
+    },
+    EndTag {
+        quote: u8,
+    },
     /// After `<!`: bytes matched so far against `[CDATA[`.
-    Bang { matched: usize },
-    Cdata { brackets: usize },
+    Bang {
+        matched: usize,
+    },
+    Cdata {
+        brackets: usize,
+    },
     /// `<?…?>`: only the leading XML declaration is allowed.
-    Pi { question: bool },
+    Pi {
+        question: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -167,7 +178,7 @@ impl StreamReader {
     }
 
     /// The next complete event, or `None` until more bytes arrive.
-    pub fn next(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+    pub fn next_event(&mut self) -> Result<Option<StreamEvent>, XmlError> {
         match self.stage {
             Stage::Ended | Stage::Failed => return Ok(None),
             Stage::Prolog | Stage::Body => {}
@@ -198,7 +209,9 @@ impl StreamReader {
             }
             if scan.closing {
                 if self.stage != Stage::Body {
-                    return Err(XmlError::NotWellFormed("a closing tag before the stream header".into()));
+                    return Err(XmlError::NotWellFormed(
+                        "a closing tag before the stream header".into(),
+                    ));
                 }
                 self.stage = Stage::Ended;
                 return Ok(Some(StreamEvent::End));
@@ -232,7 +245,9 @@ impl StreamReader {
                     None => return Ok(None),
                     Some(b'<') => {}
                     Some(_) => {
-                        return Err(XmlError::NotWellFormed("text outside of any element".into()));
+                        return Err(XmlError::NotWellFormed(
+                            "text outside of any element".into(),
+                        ));
                     }
                 }
                 Scan {
@@ -287,15 +302,26 @@ impl StreamReader {
                         scan.decl = true;
                         scan.lex = Lex::Pi { question: false };
                     }
-                    _ => scan.lex = Lex::StartTag { quote: 0, slash: false },
+                    _ => {
+                        scan.lex = Lex::StartTag {
+                            quote: 0,
+                            slash: false,
+                        }
+                    }
                 },
                 Lex::StartTag { quote, slash } => {
                     if quote != 0 {
                         if b == quote {
-                            scan.lex = Lex::StartTag { quote: 0, slash: false };
+                            scan.lex = Lex::StartTag {
+                                quote: 0,
+                                slash: false,
+                            };
                         }
                     } else if b == b'\'' || b == b'"' {
-                        scan.lex = Lex::StartTag { quote: b, slash: false };
+                        scan.lex = Lex::StartTag {
+                            quote: b,
+                            slash: false,
+                        };
                     } else if b == b'>' {
                         if header_mode {
                             // The stream header is complete at its '>'.
@@ -318,7 +344,10 @@ impl StreamReader {
                     } else if b == b'<' {
                         break Err(XmlError::NotWellFormed("'<' inside a tag".into()));
                     } else {
-                        scan.lex = Lex::StartTag { quote: 0, slash: b == b'/' };
+                        scan.lex = Lex::StartTag {
+                            quote: 0,
+                            slash: b == b'/',
+                        };
                     }
                 }
                 Lex::EndTag { quote } => {
@@ -343,17 +372,23 @@ impl StreamReader {
                         scan.lex = if matched + 1 == CDATA.len() {
                             Lex::Cdata { brackets: 0 }
                         } else {
-                            Lex::Bang { matched: matched + 1 }
+                            Lex::Bang {
+                                matched: matched + 1,
+                            }
                         };
                     } else if matched == 0 && b == b'-' {
                         break Err(XmlError::RestrictedXml("a comment".into()));
                     } else {
-                        break Err(XmlError::RestrictedXml("a DTD or entity declaration".into()));
+                        break Err(XmlError::RestrictedXml(
+                            "a DTD or entity declaration".into(),
+                        ));
                     }
                 }
                 Lex::Cdata { brackets } => {
                     scan.lex = match b {
-                        b']' => Lex::Cdata { brackets: brackets + 1 },
+                        b']' => Lex::Cdata {
+                            brackets: brackets + 1,
+                        },
                         b'>' if brackets >= 2 => Lex::Content,
                         _ => Lex::Cdata { brackets: 0 },
                     };
@@ -363,7 +398,9 @@ impl StreamReader {
                         self.seen_decl = true;
                         break Ok(Some(scan.at));
                     }
-                    scan.lex = Lex::Pi { question: b == b'?' };
+                    scan.lex = Lex::Pi {
+                        question: b == b'?',
+                    };
                 }
             }
         };
@@ -382,10 +419,14 @@ impl StreamReader {
         let start = match reader.read_event() {
             Ok(Event::Start(s)) => s,
             Ok(Event::Empty(_)) => {
-                return Err(XmlError::NotWellFormed("the stream header closes itself".into()));
+                return Err(XmlError::NotWellFormed(
+                    "the stream header closes itself".into(),
+                ));
             }
             Ok(other) => {
-                return Err(XmlError::NotWellFormed(format!("expected the stream header, got {other:?}")));
+                return Err(XmlError::NotWellFormed(format!(
+                    "expected the stream header, got {other:?}"
+                )));
             }
             Err(e) => return Err(XmlError::NotWellFormed(e.to_string())),
         };
@@ -412,8 +453,14 @@ impl StreamReader {
                 .iter()
                 .find(|a| a.ns.as_deref() == Some(ns::XML) && a.name == "lang")
                 .map(|a| a.value.clone()),
-            default_ns: scope.iter().rev().find(|(p, _)| p.is_empty()).map(|(_, u)| u.clone()),
-            dialback_declared: scope.iter().any(|(p, u)| !p.is_empty() && u == ns::DIALBACK),
+            default_ns: scope
+                .iter()
+                .rev()
+                .find(|(p, _)| p.is_empty())
+                .map(|(_, u)| u.clone()),
+            dialback_declared: scope
+                .iter()
+                .any(|(p, u)| !p.is_empty() && u == ns::DIALBACK),
         };
         self.scope = scope;
         Ok(header)
@@ -478,19 +525,33 @@ impl StreamReader {
                                 "apos" => '\'',
                                 "quot" => '"',
                                 other => {
-                                    return Err(XmlError::RestrictedXml(format!("the entity reference &{other};")));
+                                    return Err(XmlError::RestrictedXml(format!(
+                                        "the entity reference &{other};"
+                                    )));
                                 }
                             }
                         }
-                        Err(e) => return Err(XmlError::NotWellFormed(format!("character reference: {e}"))),
+                        Err(e) => {
+                            return Err(XmlError::NotWellFormed(format!(
+                                "character reference: {e}"
+                            )))
+                        }
                     };
                     append_text(&mut stack, c.encode_utf8(&mut [0u8; 4]))?;
                 }
                 Event::Comment(_) => return Err(XmlError::RestrictedXml("a comment".into())),
-                Event::PI(_) => return Err(XmlError::RestrictedXml("a processing instruction".into())),
+                Event::PI(_) => {
+                    return Err(XmlError::RestrictedXml("a processing instruction".into()))
+                }
                 Event::DocType(_) => return Err(XmlError::RestrictedXml("a DTD".into())),
-                Event::Decl(_) => return Err(XmlError::RestrictedXml("an XML declaration inside the stream".into())),
-                Event::Eof => return Err(XmlError::NotWellFormed("the element is incomplete".into())),
+                Event::Decl(_) => {
+                    return Err(XmlError::RestrictedXml(
+                        "an XML declaration inside the stream".into(),
+                    ))
+                }
+                Event::Eof => {
+                    return Err(XmlError::NotWellFormed("the element is incomplete".into()))
+                }
             }
         }
     }
@@ -498,7 +559,9 @@ impl StreamReader {
 
 fn append_text(stack: &mut [(Element, usize)], text: &str) -> Result<(), XmlError> {
     let Some((el, _)) = stack.last_mut() else {
-        return Err(XmlError::NotWellFormed("text outside of any element".into()));
+        return Err(XmlError::NotWellFormed(
+            "text outside of any element".into(),
+        ));
     };
     if let Some(Node::Text(t)) = el.children.last_mut() {
         t.push_str(text);
@@ -508,7 +571,11 @@ fn append_text(stack: &mut [(Element, usize)], text: &str) -> Result<(), XmlErro
     Ok(())
 }
 
-fn element(s: &BytesStart<'_>, scope: &mut Vec<(String, String)>, limits: &Limits) -> Result<Element, XmlError> {
+fn element(
+    s: &BytesStart<'_>,
+    scope: &mut Vec<(String, String)>,
+    limits: &Limits,
+) -> Result<Element, XmlError> {
     let (ns_uri, name, attrs) = open_tag(s, scope, limits)?;
     Ok(Element {
         ns: ns_uri,
@@ -534,7 +601,8 @@ fn open_tag(
                 limits.max_attributes
             )));
         }
-        let attr = attr.map_err(|e| XmlError::NotWellFormed(format!("attribute on <{qname}>: {e}")))?;
+        let attr =
+            attr.map_err(|e| XmlError::NotWellFormed(format!("attribute on <{qname}>: {e}")))?;
         let key = utf8(attr.key.as_ref())?;
         let value = attr.unescape_value().map_err(|e| match e {
             quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(..)) => {
@@ -546,7 +614,9 @@ fn open_tag(
             scope.push((String::new(), value.into_owned()));
         } else if let Some(prefix) = key.strip_prefix("xmlns:") {
             if value.is_empty() {
-                return Err(XmlError::NotWellFormed(format!("prefix {prefix} bound to no namespace")));
+                return Err(XmlError::NotWellFormed(format!(
+                    "prefix {prefix} bound to no namespace"
+                )));
             }
             scope.push((prefix.to_owned(), value.into_owned()));
         } else {
@@ -554,7 +624,11 @@ fn open_tag(
         }
     }
     let lookup = |scope: &[(String, String)], prefix: &str| -> Option<String> {
-        scope.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.clone())
+        scope
+            .iter()
+            .rev()
+            .find(|(p, _)| p == prefix)
+            .map(|(_, u)| u.clone())
     };
     let (ns_uri, local) = match qname.split_once(':') {
         Some((prefix, local)) => match lookup(scope, prefix) {
@@ -590,8 +664,13 @@ fn utf8(b: &[u8]) -> Result<String, XmlError> {
 
 /// `<?xml version='1.0' encoding='…'?>`: only UTF-8 is allowed (RFC 6120 §11.6).
 fn check_declaration(bytes: &[u8]) -> Result<(), XmlError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| XmlError::NotWellFormed("declaration is not UTF-8".into()))?;
-    if !text.starts_with("<?xml") || !text.get(5..6).is_some_and(|c| c.trim().is_empty() || c == "?") {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| XmlError::NotWellFormed("declaration is not UTF-8".into()))?;
+    if !text.starts_with("<?xml")
+        || !text
+            .get(5..6)
+            .is_some_and(|c| c.trim().is_empty() || c == "?")
+    {
         return Err(XmlError::RestrictedXml("a processing instruction".into()));
     }
     if let Some(pos) = text.find("encoding") {
@@ -605,7 +684,9 @@ fn check_declaration(bytes: &[u8]) -> Result<(), XmlError> {
             .take_while(|c| *c != '\'' && *c != '"')
             .collect();
         if !value.eq_ignore_ascii_case("utf-8") {
-            return Err(XmlError::UnsupportedEncoding(format!("'{value}'; XMPP uses UTF-8")));
+            return Err(XmlError::UnsupportedEncoding(format!(
+                "'{value}'; XMPP uses UTF-8"
+            )));
         }
     }
     Ok(())
@@ -629,7 +710,7 @@ mod tests {
         let mut events = Vec::new();
         for c in chunks {
             r.push(c);
-            while let Some(e) = r.next()? {
+            while let Some(e) = r.next_event()? {
                 events.push(e);
             }
         }
@@ -644,23 +725,37 @@ mod tests {
     fn reads_header_elements_and_end() {
         let events = reference();
         assert_eq!(events.len(), 5);
-        let StreamEvent::Header(h) = &events[0] else { panic!("header first") };
+        let StreamEvent::Header(h) = &events[0] else {
+            panic!("header first")
+        };
         assert_eq!(h.from.as_deref(), Some("a.example"));
         assert_eq!(h.default_ns.as_deref(), Some(ns::SERVER));
         assert!(h.dialback_declared);
         assert_eq!(h.lang.as_deref(), Some("en"));
-        let StreamEvent::Element(db) = &events[1] else { panic!() };
+        let StreamEvent::Element(db) = &events[1] else {
+            panic!()
+        };
         assert!(db.is(ns::DIALBACK, "result"));
         assert_eq!(db.text_content(), "k3y");
-        let StreamEvent::Element(msg) = &events[2] else { panic!() };
+        let StreamEvent::Element(msg) = &events[2] else {
+            panic!()
+        };
         assert!(msg.is(ns::SERVER, "message"));
         let body = msg.find(ns::SERVER, "body").expect("body");
         assert_eq!(body.text_content(), "caf\u{e9} & \u{1F389} <raw>");
         let x = msg.find("urn:example", "x").expect("x");
-        assert_eq!(x.find("urn:example", "y").and_then(|y| y.get_attr("a")), Some("1'"));
-        let StreamEvent::Element(f) = &events[3] else { panic!() };
+        assert_eq!(
+            x.find("urn:example", "y").and_then(|y| y.get_attr("a")),
+            Some("1'")
+        );
+        let StreamEvent::Element(f) = &events[3] else {
+            panic!()
+        };
         assert!(f.is(ns::STREAM, "features"));
-        assert!(f.find(ns::TLS, "starttls").and_then(|s| s.find(ns::TLS, "required")).is_some());
+        assert!(f
+            .find(ns::TLS, "starttls")
+            .and_then(|s| s.find(ns::TLS, "required"))
+            .is_some());
         assert_eq!(events[4], StreamEvent::End);
     }
 
@@ -681,9 +776,13 @@ mod tests {
         let s = "<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server' xmlns:d='jabber:server:dialback'>\
                  <d:verify id='1'/><s:features/>";
         let ev = read_all(&[s.as_bytes()]).expect("parse");
-        let StreamEvent::Element(v) = &ev[1] else { panic!() };
+        let StreamEvent::Element(v) = &ev[1] else {
+            panic!()
+        };
         assert!(v.is(ns::DIALBACK, "verify"));
-        let StreamEvent::Element(f) = &ev[2] else { panic!() };
+        let StreamEvent::Element(f) = &ev[2] else {
+            panic!()
+        };
         assert!(f.is(ns::STREAM, "features"));
     }
 
@@ -691,21 +790,55 @@ mod tests {
         read_all(&[s.as_bytes()]).expect_err("must fail")
     }
 
-    const H: &str = "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
+    const H: &str =
+        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
 
     #[test]
     fn restricted_xml_and_errors() {
-        assert_eq!(first_error(&format!("{H}<!-- hi -->")).condition(), "restricted-xml");
-        assert_eq!(first_error(&format!("{H}<message><!-- hi --></message>")).condition(), "restricted-xml");
-        assert_eq!(first_error("<!DOCTYPE x [<!ENTITY a 'b'>]>").condition(), "restricted-xml");
-        assert_eq!(first_error(&format!("{H}<message><!ENTITY a 'b'></message>")).condition(), "restricted-xml");
-        assert_eq!(first_error(&format!("{H}<?pi x?>")).condition(), "restricted-xml");
-        assert_eq!(first_error(&format!("{H}<message>&ent;</message>")).condition(), "restricted-xml");
-        assert_eq!(first_error(&format!("{H}<a></b>")).condition(), "not-well-formed");
-        assert_eq!(first_error(&format!("{H}text")).condition(), "not-well-formed");
-        assert_eq!(first_error(&format!("{H}<a x='1' x='2'/>")).condition(), "not-well-formed");
-        assert_eq!(first_error(&format!("{H}<p:a/>")).condition(), "bad-namespace-prefix");
-        assert_eq!(first_error("<stream xmlns='jabber:server'>").condition(), "invalid-namespace");
+        assert_eq!(
+            first_error(&format!("{H}<!-- hi -->")).condition(),
+            "restricted-xml"
+        );
+        assert_eq!(
+            first_error(&format!("{H}<message><!-- hi --></message>")).condition(),
+            "restricted-xml"
+        );
+        assert_eq!(
+            first_error("<!DOCTYPE x [<!ENTITY a 'b'>]>").condition(),
+            "restricted-xml"
+        );
+        assert_eq!(
+            first_error(&format!("{H}<message><!ENTITY a 'b'></message>")).condition(),
+            "restricted-xml"
+        );
+        assert_eq!(
+            first_error(&format!("{H}<?pi x?>")).condition(),
+            "restricted-xml"
+        );
+        assert_eq!(
+            first_error(&format!("{H}<message>&ent;</message>")).condition(),
+            "restricted-xml"
+        );
+        assert_eq!(
+            first_error(&format!("{H}<a></b>")).condition(),
+            "not-well-formed"
+        );
+        assert_eq!(
+            first_error(&format!("{H}text")).condition(),
+            "not-well-formed"
+        );
+        assert_eq!(
+            first_error(&format!("{H}<a x='1' x='2'/>")).condition(),
+            "not-well-formed"
+        );
+        assert_eq!(
+            first_error(&format!("{H}<p:a/>")).condition(),
+            "bad-namespace-prefix"
+        );
+        assert_eq!(
+            first_error("<stream xmlns='jabber:server'>").condition(),
+            "invalid-namespace"
+        );
         assert_eq!(
             first_error(&format!("<?xml version='1.0' encoding='ISO-8859-1'?>{H}")).condition(),
             "unsupported-encoding"
@@ -713,8 +846,11 @@ mod tests {
         let bad_utf8 = [H.as_bytes(), b"<a b='\xff'/>"].concat();
         let mut r = StreamReader::new(Limits::default());
         r.push(&bad_utf8);
-        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
-        assert_eq!(r.next().map_err(|e| e.condition()), Err("not-well-formed"));
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        assert_eq!(
+            r.next_event().map_err(|e| e.condition()),
+            Err("not-well-formed")
+        );
     }
 
     #[test]
@@ -726,16 +862,25 @@ mod tests {
         };
         let mut r = StreamReader::new(limits);
         r.push(H.as_bytes());
-        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Header(_)))));
         r.push(b"<message>");
-        assert_eq!(r.next(), Ok(None));
+        assert_eq!(r.next_event(), Ok(None));
         r.push(&[b'x'; 200]);
-        assert_eq!(r.next().map_err(|e| e.condition()), Err("policy-violation"));
+        assert_eq!(
+            r.next_event().map_err(|e| e.condition()),
+            Err("policy-violation")
+        );
 
         let deep = format!("{H}<a><b><c><d/></c></b></a>");
-        assert!(matches!(read_limited(&deep, limits), Err(XmlError::PolicyViolation(_))));
+        assert!(matches!(
+            read_limited(&deep, limits),
+            Err(XmlError::PolicyViolation(_))
+        ));
         let attrs = format!("{H}<a x='1' y='2' z='3'/>");
-        assert!(matches!(read_limited(&attrs, limits), Err(XmlError::PolicyViolation(_))));
+        assert!(matches!(
+            read_limited(&attrs, limits),
+            Err(XmlError::PolicyViolation(_))
+        ));
         let ok = format!("{H}<a x='1' y='2'><b><c/></b></a>");
         assert!(read_limited(&ok, limits).is_ok());
     }
@@ -744,7 +889,7 @@ mod tests {
         let mut r = StreamReader::new(limits);
         r.push(s.as_bytes());
         let mut v = Vec::new();
-        while let Some(e) = r.next()? {
+        while let Some(e) = r.next_event()? {
             v.push(e);
         }
         Ok(v)
@@ -755,20 +900,22 @@ mod tests {
         let mut r = StreamReader::new(Limits::default());
         r.push(H.as_bytes());
         r.push(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01\x00");
-        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
-        assert!(matches!(r.next(), Ok(Some(StreamEvent::Element(e))) if e.name == "proceed"));
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Element(e))) if e.name == "proceed"));
         assert_eq!(r.take_unconsumed(), b"\x16\x03\x01\x00");
         assert_eq!(r.buffered_len(), 0);
         // After SASL success the next header may already be buffered.
         r.restart();
         r.push(format!("<?xml version='1.0'?>{H}<a/>").as_bytes());
-        assert!(matches!(r.next(), Ok(Some(StreamEvent::Header(_)))));
-        assert!(matches!(r.next(), Ok(Some(StreamEvent::Element(_)))));
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Header(_)))));
+        assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Element(_)))));
     }
 
     #[test]
     fn writer_round_trip() {
-        let StreamEvent::Element(msg) = reference().remove(2) else { panic!() };
+        let StreamEvent::Element(msg) = reference().remove(2) else {
+            panic!()
+        };
         let text = format!("{H}{}", msg.to_xml(ns::SERVER));
         let again = read_all(&[text.as_bytes()]).expect("re-read");
         assert_eq!(again.get(1), Some(&StreamEvent::Element(msg)));
@@ -789,7 +936,7 @@ mod tests {
                 .collect();
             r.push(&junk);
             for _ in 0..50 {
-                match r.next() {
+                match r.next_event() {
                     Ok(Some(_)) => {}
                     _ => break,
                 }

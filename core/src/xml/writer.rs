@@ -15,7 +15,9 @@ pub fn escape_attr(s: &str) -> Cow<'_, str> {
 }
 
 fn escape(s: &str, attr: bool) -> Cow<'_, str> {
-    let needs = |c: char| matches!(c, '&' | '<' | '>' | '\r') || (attr && matches!(c, '\'' | '"' | '\n' | '\t'));
+    let needs = |c: char| {
+        matches!(c, '&' | '<' | '>' | '\r') || (attr && matches!(c, '\'' | '"' | '\n' | '\t'))
+    };
     if !s.chars().any(needs) {
         return Cow::Borrowed(s);
     }
@@ -83,7 +85,11 @@ fn write_inner(out: &mut String, el: &Element, inherited: &str, db_prefix: bool)
     }
     // Children in no-prefix form inherit this element's namespace; prefixed ones
     // (stream:, db:) leave the default namespace as it was.
-    let child_default = if prefix.is_empty() { el.ns.as_str() } else { inherited };
+    let child_default = if prefix.is_empty() {
+        el.ns.as_str()
+    } else {
+        inherited
+    };
     if el.children.is_empty() {
         out.push_str("/>");
         return;
@@ -146,7 +152,10 @@ mod tests {
     #[test]
     fn escaping() {
         assert_eq!(escape_text("a<b>&c'\""), "a&lt;b&gt;&amp;c'\"");
-        assert_eq!(escape_attr("it's \"q\" <&>"), "it&apos;s &quot;q&quot; &lt;&amp;&gt;");
+        assert_eq!(
+            escape_attr("it's \"q\" <&>"),
+            "it&apos;s &quot;q&quot; &lt;&amp;&gt;"
+        );
         assert!(matches!(escape_text("plain"), Cow::Borrowed(_)));
     }
 
@@ -154,18 +163,30 @@ mod tests {
     fn namespaces_and_prefixes() {
         let el = Element::new(ns::STREAM, "features")
             .child(Element::new(ns::TLS, "starttls").child(Element::new(ns::TLS, "required")))
-            .child(Element::new(ns::DIALBACK_FEATURE, "dialback").child(Element::new(ns::DIALBACK_FEATURE, "errors")));
+            .child(
+                Element::new(ns::DIALBACK_FEATURE, "dialback")
+                    .child(Element::new(ns::DIALBACK_FEATURE, "errors")),
+            );
         assert_eq!(
             el.to_xml(ns::SERVER),
             "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>\
              <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>"
         );
-        let db = Element::new(ns::DIALBACK, "result").attr("from", "a").attr("to", "b").text("k");
-        assert_eq!(db.to_xml(ns::SERVER), "<db:result from='a' to='b'>k</db:result>");
+        let db = Element::new(ns::DIALBACK, "result")
+            .attr("from", "a")
+            .attr("to", "b")
+            .text("k");
+        assert_eq!(
+            db.to_xml(ns::SERVER),
+            "<db:result from='a' to='b'>k</db:result>"
+        );
         let msg = Element::new(ns::SERVER, "message")
             .attr("to", "x@y")
             .child(Element::new(ns::SERVER, "body").text("a & b"));
-        assert_eq!(msg.to_xml(ns::SERVER), "<message to='x@y'><body>a &amp; b</body></message>");
+        assert_eq!(
+            msg.to_xml(ns::SERVER),
+            "<message to='x@y'><body>a &amp; b</body></message>"
+        );
     }
 
     #[test]
