@@ -1,10 +1,17 @@
 //! Gateway configuration: the gateway-wide settings (Set-CsXmppGatewayConfiguration),
 //! the allowed partners (New-CsXmppAllowedPartner), and the negotiation verdicts.
+//!
+//! The file is TOML; `docs/configuration.md` lists every key with its default.
+//! Unknown keys are refused with their line, invalid negotiation rows are refused
+//! with the partner, the rule and the fix, and doubtful rows load with a warning.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::jid::normalize_domain;
 
 /// `tls` setting of a partner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -361,5 +368,539 @@ impl Config {
     /// The partner entry that lists `domain` as its primary or an additional domain.
     pub fn partner_for(&self, domain: &str) -> Option<&Partner> {
         self.partners.iter().find(|p| p.covers(domain))
+    }
+}
+
+// ---- loading -------------------------------------------------------------------------
+
+/// A loaded configuration and the warnings an admin should read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// A negotiation row that loads but deserves attention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub partner: String,
+    pub line: usize,
+    pub row: usize,
+    pub rule: Rule,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// TOML syntax, a missing key, or a value of the wrong type.
+    Syntax { line: usize, column: usize, message: String },
+    UnknownKey { key: String, line: usize, column: usize, allowed: String },
+    InvalidValue { key: String, line: usize, message: String },
+    InvalidRow { partner: String, line: usize, row: usize, label: String, rule: Rule },
+    DuplicateDomain { domain: String, line: usize, first: String, second: String },
+    ServedDomainIsPartner { domain: String, line: usize, partner: String },
+    BadDomain { domain: String, line: usize, reason: String },
+    NoServedDomain,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Syntax { line, column, message } => write!(f, "line {line}:{column}: {message}"),
+            ConfigError::UnknownKey { key, line, column, allowed } => {
+                write!(f, "line {line}:{column}: unknown key '{key}'; the keys allowed here are {allowed}")
+            }
+            ConfigError::InvalidValue { key, line, message } => write!(f, "line {line}: {key}: {message}"),
+            ConfigError::InvalidRow { partner, line, row, label, rule } => write!(
+                f,
+                "partner {partner} (line {line}): {label} (Lync matrix row {row}) is not a valid configuration: {}; fix: {}",
+                rule.explain(),
+                rule.fix()
+            ),
+            ConfigError::DuplicateDomain { domain, line, first, second } => write!(
+                f,
+                "line {line}: domain {domain} is listed by partner {first} and again by partner {second}; \
+                 a domain may belong to one partner only: remove one of the entries"
+            ),
+            ConfigError::ServedDomainIsPartner { domain, line, partner } => write!(
+                f,
+                "line {line}: {domain} is one of gateway.served_domains and is also listed by partner {partner}; \
+                 a domain cannot be served here and federated with: remove it from one of them"
+            ),
+            ConfigError::BadDomain { domain, line, reason } => {
+                write!(f, "line {line}: '{domain}' is not a valid domain: {reason}")
+            }
+            ConfigError::NoServedDomain => f.write_str(
+                "gateway.served_domains is empty: list the SIP domain(s) this gateway is the XMPP server for",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    #[serde(default)]
+    partner: Vec<RawPartner>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    served_domains: Vec<Spanned<String>>,
+    connection_limit: Option<Spanned<u32>>,
+    partner_connection_limit: Option<Spanned<u32>>,
+    dialback_secret: Option<String>,
+    stream_establishment_timeout: Option<Spanned<u64>>,
+    stream_inactivity_timeout: Option<Spanned<u64>>,
+    keep_alive_interval: Option<Spanned<u64>>,
+    subscription_refresh_interval: Option<Spanned<u64>>,
+    dialback_verify_timeout: Option<Spanned<u64>>,
+    log_message_bodies: Option<bool>,
+    xml_limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_stanza_bytes: Option<Spanned<u64>>,
+    max_depth: Option<Spanned<u64>>,
+    max_attributes: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    domain: Spanned<String>,
+    #[serde(default)]
+    additional_domains: Vec<Spanned<String>>,
+    description: Option<String>,
+    partner_type: Option<PartnerType>,
+    tls: Option<TlsMode>,
+    sasl: Option<SaslMode>,
+    dialback: Option<bool>,
+    enable_keep_alive: Option<bool>,
+    connection_limit: Option<Spanned<u32>>,
+    proxy_fqdn: Option<Spanned<String>>,
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+fn positive<T: Copy + PartialOrd + Default + fmt::Display>(
+    text: &str,
+    key: &str,
+    value: &Option<Spanned<T>>,
+) -> Result<Option<T>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(v) if *v.get_ref() > T::default() => Ok(Some(*v.get_ref())),
+        Some(v) => Err(ConfigError::InvalidValue {
+            key: key.to_owned(),
+            line: line_col(text, v.span().start).0,
+            message: format!("must be greater than 0, not {}", v.get_ref()),
+        }),
+    }
+}
+
+fn domain(text: &str, raw: &Spanned<String>) -> Result<(String, usize), ConfigError> {
+    let line = line_col(text, raw.span().start).0;
+    normalize_domain(raw.get_ref().trim())
+        .map(|d| (d, line))
+        .map_err(|e| ConfigError::BadDomain {
+            domain: raw.get_ref().clone(),
+            line,
+            reason: e.to_string(),
+        })
+}
+
+impl Config {
+    /// Parses and validates a configuration file.
+    pub fn from_toml(text: &str) -> Result<Loaded, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+        let g = raw.gateway;
+        let d = GatewaySettings::default();
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+        let mut served = Vec::new();
+        for s in &g.served_domains {
+            served.push(domain(text, s)?);
+        }
+        if served.is_empty() {
+            return Err(ConfigError::NoServedDomain);
+        }
+        let limits = g.xml_limits.as_ref();
+        let limit = |key: &str, v: Option<&Option<Spanned<u64>>>, default: usize| -> Result<usize, ConfigError> {
+            match v {
+                Some(v) => Ok(positive(text, key, v)?
+                    .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))),
+                None => Ok(default),
+            }
+        };
+        let gateway = GatewaySettings {
+            served_domains: served.iter().map(|(d, _)| d.clone()).collect(),
+            connection_limit: positive(text, "connection_limit", &g.connection_limit)?.unwrap_or(d.connection_limit),
+            partner_connection_limit: positive(text, "partner_connection_limit", &g.partner_connection_limit)?
+                .unwrap_or(d.partner_connection_limit),
+            dialback_secret: g.dialback_secret.filter(|s| !s.is_empty()),
+            stream_establishment_timeout: secs(
+                positive(text, "stream_establishment_timeout", &g.stream_establishment_timeout)?,
+                d.stream_establishment_timeout,
+            ),
+            stream_inactivity_timeout: secs(
+                positive(text, "stream_inactivity_timeout", &g.stream_inactivity_timeout)?,
+                d.stream_inactivity_timeout,
+            ),
+            keep_alive_interval: secs(
+                positive(text, "keep_alive_interval", &g.keep_alive_interval)?,
+                d.keep_alive_interval,
+            ),
+            subscription_refresh_interval: secs(
+                positive(text, "subscription_refresh_interval", &g.subscription_refresh_interval)?,
+                d.subscription_refresh_interval,
+            ),
+            dialback_verify_timeout: secs(
+                positive(text, "dialback_verify_timeout", &g.dialback_verify_timeout)?,
+                d.dialback_verify_timeout,
+            ),
+            log_message_bodies: g.log_message_bodies.unwrap_or(false),
+            xml_limits: XmlLimits {
+                max_stanza_bytes: limit(
+                    "max_stanza_bytes",
+                    limits.map(|l| &l.max_stanza_bytes),
+                    d.xml_limits.max_stanza_bytes,
+                )?,
+                max_depth: limit("max_depth", limits.map(|l| &l.max_depth), d.xml_limits.max_depth)?,
+                max_attributes: limit(
+                    "max_attributes",
+                    limits.map(|l| &l.max_attributes),
+                    d.xml_limits.max_attributes,
+                )?,
+            },
+        };
+        let mut partners = Vec::new();
+        let mut warnings = Vec::new();
+        // Every domain claimed so far: domain -> (owning partner).
+        let mut claimed: Vec<(String, String)> = Vec::new();
+        for rp in &raw.partner {
+            let (primary, line) = domain(text, &rp.domain)?;
+            let mut p = Partner::new(&primary);
+            for a in &rp.additional_domains {
+                p.additional_domains.push(domain(text, a)?.0);
+            }
+            for dom in std::iter::once(&primary).chain(p.additional_domains.iter()) {
+                if let Some((_, owner)) = claimed.iter().find(|(c, _)| c == dom) {
+                    return Err(ConfigError::DuplicateDomain {
+                        domain: dom.clone(),
+                        line,
+                        first: owner.clone(),
+                        second: primary.clone(),
+                    });
+                }
+                if served.iter().any(|(s, _)| s == dom) {
+                    return Err(ConfigError::ServedDomainIsPartner {
+                        domain: dom.clone(),
+                        line,
+                        partner: primary.clone(),
+                    });
+                }
+                claimed.push((dom.clone(), primary.clone()));
+            }
+            p.description = rp.description.clone();
+            p.partner_type = rp.partner_type.unwrap_or_default();
+            let defaults = Negotiation::default();
+            p.negotiation = Negotiation {
+                tls: rp.tls.unwrap_or(defaults.tls),
+                sasl: rp.sasl.unwrap_or(defaults.sasl),
+                dialback: rp.dialback.unwrap_or(defaults.dialback),
+            };
+            p.enable_keep_alive = rp.enable_keep_alive.unwrap_or(true);
+            p.connection_limit = positive(text, "connection_limit", &rp.connection_limit)?;
+            p.proxy_fqdn = match &rp.proxy_fqdn {
+                Some(f) => Some(domain(text, f)?.0),
+                None => None,
+            };
+            let row = p.negotiation;
+            match row.verdict() {
+                Verdict::Invalid(rule) => {
+                    return Err(ConfigError::InvalidRow {
+                        partner: primary,
+                        line,
+                        row: row.row_number(),
+                        label: row.label(),
+                        rule,
+                    });
+                }
+                Verdict::Warning(rules) => {
+                    for rule in rules {
+                        warnings.push(ConfigWarning {
+                            partner: primary.clone(),
+                            line,
+                            row: row.row_number(),
+                            rule,
+                            message: format!(
+                                "partner {primary} (line {line}): {} (Lync matrix row {}): {}; to silence: {}",
+                                row.label(),
+                                row.row_number(),
+                                rule.explain(),
+                                rule.fix()
+                            ),
+                        });
+                    }
+                }
+                Verdict::Valid => {}
+            }
+            partners.push(p);
+        }
+        Ok(Loaded {
+            config: Config { gateway, partners },
+            warnings,
+        })
+    }
+
+    /// Writes the configuration back as TOML that `from_toml` reads to the same value.
+    pub fn to_toml(&self) -> String {
+        let g = &self.gateway;
+        let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let list = |v: &[String]| format!("[{}]", v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
+        let mut out = String::from("[gateway]\n");
+        out.push_str(&format!("served_domains = {}\n", list(&g.served_domains)));
+        out.push_str(&format!("connection_limit = {}\n", g.connection_limit));
+        out.push_str(&format!("partner_connection_limit = {}\n", g.partner_connection_limit));
+        if let Some(s) = &g.dialback_secret {
+            out.push_str(&format!("dialback_secret = {}\n", quote(s)));
+        }
+        for (k, v) in [
+            ("stream_establishment_timeout", g.stream_establishment_timeout),
+            ("stream_inactivity_timeout", g.stream_inactivity_timeout),
+            ("keep_alive_interval", g.keep_alive_interval),
+            ("subscription_refresh_interval", g.subscription_refresh_interval),
+            ("dialback_verify_timeout", g.dialback_verify_timeout),
+        ] {
+            out.push_str(&format!("{k} = {}\n", v.as_secs()));
+        }
+        out.push_str(&format!("log_message_bodies = {}\n", g.log_message_bodies));
+        out.push_str("\n[gateway.xml_limits]\n");
+        out.push_str(&format!("max_stanza_bytes = {}\n", g.xml_limits.max_stanza_bytes));
+        out.push_str(&format!("max_depth = {}\n", g.xml_limits.max_depth));
+        out.push_str(&format!("max_attributes = {}\n", g.xml_limits.max_attributes));
+        for p in &self.partners {
+            out.push_str("\n[[partner]]\n");
+            out.push_str(&format!("domain = {}\n", quote(&p.domain)));
+            if !p.additional_domains.is_empty() {
+                out.push_str(&format!("additional_domains = {}\n", list(&p.additional_domains)));
+            }
+            if let Some(d) = &p.description {
+                out.push_str(&format!("description = {}\n", quote(d)));
+            }
+            let ty = match p.partner_type {
+                PartnerType::Federated => "federated",
+                PartnerType::PublicVerified => "public_verified",
+                PartnerType::PublicUnverified => "public_unverified",
+            };
+            out.push_str(&format!("partner_type = \"{ty}\"\n"));
+            out.push_str(&format!("tls = \"{}\"\n", p.negotiation.tls.as_str()));
+            out.push_str(&format!("sasl = \"{}\"\n", p.negotiation.sasl.as_str()));
+            out.push_str(&format!("dialback = {}\n", p.negotiation.dialback));
+            out.push_str(&format!("enable_keep_alive = {}\n", p.enable_keep_alive));
+            if let Some(l) = p.connection_limit {
+                out.push_str(&format!("connection_limit = {l}\n"));
+            }
+            if let Some(f) = &p.proxy_fqdn {
+                out.push_str(&format!("proxy_fqdn = {}\n", quote(f)));
+            }
+        }
+        out
+    }
+}
+
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+    let message = e.message().trim().to_owned();
+    // serde's wording: "unknown field `x`, expected one of `a`, `b`".
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default().to_owned();
+        let allowed = rest
+            .split_once("expected ")
+            .map(|(_, a)| a.trim_start_matches("one of ").to_owned())
+            .unwrap_or_default();
+        return ConfigError::UnknownKey {
+            key,
+            line,
+            column,
+            allowed,
+        };
+    }
+    ConfigError::Syntax { line, column, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[gateway]
+served_domains = ["SIP.Example.com."]
+connection_limit = 500
+partner_connection_limit = 5
+dialback_secret = "s3cret"
+stream_establishment_timeout = 30
+stream_inactivity_timeout = 900
+keep_alive_interval = 120
+subscription_refresh_interval = 3600
+dialback_verify_timeout = 10
+log_message_bodies = true
+
+[gateway.xml_limits]
+max_stanza_bytes = 65536
+max_depth = 16
+max_attributes = 32
+
+[[partner]]
+domain = "xmpp.example.org"
+additional_domains = ["chat.example.org"]
+description = "Example partner"
+partner_type = "federated"
+tls = "required"
+sasl = "optional"
+dialback = true
+enable_keep_alive = false
+connection_limit = 3
+proxy_fqdn = "gw.example.org"
+
+[[partner]]
+domain = "gmail.com"
+tls = "not_supported"
+sasl = "not_supported"
+"#;
+
+    #[test]
+    fn every_key_and_defaults() {
+        let loaded = Config::from_toml(FULL).expect("loads");
+        let c = &loaded.config;
+        assert_eq!(c.gateway.served_domains, ["sip.example.com"]);
+        assert_eq!(c.gateway.connection_limit, 500);
+        assert_eq!(c.gateway.partner_connection_limit, 5);
+        assert_eq!(c.gateway.dialback_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.gateway.stream_establishment_timeout, Duration::from_secs(30));
+        assert_eq!(c.gateway.stream_inactivity_timeout, Duration::from_secs(900));
+        assert_eq!(c.gateway.keep_alive_interval, Duration::from_secs(120));
+        assert_eq!(c.gateway.subscription_refresh_interval, Duration::from_secs(3600));
+        assert_eq!(c.gateway.dialback_verify_timeout, Duration::from_secs(10));
+        assert!(c.gateway.log_message_bodies);
+        assert_eq!(c.gateway.xml_limits.max_stanza_bytes, 65536);
+        let p = &c.partners[0];
+        assert_eq!(p.additional_domains, ["chat.example.org"]);
+        assert_eq!(p.partner_type, PartnerType::Federated);
+        assert_eq!(p.negotiation.row_number(), 7);
+        assert!(!p.enable_keep_alive);
+        assert_eq!(p.connection_limit, Some(3));
+        assert_eq!(p.proxy_fqdn.as_deref(), Some("gw.example.org"));
+        let g = &c.partners[1];
+        assert_eq!(g.partner_type, PartnerType::PublicUnverified);
+        assert_eq!(g.negotiation.row_number(), 17);
+        assert!(g.enable_keep_alive);
+        assert!(loaded.warnings.is_empty());
+
+        let minimal = Config::from_toml("[gateway]\nserved_domains = [\"a.example\"]\n[[partner]]\ndomain = \"b.example\"\n")
+            .expect("loads");
+        assert_eq!(minimal.config.gateway, GatewaySettings {
+            served_domains: vec!["a.example".into()],
+            ..GatewaySettings::default()
+        });
+        assert_eq!(minimal.config.partners[0], Partner::new("b.example"));
+        // Lync's defaults land on row 1: dialback is never used.
+        assert_eq!(minimal.warnings.len(), 1);
+        assert_eq!(minimal.warnings[0].rule, Rule::DialbackNeverUsed);
+    }
+
+    #[test]
+    fn round_trip() {
+        let loaded = Config::from_toml(FULL).expect("loads");
+        let again = Config::from_toml(&loaded.config.to_toml()).expect("re-loads");
+        assert_eq!(again.config, loaded.config);
+    }
+
+    #[test]
+    fn unknown_keys_name_their_line() {
+        let text = "[gateway]\nserved_domains = [\"a.example\"]\nconection_limit = 3\n";
+        match Config::from_toml(text) {
+            Err(ConfigError::UnknownKey { key, line, allowed, .. }) => {
+                assert_eq!((key.as_str(), line), ("conection_limit", 3));
+                assert!(allowed.contains("connection_limit"), "{allowed}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = "[gateway]\nserved_domains = [\"a.example\"]\n\n[[partner]]\ndomain = \"b.example\"\ntsl = \"required\"\n";
+        assert!(matches!(Config::from_toml(text), Err(ConfigError::UnknownKey { line: 6, .. })));
+        let text = "[gateway]\nserved_domains = [\"a.example\"]\n[gateway.xml_limits]\nmax_stanza = 1\n";
+        assert!(matches!(Config::from_toml(text), Err(ConfigError::UnknownKey { line: 4, .. })));
+        let text = "[gateway]\nserved_domains = [\"a.example\"]\n[[partner]]\ndomain = \"b.example\"\ntls = \"maybe\"\n";
+        match Config::from_toml(text) {
+            Err(e @ ConfigError::Syntax { line: 5, .. }) => assert!(e.to_string().contains("maybe"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let base = "[gateway]\nserved_domains = [\"a.example\"]\n";
+        let dup = format!("{base}[[partner]]\ndomain = \"b.example\"\n[[partner]]\ndomain = \"c.example\"\nadditional_domains = [\"B.example\"]\n");
+        assert!(matches!(Config::from_toml(&dup), Err(ConfigError::DuplicateDomain { ref domain, .. }) if domain == "b.example"));
+        let twice = format!("{base}[[partner]]\ndomain = \"b.example\"\nadditional_domains = [\"b.example\"]\n");
+        assert!(matches!(Config::from_toml(&twice), Err(ConfigError::DuplicateDomain { .. })));
+        let served = format!("{base}[[partner]]\ndomain = \"a.example\"\n");
+        assert!(matches!(Config::from_toml(&served), Err(ConfigError::ServedDomainIsPartner { .. })));
+        let zero = "[gateway]\nserved_domains = [\"a.example\"]\nkeep_alive_interval = 0\n";
+        assert!(matches!(Config::from_toml(zero), Err(ConfigError::InvalidValue { line: 3, .. })));
+        assert_eq!(Config::from_toml("[gateway]\nserved_domains = []\n"), Err(ConfigError::NoServedDomain));
+        let bad = "[gateway]\nserved_domains = [\"bad domain\"]\n";
+        assert!(matches!(Config::from_toml(bad), Err(ConfigError::BadDomain { line: 2, .. })));
+        let idn = "[gateway]\nserved_domains = [\"münchen.example\"]\n";
+        assert_eq!(
+            Config::from_toml(idn).map(|l| l.config.gateway.served_domains),
+            Ok(vec!["xn--mnchen-3ya.example".to_owned()])
+        );
+    }
+
+    #[test]
+    fn eighteen_rows() {
+        let invalid = [6, 12, 14, 16, 18];
+        let warned = [1, 3, 4, 5, 9, 10, 11];
+        for row in Negotiation::all_rows() {
+            let text = format!(
+                "[gateway]\nserved_domains = [\"a.example\"]\n[[partner]]\ndomain = \"b.example\"\ntls = \"{}\"\nsasl = \"{}\"\ndialback = {}\n",
+                row.tls.as_str(),
+                row.sasl.as_str(),
+                row.dialback
+            );
+            let n = row.row_number();
+            match Config::from_toml(&text) {
+                Err(e @ ConfigError::InvalidRow { .. }) => {
+                    assert!(invalid.contains(&n), "row {n}: {e}");
+                    let msg = e.to_string();
+                    assert!(msg.contains("b.example") && msg.contains("fix:") && msg.contains(&row.label()), "{msg}");
+                }
+                Ok(loaded) => {
+                    assert!(!invalid.contains(&n), "row {n} must be refused");
+                    assert_eq!(!loaded.warnings.is_empty(), warned.contains(&n), "row {n}");
+                }
+                Err(e) => panic!("row {n}: {e}"),
+            }
+        }
     }
 }
