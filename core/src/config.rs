@@ -400,13 +400,45 @@ impl fmt::Display for ConfigWarning {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigError {
     /// TOML syntax, a missing key, or a value of the wrong type.
-    Syntax { line: usize, column: usize, message: String },
-    UnknownKey { key: String, line: usize, column: usize, allowed: String },
-    InvalidValue { key: String, line: usize, message: String },
-    InvalidRow { partner: String, line: usize, row: usize, label: String, rule: Rule },
-    DuplicateDomain { domain: String, line: usize, first: String, second: String },
-    ServedDomainIsPartner { domain: String, line: usize, partner: String },
-    BadDomain { domain: String, line: usize, reason: String },
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    UnknownKey {
+        key: String,
+        line: usize,
+        column: usize,
+        allowed: String,
+    },
+    InvalidValue {
+        key: String,
+        line: usize,
+        message: String,
+    },
+    InvalidRow {
+        partner: String,
+        line: usize,
+        row: usize,
+        label: String,
+        rule: Rule,
+    },
+    DuplicateDomain {
+        domain: String,
+        line: usize,
+        first: String,
+        second: String,
+    },
+    ServedDomainIsPartner {
+        domain: String,
+        line: usize,
+        partner: String,
+    },
+    BadDomain {
+        domain: String,
+        line: usize,
+        reason: String,
+    },
     NoServedDomain,
 }
 
@@ -498,7 +530,10 @@ struct RawPartner {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -544,7 +579,10 @@ impl Config {
             return Err(ConfigError::NoServedDomain);
         }
         let limits = g.xml_limits.as_ref();
-        let limit = |key: &str, v: Option<&Option<Spanned<u64>>>, default: usize| -> Result<usize, ConfigError> {
+        let limit = |key: &str,
+                     v: Option<&Option<Spanned<u64>>>,
+                     default: usize|
+         -> Result<usize, ConfigError> {
             match v {
                 Some(v) => Ok(positive(text, key, v)?
                     .map_or(default, |n| usize::try_from(n).unwrap_or(usize::MAX))),
@@ -553,16 +591,29 @@ impl Config {
         };
         let gateway = GatewaySettings {
             served_domains: served.iter().map(|(d, _)| d.clone()).collect(),
-            connection_limit: positive(text, "connection_limit", &g.connection_limit)?.unwrap_or(d.connection_limit),
-            partner_connection_limit: positive(text, "partner_connection_limit", &g.partner_connection_limit)?
-                .unwrap_or(d.partner_connection_limit),
+            connection_limit: positive(text, "connection_limit", &g.connection_limit)?
+                .unwrap_or(d.connection_limit),
+            partner_connection_limit: positive(
+                text,
+                "partner_connection_limit",
+                &g.partner_connection_limit,
+            )?
+            .unwrap_or(d.partner_connection_limit),
             dialback_secret: g.dialback_secret.filter(|s| !s.is_empty()),
             stream_establishment_timeout: secs(
-                positive(text, "stream_establishment_timeout", &g.stream_establishment_timeout)?,
+                positive(
+                    text,
+                    "stream_establishment_timeout",
+                    &g.stream_establishment_timeout,
+                )?,
                 d.stream_establishment_timeout,
             ),
             stream_inactivity_timeout: secs(
-                positive(text, "stream_inactivity_timeout", &g.stream_inactivity_timeout)?,
+                positive(
+                    text,
+                    "stream_inactivity_timeout",
+                    &g.stream_inactivity_timeout,
+                )?,
                 d.stream_inactivity_timeout,
             ),
             keep_alive_interval: secs(
@@ -570,7 +621,11 @@ impl Config {
                 d.keep_alive_interval,
             ),
             subscription_refresh_interval: secs(
-                positive(text, "subscription_refresh_interval", &g.subscription_refresh_interval)?,
+                positive(
+                    text,
+                    "subscription_refresh_interval",
+                    &g.subscription_refresh_interval,
+                )?,
                 d.subscription_refresh_interval,
             ),
             dialback_verify_timeout: secs(
@@ -584,7 +639,11 @@ impl Config {
                     limits.map(|l| &l.max_stanza_bytes),
                     d.xml_limits.max_stanza_bytes,
                 )?,
-                max_depth: limit("max_depth", limits.map(|l| &l.max_depth), d.xml_limits.max_depth)?,
+                max_depth: limit(
+                    "max_depth",
+                    limits.map(|l| &l.max_depth),
+                    d.xml_limits.max_depth,
+                )?,
                 max_attributes: limit(
                     "max_attributes",
                     limits.map(|l| &l.max_attributes),
@@ -676,33 +735,56 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let g = &self.gateway;
         let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-        let list = |v: &[String]| format!("[{}]", v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
+        let list = |v: &[String]| {
+            format!(
+                "[{}]",
+                v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+            )
+        };
         let mut out = String::from("[gateway]\n");
         out.push_str(&format!("served_domains = {}\n", list(&g.served_domains)));
         out.push_str(&format!("connection_limit = {}\n", g.connection_limit));
-        out.push_str(&format!("partner_connection_limit = {}\n", g.partner_connection_limit));
+        out.push_str(&format!(
+            "partner_connection_limit = {}\n",
+            g.partner_connection_limit
+        ));
         if let Some(s) = &g.dialback_secret {
             out.push_str(&format!("dialback_secret = {}\n", quote(s)));
         }
         for (k, v) in [
-            ("stream_establishment_timeout", g.stream_establishment_timeout),
+            (
+                "stream_establishment_timeout",
+                g.stream_establishment_timeout,
+            ),
             ("stream_inactivity_timeout", g.stream_inactivity_timeout),
             ("keep_alive_interval", g.keep_alive_interval),
-            ("subscription_refresh_interval", g.subscription_refresh_interval),
+            (
+                "subscription_refresh_interval",
+                g.subscription_refresh_interval,
+            ),
             ("dialback_verify_timeout", g.dialback_verify_timeout),
         ] {
             out.push_str(&format!("{k} = {}\n", v.as_secs()));
         }
         out.push_str(&format!("log_message_bodies = {}\n", g.log_message_bodies));
         out.push_str("\n[gateway.xml_limits]\n");
-        out.push_str(&format!("max_stanza_bytes = {}\n", g.xml_limits.max_stanza_bytes));
+        out.push_str(&format!(
+            "max_stanza_bytes = {}\n",
+            g.xml_limits.max_stanza_bytes
+        ));
         out.push_str(&format!("max_depth = {}\n", g.xml_limits.max_depth));
-        out.push_str(&format!("max_attributes = {}\n", g.xml_limits.max_attributes));
+        out.push_str(&format!(
+            "max_attributes = {}\n",
+            g.xml_limits.max_attributes
+        ));
         for p in &self.partners {
             out.push_str("\n[[partner]]\n");
             out.push_str(&format!("domain = {}\n", quote(&p.domain)));
             if !p.additional_domains.is_empty() {
-                out.push_str(&format!("additional_domains = {}\n", list(&p.additional_domains)));
+                out.push_str(&format!(
+                    "additional_domains = {}\n",
+                    list(&p.additional_domains)
+                ));
             }
             if let Some(d) = &p.description {
                 out.push_str(&format!("description = {}\n", quote(d)));
@@ -745,7 +827,11 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
             allowed,
         };
     }
-    ConfigError::Syntax { line, column, message }
+    ConfigError::Syntax {
+        line,
+        column,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -796,10 +882,19 @@ sasl = "not_supported"
         assert_eq!(c.gateway.connection_limit, 500);
         assert_eq!(c.gateway.partner_connection_limit, 5);
         assert_eq!(c.gateway.dialback_secret.as_deref(), Some("s3cret"));
-        assert_eq!(c.gateway.stream_establishment_timeout, Duration::from_secs(30));
-        assert_eq!(c.gateway.stream_inactivity_timeout, Duration::from_secs(900));
+        assert_eq!(
+            c.gateway.stream_establishment_timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            c.gateway.stream_inactivity_timeout,
+            Duration::from_secs(900)
+        );
         assert_eq!(c.gateway.keep_alive_interval, Duration::from_secs(120));
-        assert_eq!(c.gateway.subscription_refresh_interval, Duration::from_secs(3600));
+        assert_eq!(
+            c.gateway.subscription_refresh_interval,
+            Duration::from_secs(3600)
+        );
         assert_eq!(c.gateway.dialback_verify_timeout, Duration::from_secs(10));
         assert!(c.gateway.log_message_bodies);
         assert_eq!(c.gateway.xml_limits.max_stanza_bytes, 65536);
@@ -816,12 +911,17 @@ sasl = "not_supported"
         assert!(g.enable_keep_alive);
         assert!(loaded.warnings.is_empty());
 
-        let minimal = Config::from_toml("[gateway]\nserved_domains = [\"a.example\"]\n[[partner]]\ndomain = \"b.example\"\n")
-            .expect("loads");
-        assert_eq!(minimal.config.gateway, GatewaySettings {
-            served_domains: vec!["a.example".into()],
-            ..GatewaySettings::default()
-        });
+        let minimal = Config::from_toml(
+            "[gateway]\nserved_domains = [\"a.example\"]\n[[partner]]\ndomain = \"b.example\"\n",
+        )
+        .expect("loads");
+        assert_eq!(
+            minimal.config.gateway,
+            GatewaySettings {
+                served_domains: vec!["a.example".into()],
+                ..GatewaySettings::default()
+            }
+        );
         assert_eq!(minimal.config.partners[0], Partner::new("b.example"));
         // Lync's defaults land on row 1: dialback is never used.
         assert_eq!(minimal.warnings.len(), 1);
@@ -839,19 +939,30 @@ sasl = "not_supported"
     fn unknown_keys_name_their_line() {
         let text = "[gateway]\nserved_domains = [\"a.example\"]\nconection_limit = 3\n";
         match Config::from_toml(text) {
-            Err(ConfigError::UnknownKey { key, line, allowed, .. }) => {
+            Err(ConfigError::UnknownKey {
+                key, line, allowed, ..
+            }) => {
                 assert_eq!((key.as_str(), line), ("conection_limit", 3));
                 assert!(allowed.contains("connection_limit"), "{allowed}");
             }
             other => panic!("{other:?}"),
         }
         let text = "[gateway]\nserved_domains = [\"a.example\"]\n\n[[partner]]\ndomain = \"b.example\"\ntsl = \"required\"\n";
-        assert!(matches!(Config::from_toml(text), Err(ConfigError::UnknownKey { line: 6, .. })));
-        let text = "[gateway]\nserved_domains = [\"a.example\"]\n[gateway.xml_limits]\nmax_stanza = 1\n";
-        assert!(matches!(Config::from_toml(text), Err(ConfigError::UnknownKey { line: 4, .. })));
+        assert!(matches!(
+            Config::from_toml(text),
+            Err(ConfigError::UnknownKey { line: 6, .. })
+        ));
+        let text =
+            "[gateway]\nserved_domains = [\"a.example\"]\n[gateway.xml_limits]\nmax_stanza = 1\n";
+        assert!(matches!(
+            Config::from_toml(text),
+            Err(ConfigError::UnknownKey { line: 4, .. })
+        ));
         let text = "[gateway]\nserved_domains = [\"a.example\"]\n[[partner]]\ndomain = \"b.example\"\ntls = \"maybe\"\n";
         match Config::from_toml(text) {
-            Err(e @ ConfigError::Syntax { line: 5, .. }) => assert!(e.to_string().contains("maybe"), "{e}"),
+            Err(e @ ConfigError::Syntax { line: 5, .. }) => {
+                assert!(e.to_string().contains("maybe"), "{e}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -860,16 +971,35 @@ sasl = "not_supported"
     fn refusals() {
         let base = "[gateway]\nserved_domains = [\"a.example\"]\n";
         let dup = format!("{base}[[partner]]\ndomain = \"b.example\"\n[[partner]]\ndomain = \"c.example\"\nadditional_domains = [\"B.example\"]\n");
-        assert!(matches!(Config::from_toml(&dup), Err(ConfigError::DuplicateDomain { ref domain, .. }) if domain == "b.example"));
-        let twice = format!("{base}[[partner]]\ndomain = \"b.example\"\nadditional_domains = [\"b.example\"]\n");
-        assert!(matches!(Config::from_toml(&twice), Err(ConfigError::DuplicateDomain { .. })));
+        assert!(
+            matches!(Config::from_toml(&dup), Err(ConfigError::DuplicateDomain { ref domain, .. }) if domain == "b.example")
+        );
+        let twice = format!(
+            "{base}[[partner]]\ndomain = \"b.example\"\nadditional_domains = [\"b.example\"]\n"
+        );
+        assert!(matches!(
+            Config::from_toml(&twice),
+            Err(ConfigError::DuplicateDomain { .. })
+        ));
         let served = format!("{base}[[partner]]\ndomain = \"a.example\"\n");
-        assert!(matches!(Config::from_toml(&served), Err(ConfigError::ServedDomainIsPartner { .. })));
+        assert!(matches!(
+            Config::from_toml(&served),
+            Err(ConfigError::ServedDomainIsPartner { .. })
+        ));
         let zero = "[gateway]\nserved_domains = [\"a.example\"]\nkeep_alive_interval = 0\n";
-        assert!(matches!(Config::from_toml(zero), Err(ConfigError::InvalidValue { line: 3, .. })));
-        assert_eq!(Config::from_toml("[gateway]\nserved_domains = []\n"), Err(ConfigError::NoServedDomain));
+        assert!(matches!(
+            Config::from_toml(zero),
+            Err(ConfigError::InvalidValue { line: 3, .. })
+        ));
+        assert_eq!(
+            Config::from_toml("[gateway]\nserved_domains = []\n"),
+            Err(ConfigError::NoServedDomain)
+        );
         let bad = "[gateway]\nserved_domains = [\"bad domain\"]\n";
-        assert!(matches!(Config::from_toml(bad), Err(ConfigError::BadDomain { line: 2, .. })));
+        assert!(matches!(
+            Config::from_toml(bad),
+            Err(ConfigError::BadDomain { line: 2, .. })
+        ));
         let idn = "[gateway]\nserved_domains = [\"münchen.example\"]\n";
         assert_eq!(
             Config::from_toml(idn).map(|l| l.config.gateway.served_domains),
@@ -893,7 +1023,12 @@ sasl = "not_supported"
                 Err(e @ ConfigError::InvalidRow { .. }) => {
                     assert!(invalid.contains(&n), "row {n}: {e}");
                     let msg = e.to_string();
-                    assert!(msg.contains("b.example") && msg.contains("fix:") && msg.contains(&row.label()), "{msg}");
+                    assert!(
+                        msg.contains("b.example")
+                            && msg.contains("fix:")
+                            && msg.contains(&row.label()),
+                        "{msg}"
+                    );
                 }
                 Ok(loaded) => {
                     assert!(!invalid.contains(&n), "row {n} must be refused");

@@ -154,6 +154,16 @@ impl Net {
         }
     }
 
+    /// Writes raw bytes (TLS records, say) from a raw peer; the transcript shows their size.
+    pub fn raw_send_bytes(&mut self, raw: usize, bytes: &[u8]) {
+        if let Some((to, link)) = self.links.get(&End::Raw(raw)).copied() {
+            let who = self.name_of(End::Raw(raw));
+            let peer = self.name_of(to);
+            self.note(format!("{who}→{peer} #{link}: [{} bytes]", bytes.len()));
+            self.in_flight.push_back((to, bytes.to_vec()));
+        }
+    }
+
     pub fn raw_received(&self, raw: usize) -> String {
         String::from_utf8_lossy(&self.raw[raw].received).into_owned()
     }

@@ -18,7 +18,11 @@ fn eighteen_rows() {
         out.push_str(&format!("row {:>2}: {}\n", row.row_number(), row.label()));
         out.push_str(&format!(
             "  methods: {}\n",
-            if methods.is_empty() { "none".to_owned() } else { methods.join(", ") }
+            if methods.is_empty() {
+                "none".to_owned()
+            } else {
+                methods.join(", ")
+            }
         ));
         match Config::from_toml(&text) {
             Ok(loaded) if loaded.warnings.is_empty() => out.push_str("  verdict: valid\n"),
