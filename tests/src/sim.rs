@@ -183,7 +183,17 @@ impl Net {
         }
     }
 
-    fn note(&mut self, line: String) {
+    fn note(&mut self, mut line: String) {
+        // Keep snapshots readable when a test sends a huge stanza.
+        if line.len() > 600 {
+            let total = line.len();
+            let mut cut = 300;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(&format!("… ({total} bytes in all)"));
+        }
         let t = self.now.duration_since(self.start);
         if t != self.last_time_shown {
             self.last_time_shown = t;

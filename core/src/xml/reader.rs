@@ -118,6 +118,9 @@ struct Scan {
     closing: bool,
     /// The construct is the prolog's `<?xml?>` declaration.
     decl: bool,
+    /// Where the current tag's name starts and ends (absolute indexes).
+    name_start: usize,
+    name_end: Option<usize>,
 }
 
 /// The incremental reader for one direction of one s2s connection.
@@ -131,6 +134,9 @@ pub struct StreamReader {
     /// Namespace declarations in scope for top-level elements (from the header).
     scope: Vec<(String, String)>,
     seen_decl: bool,
+    /// Names of the elements open in the construct being scanned, so that a wrong
+    /// end tag is refused at once instead of waiting for the size limit.
+    open_names: Vec<(usize, usize)>,
 }
 
 impl StreamReader {
@@ -143,6 +149,7 @@ impl StreamReader {
             scan: None,
             scope: Vec::new(),
             seen_decl: false,
+            open_names: Vec::new(),
         }
     }
 
@@ -250,6 +257,7 @@ impl StreamReader {
                         ));
                     }
                 }
+                self.open_names.clear();
                 Scan {
                     start: self.pos,
                     at: self.pos + 1,
@@ -257,6 +265,8 @@ impl StreamReader {
                     lex: Lex::AfterLt,
                     closing: false,
                     decl: false,
+                    name_start: self.pos + 1,
+                    name_end: None,
                 }
             }
         };
@@ -284,6 +294,8 @@ impl StreamReader {
                         if top {
                             scan.closing = true;
                         }
+                        scan.name_start = scan.at;
+                        scan.name_end = None;
                         scan.lex = Lex::EndTag { quote: 0 };
                     }
                     b'!' => {
@@ -303,6 +315,8 @@ impl StreamReader {
                         scan.lex = Lex::Pi { question: false };
                     }
                     _ => {
+                        scan.name_start = scan.at - 1;
+                        scan.name_end = None;
                         scan.lex = Lex::StartTag {
                             quote: 0,
                             slash: false,
@@ -310,6 +324,12 @@ impl StreamReader {
                     }
                 },
                 Lex::StartTag { quote, slash } => {
+                    if quote == 0
+                        && scan.name_end.is_none()
+                        && (b.is_ascii_whitespace() || b == b'/' || b == b'>')
+                    {
+                        scan.name_end = Some(scan.at - 1);
+                    }
                     if quote != 0 {
                         if b == quote {
                             scan.lex = Lex::StartTag {
@@ -339,6 +359,8 @@ impl StreamReader {
                             }
                         } else {
                             scan.depth += 1;
+                            let end = scan.name_end.unwrap_or(scan.at - 1);
+                            self.open_names.push((scan.name_start, end));
                         }
                         scan.lex = Lex::Content;
                     } else if b == b'<' {
@@ -351,6 +373,9 @@ impl StreamReader {
                     }
                 }
                 Lex::EndTag { quote } => {
+                    if scan.name_end.is_none() && (b.is_ascii_whitespace() || b == b'>') {
+                        scan.name_end = Some(scan.at - 1);
+                    }
                     if quote != 0 {
                         if b == quote {
                             scan.lex = Lex::EndTag { quote: 0 };
@@ -358,6 +383,17 @@ impl StreamReader {
                     } else if b == b'>' {
                         if scan.closing {
                             break Ok(Some(scan.at));
+                        }
+                        let closing = self
+                            .buf
+                            .get(scan.name_start..scan.name_end.unwrap_or(scan.at - 1));
+                        let opened = self.open_names.pop().and_then(|(s, e)| self.buf.get(s..e));
+                        if closing != opened || closing.is_none() {
+                            break Err(XmlError::NotWellFormed(format!(
+                                "</{}> does not close <{}>",
+                                String::from_utf8_lossy(closing.unwrap_or_default()),
+                                String::from_utf8_lossy(opened.unwrap_or_default())
+                            )));
                         }
                         scan.depth = scan.depth.saturating_sub(1);
                         if scan.depth == 0 {
