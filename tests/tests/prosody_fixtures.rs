@@ -418,3 +418,101 @@ fn as_receiver_it_runs_starttls_and_sasl_external_with_prosodys_stream() {
     )));
     insta::assert_snapshot!("prosody_tls_receiver", net.transcript_text());
 }
+
+#[test]
+fn as_initiator_it_runs_starttls_and_sasl_external_against_prosodys_answers() {
+    let pre_tls = read(
+        "prosody-prosody-tls-external",
+        "conn1-b-to-a.wire-pre-tls.xml",
+    );
+    let decrypted = read("prosody-prosody-tls-external", "conn1-b-to-a.decrypted.xml");
+    let inside_tls = decrypted
+        .get(pre_tls.len()..)
+        .expect("decrypted starts with the pre-TLS bytes");
+    let ca = TestCa::new("fixture CA");
+    let ctx = |domain: &str| {
+        TlsContext::new(
+            ca.issue(&CertSpec::for_domain(domain)).identity(),
+            vec![ca.cert_der.clone()],
+            WallClock::new(START_UNIX),
+        )
+        .expect("context")
+    };
+    let row = Negotiation {
+        tls: TlsMode::Required,
+        sasl: SaslMode::Required,
+        dialback: false,
+    };
+    let mut net = Net::new();
+    let a = net.add_gateway(
+        "isthmus",
+        config("xmpp-a.test", "xmpp-b.test", row),
+        Some(ctx("xmpp-a.test")),
+        4,
+    );
+    let hole: std::net::SocketAddr = ([127, 0, 0, 66], 5269).into();
+    net.add_black_hole(hole);
+    net.set_dns(a, "xmpp-b.test", vec![hole]);
+    net.send_stanza(
+        a,
+        message("alice@xmpp-a.test", "bob@xmpp-b.test", "hello over TLS"),
+    );
+    net.settle();
+    let prosody = net.raw.len() - 1;
+    // Prosody's header, features (STARTTLS required) and <proceed/>, as on the wire.
+    net.raw_send_bytes(prosody, &pre_tls);
+    net.settle();
+    // Our <starttls/>, then (after Prosody's <proceed/>) our ClientHello.
+    let starttls = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+    let received = &net.raw[prosody].received;
+    let at = received
+        .windows(starttls.len())
+        .position(|w| w == starttls)
+        .expect("the gateway asks for STARTTLS");
+    let mut server = rustls::Connection::from(ctx("xmpp-b.test").server().expect("server"));
+    let mut seen = at + starttls.len();
+    let mut cleartext = Vec::new();
+    let mut wrote_stream = false;
+    for _ in 0..20 {
+        let incoming = net.raw[prosody].received[seen..].to_vec();
+        seen = net.raw[prosody].received.len();
+        let mut rd = incoming.as_slice();
+        while !rd.is_empty() {
+            server.read_tls(&mut rd).expect("read_tls");
+            server.process_new_packets().expect("TLS from the gateway");
+        }
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = std::io::Read::read(&mut server.reader(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            cleartext.extend_from_slice(&buf[..n]);
+        }
+        if !server.is_handshaking() && !wrote_stream && !cleartext.is_empty() {
+            // Everything Prosody wrote inside TLS: header, EXTERNAL, success, header, features, close.
+            std::io::Write::write_all(&mut server.writer(), inside_tls).expect("write");
+            wrote_stream = true;
+        }
+        let mut out = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut out).expect("write_tls");
+        }
+        if !out.is_empty() {
+            net.raw_send_bytes(prosody, &out);
+        }
+        net.settle();
+    }
+    let text = String::from_utf8_lossy(&cleartext);
+    assert!(text.contains("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>eG1wcC1hLnRlc3Q=</auth>"), "{text}");
+    assert!(text.contains("<body>hello over TLS</body>"), "{text}");
+    assert!(text.ends_with("</stream:stream>"), "{text}");
+    assert!(net.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Authenticated {
+            direction: Direction::Outbound,
+            method: Method::SaslExternalOverTls,
+            ..
+        }
+    )));
+    insta::assert_snapshot!("prosody_tls_initiator", net.transcript_text());
+}
