@@ -620,6 +620,8 @@ impl Gateway {
             .unwrap_or(self.config.gateway.partner_connection_limit)
     }
 
+    /// Whether one more connection with `remote` fits the gateway's and the partner's
+    /// limits. The connection being handled is outside `conns` while it is handled.
     fn within_limits(&self, remote: &str) -> bool {
         if self.conns.len() >= self.config.gateway.connection_limit as usize {
             return false;
@@ -1223,7 +1225,7 @@ impl Gateway {
                 format!("{from} is not a configured XMPP partner of {to}; add it as a partner to federate with it"),
             ));
         };
-        if !restart && !self.within_limits_inbound(&from) {
+        if !restart && !self.within_limits(&from) {
             return Err(err(
                 "resource-constraint",
                 format!("connection limit reached for {from}"),
@@ -1243,22 +1245,6 @@ impl Gateway {
         let features = self.inbound_features(c, &row)?;
         c.send(&features, &mut self.out, now);
         Ok(Flow::Continue)
-    }
-
-    fn within_limits_inbound(&self, from: &str) -> bool {
-        // This connection is already counted.
-        if self.conns.len() >= self.config.gateway.connection_limit as usize {
-            return false;
-        }
-        let Some(partner) = self.config.partner_for(from) else {
-            return true;
-        };
-        let count = self
-            .conns
-            .values()
-            .filter(|c| partner.covers(&c.remote))
-            .count();
-        count < self.partner_limit(from) as usize
     }
 
     fn inbound_features(&self, c: &Conn, row: &Negotiation) -> Result<Element, (String, String)> {

@@ -172,7 +172,7 @@ impl Pki {
         let ctx = TlsContext::new(issued.identity(), vec![self.ca.cert_der.clone()], clock)
             .expect("test TLS context");
         if *cert == Cert::NoClientCert {
-            ctx.without_client_certificate()
+            ctx.without_client_certificate().expect("test TLS context")
         } else {
             ctx
         }
@@ -312,4 +312,12 @@ pub fn loadable_rows() -> Vec<Negotiation> {
         .into_iter()
         .filter(|r| !matches!(r.verdict(), isthmus_core::config::Verdict::Invalid(_)))
         .collect()
+}
+
+/// Binds insta to `tests/snapshots/<folder>/` with plain snapshot names.
+pub fn snapshots_in(folder: &str) -> insta::internals::SettingsBindDropGuard {
+    let mut s = insta::Settings::clone_current();
+    s.set_prepend_module_to_snapshot(false);
+    s.set_snapshot_path(format!("snapshots/{folder}"));
+    s.bind_to_scope()
 }

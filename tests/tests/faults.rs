@@ -6,7 +6,7 @@ use std::time::Duration;
 use isthmus_core::config::{Method, Negotiation, SaslMode, TlsMode};
 use isthmus_core::gateway::Event;
 use isthmus_tests::scenario::{
-    config, judge, message, pair_net, run_pair, Cert, Outcome, PairSetup, Pki, A, B,
+    config, judge, message, pair_net, run_pair, snapshots_in, Cert, Outcome, PairSetup, Pki, A, B,
 };
 use isthmus_tests::sim::Net;
 
@@ -34,10 +34,7 @@ fn tcp_dialback() -> Negotiation {
 }
 
 fn settings() -> insta::internals::SettingsBindDropGuard {
-    let mut s = insta::Settings::clone_current();
-    s.set_prepend_module_to_snapshot(false);
-    s.set_snapshot_path("snapshots/faults");
-    s.bind_to_scope()
+    snapshots_in("faults")
 }
 
 fn report(title: &str, r: &isthmus_tests::scenario::PairResult) -> String {

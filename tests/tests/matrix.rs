@@ -5,7 +5,9 @@
 //! `docs/negotiation-matrix.md` must be what this code renders.
 
 use isthmus_core::config::{Negotiation, Verdict};
-use isthmus_tests::scenario::{expected_method, loadable_rows, run_pair, Outcome, PairSetup, Pki};
+use isthmus_tests::scenario::{
+    expected_method, loadable_rows, run_pair, snapshots_in, Outcome, PairSetup, Pki,
+};
 
 fn describe(
     row_a: Negotiation,
@@ -46,10 +48,7 @@ fn all_169_pairs() {
     let pki = Pki::new();
     let rows = loadable_rows();
     assert_eq!(rows.len(), 13);
-    let mut settings = insta::Settings::clone_current();
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_snapshot_path("snapshots/pairs");
-    let _guard = settings.bind_to_scope();
+    let _guard = snapshots_in("pairs");
     for row_a in &rows {
         for row_b in &rows {
             let r = run_pair(&pki, *row_a, *row_b, &PairSetup::default());

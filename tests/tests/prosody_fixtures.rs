@@ -72,6 +72,50 @@ fn labels(bytes: &[u8], rng: Option<&mut Rng>) -> (Vec<String>, Vec<Element>) {
     (out, elements)
 }
 
+/// Plays Prosody's side of TLS on raw peer `raw`: runs the handshake over the
+/// simulated connection (the gateway's TLS bytes start at `seen`), then writes
+/// `payload` inside TLS. Returns the cleartext the gateway wrote inside TLS.
+fn play_tls(
+    net: &mut Net,
+    raw: usize,
+    tls: &mut rustls::Connection,
+    mut seen: usize,
+    payload: &[u8],
+) -> String {
+    let mut cleartext = Vec::new();
+    let mut wrote = false;
+    for _ in 0..20 {
+        let incoming = net.raw[raw].received[seen..].to_vec();
+        seen = net.raw[raw].received.len();
+        let mut rd = incoming.as_slice();
+        while !rd.is_empty() {
+            tls.read_tls(&mut rd).expect("read_tls");
+            tls.process_new_packets().expect("TLS from the gateway");
+        }
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = std::io::Read::read(&mut tls.reader(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            cleartext.extend_from_slice(&buf[..n]);
+        }
+        if !tls.is_handshaking() && !wrote {
+            std::io::Write::write_all(&mut tls.writer(), payload).expect("write");
+            wrote = true;
+        }
+        let mut out = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut out).expect("write_tls");
+        }
+        if !out.is_empty() {
+            net.raw_send_bytes(raw, &out);
+        }
+        net.settle();
+    }
+    assert!(wrote, "the TLS handshake did not complete");
+    String::from_utf8_lossy(&cleartext).into_owned()
+}
+
 #[test]
 fn every_capture_reads_into_its_manifest_elements_in_any_chunking() {
     let mut files = 0;
@@ -360,42 +404,12 @@ fn as_receiver_it_runs_starttls_and_sasl_external_with_prosodys_stream() {
         plain.ends_with("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
         "{plain}"
     );
-    // Prosody's side of TLS, with a certificate for xmpp-a.test from the same CA.
+    // Prosody's side of TLS, with a certificate for xmpp-a.test from the same CA;
+    // inside TLS, everything Prosody wrote: restart, auth, restart, stanzas, close.
     let mut client =
         rustls::Connection::from(ctx("xmpp-a.test").client("xmpp-b.test").expect("client"));
-    let mut seen = net.raw[prosody].received.len();
-    let mut cleartext = Vec::new();
-    let mut wrote_stream = false;
-    for _ in 0..20 {
-        let mut out = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut out).expect("write_tls");
-        }
-        if !out.is_empty() {
-            net.raw_send_bytes(prosody, &out);
-            net.settle();
-        }
-        let incoming = net.raw[prosody].received[seen..].to_vec();
-        seen = net.raw[prosody].received.len();
-        let mut rd = incoming.as_slice();
-        while !rd.is_empty() {
-            client.read_tls(&mut rd).expect("read_tls");
-            client.process_new_packets().expect("TLS from the gateway");
-        }
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = std::io::Read::read(&mut client.reader(), &mut buf) {
-            if n == 0 {
-                break;
-            }
-            cleartext.extend_from_slice(&buf[..n]);
-        }
-        if !client.is_handshaking() && !wrote_stream {
-            // Everything Prosody wrote inside TLS: restart, auth, restart, stanzas, close.
-            std::io::Write::write_all(&mut client.writer(), inside_tls).expect("write");
-            wrote_stream = true;
-        }
-    }
-    let text = String::from_utf8_lossy(&cleartext);
+    let seen = net.raw[prosody].received.len();
+    let text = play_tls(&mut net, prosody, &mut client, seen, inside_tls);
     assert!(text.contains("<mechanism>EXTERNAL</mechanism>"), "{text}");
     assert!(
         text.contains("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"),
@@ -469,40 +483,15 @@ fn as_initiator_it_runs_starttls_and_sasl_external_against_prosodys_answers() {
         .windows(starttls.len())
         .position(|w| w == starttls)
         .expect("the gateway asks for STARTTLS");
+    // Inside TLS, everything Prosody wrote: header, EXTERNAL, success, header, features, close.
     let mut server = rustls::Connection::from(ctx("xmpp-b.test").server().expect("server"));
-    let mut seen = at + starttls.len();
-    let mut cleartext = Vec::new();
-    let mut wrote_stream = false;
-    for _ in 0..20 {
-        let incoming = net.raw[prosody].received[seen..].to_vec();
-        seen = net.raw[prosody].received.len();
-        let mut rd = incoming.as_slice();
-        while !rd.is_empty() {
-            server.read_tls(&mut rd).expect("read_tls");
-            server.process_new_packets().expect("TLS from the gateway");
-        }
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = std::io::Read::read(&mut server.reader(), &mut buf) {
-            if n == 0 {
-                break;
-            }
-            cleartext.extend_from_slice(&buf[..n]);
-        }
-        if !server.is_handshaking() && !wrote_stream && !cleartext.is_empty() {
-            // Everything Prosody wrote inside TLS: header, EXTERNAL, success, header, features, close.
-            std::io::Write::write_all(&mut server.writer(), inside_tls).expect("write");
-            wrote_stream = true;
-        }
-        let mut out = Vec::new();
-        while server.wants_write() {
-            server.write_tls(&mut out).expect("write_tls");
-        }
-        if !out.is_empty() {
-            net.raw_send_bytes(prosody, &out);
-        }
-        net.settle();
-    }
-    let text = String::from_utf8_lossy(&cleartext);
+    let text = play_tls(
+        &mut net,
+        prosody,
+        &mut server,
+        at + starttls.len(),
+        inside_tls,
+    );
     assert!(text.contains("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>eG1wcC1hLnRlc3Q=</auth>"), "{text}");
     assert!(text.contains("<body>hello over TLS</body>"), "{text}");
     assert!(text.ends_with("</stream:stream>"), "{text}");

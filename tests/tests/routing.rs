@@ -3,7 +3,7 @@
 
 use isthmus_core::config::{Config, Method, Negotiation, Partner, SaslMode, TlsMode};
 use isthmus_core::gateway::{Direction, Event};
-use isthmus_tests::scenario::{config, message, Cert, Pki, A, B};
+use isthmus_tests::scenario::{config, message, snapshots_in, Cert, Pki, A, B};
 use isthmus_tests::sim::Net;
 
 fn row(tls: TlsMode, sasl: SaslMode, dialback: bool) -> Negotiation {
@@ -184,10 +184,8 @@ fn a_key_the_authoritative_server_calls_invalid_bounces_the_queue() {
         bounces[0]
     );
     assert!(!net.delivered.iter().any(|(n, _)| n == "B"));
-    let mut s = insta::Settings::clone_current();
-    s.set_prepend_module_to_snapshot(false);
-    s.set_snapshot_path("snapshots/faults");
-    s.bind(|| insta::assert_snapshot!("dialback_invalid_bounces_queue", net.transcript_text()));
+    let _guard = snapshots_in("faults");
+    insta::assert_snapshot!("dialback_invalid_bounces_queue", net.transcript_text());
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use isthmus_core::config::{Negotiation, SaslMode, TlsMode};
 use isthmus_core::gateway::Event;
-use isthmus_tests::scenario::{config, message, Cert, Pki, A, B};
+use isthmus_tests::scenario::{config, message, snapshots_in, Cert, Pki, A, B};
 use isthmus_tests::sim::Net;
 
 const TCP_DIALBACK: Negotiation = Negotiation {
@@ -50,10 +50,8 @@ fn check(name: &str, input: &[&str], condition: &str) {
     );
     assert!(net.raw[raw].closed, "{name}: the connection must be closed");
     assert!(net.delivered.is_empty(), "{name}: nothing may be delivered");
-    let mut s = insta::Settings::clone_current();
-    s.set_prepend_module_to_snapshot(false);
-    s.set_snapshot_path("snapshots/stream_errors");
-    s.bind(|| insta::assert_snapshot!(name, net.transcript_text()));
+    let _guard = snapshots_in("stream_errors");
+    insta::assert_snapshot!(name, net.transcript_text());
 }
 
 #[test]
@@ -229,10 +227,8 @@ fn spoofed_or_misaddressed_stanzas_on_an_authenticated_stream() {
             "{name}"
         );
         assert!(net.delivered.is_empty(), "{name}");
-        let mut s = insta::Settings::clone_current();
-        s.set_prepend_module_to_snapshot(false);
-        s.set_snapshot_path("snapshots/stream_errors");
-        s.bind(|| insta::assert_snapshot!(name, net.transcript_text()));
+        let _guard = snapshots_in("stream_errors");
+        insta::assert_snapshot!(name, net.transcript_text());
     }
     let (net, _) = authenticated_then(
         "<message from='u@a.test/r' to='bob@b.test'><body>fine</body></message>",
@@ -279,10 +275,8 @@ fn timers() {
             .any(|(_, e)| matches!(e, Event::Failed { .. })),
         "an idle close is not a failure"
     );
-    let mut s = insta::Settings::clone_current();
-    s.set_prepend_module_to_snapshot(false);
-    s.set_snapshot_path("snapshots/stream_errors");
-    s.bind(|| insta::assert_snapshot!("keep_alive_and_inactivity", net.transcript_text()));
+    let _guard = snapshots_in("stream_errors");
+    insta::assert_snapshot!("keep_alive_and_inactivity", net.transcript_text());
 }
 
 #[test]

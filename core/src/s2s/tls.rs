@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{
-    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
-};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -184,25 +182,18 @@ impl TlsContext {
         let versions: &[&rustls::SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
         let verifier = Arc::new(DeferredVerifier { algorithms });
-        let mut server = rustls::ServerConfig::builder_with_details(provider.clone(), time.clone())
+        let mut server = rustls::ServerConfig::builder_with_details(provider, time)
             .with_protocol_versions(versions)
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(verifier.clone())
+            .with_client_cert_verifier(verifier)
             .with_single_cert(identity.chain.clone(), identity.key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         // No tickets: nothing to resume between s2s streams, and fewer records.
         server.send_tls13_tickets = 0;
-        let mut client = rustls::ClientConfig::builder_with_details(provider, time)
-            .with_protocol_versions(versions)
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(identity.chain, identity.key)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        client.resumption = rustls::client::Resumption::disabled();
+        let client = client_config(&clock, algorithms, Some(identity))?;
         Ok(TlsContext {
             server: Arc::new(server),
-            client: Arc::new(client),
+            client,
             anchors: Arc::new(trust_anchors),
             clock,
             algorithms,
@@ -210,27 +201,11 @@ impl TlsContext {
     }
 
     /// The same context, but presenting no certificate when initiating.
-    pub fn without_client_certificate(&self) -> Self {
-        let mut client = rustls::ClientConfig::builder_with_details(
-            Arc::new(rustls::crypto::ring::default_provider()),
-            Arc::new(self.clock.clone()),
-        )
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(Arc::new(DeferredVerifier {
-                    algorithms: self.algorithms,
-                }))
-                .with_no_client_auth()
-        });
-        let mut ctx = self.clone();
-        if let Ok(c) = client.as_mut() {
-            c.resumption = rustls::client::Resumption::disabled();
-        }
-        if let Ok(c) = client {
-            ctx.client = Arc::new(c);
-        }
-        ctx
+    pub fn without_client_certificate(&self) -> Result<Self, TlsError> {
+        Ok(TlsContext {
+            client: client_config(&self.clock, self.algorithms, None)?,
+            ..self.clone()
+        })
     }
 
     pub fn clock(&self) -> &WallClock {
@@ -313,6 +288,31 @@ impl TlsContext {
             }),
         }
     }
+}
+
+/// The initiating side's configuration; `identity` is the client certificate, if any.
+fn client_config(
+    clock: &WallClock,
+    algorithms: WebPkiSupportedAlgorithms,
+    identity: Option<TlsIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_details(
+        Arc::new(rustls::crypto::ring::default_provider()),
+        Arc::new(clock.clone()),
+    )
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| TlsError::Config(e.to_string()))?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(DeferredVerifier { algorithms }));
+    let mut config = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain, id.key)
+            .map_err(|e| TlsError::Config(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    // Nothing to resume between s2s streams.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 /// Accepts any certificate during the handshake but checks the handshake
@@ -400,9 +400,4 @@ impl ClientCertVerifier for DeferredVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
-}
-
-/// The provider's algorithms, for code that builds its own rustls configurations.
-pub fn provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
