@@ -1,11 +1,14 @@
 //! JIDs (RFC 7622): parsing, validation and normalisation, and XEP-0106 escaping.
 //!
-//! Domainparts are lower-cased and converted to A-labels (IDNA ToASCII with an
-//! in-crate RFC 3492 Punycode encoder, so no Unicode-table crate is pulled in);
-//! localparts are lower-cased; resourceparts are kept as sent.
+//! Every part is put in Unicode Normalization Form C. Domainparts are lower-cased and
+//! converted to A-labels (IDNA ToASCII with an in-crate RFC 3492 Punycode encoder);
+//! localparts are lower-cased (RFC 7613's UsernameCaseMapped, without its
+//! disallowed-code-point tables); resourceparts keep their case.
 
 use std::fmt;
 use std::str::FromStr;
+
+use unicode_normalization::UnicodeNormalization;
 
 /// A parsed, normalised JID.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -163,7 +166,7 @@ fn normalize_local(l: &str) -> Result<String, JidError> {
             return Err(JidError::LocalInvalidChar(c));
         }
     }
-    let lower = l.to_lowercase();
+    let lower: String = l.to_lowercase().nfc().collect();
     if lower.len() > MAX_PART {
         return Err(JidError::LocalTooLong);
     }
@@ -180,7 +183,7 @@ fn check_resource(r: &str) -> Result<String, JidError> {
     if let Some(c) = r.chars().find(|c| c.is_control()) {
         return Err(JidError::ResourceInvalidChar(c));
     }
-    Ok(r.to_owned())
+    Ok(r.nfc().collect())
 }
 
 /// Normalises a domainpart: lower case, A-labels, no trailing dot, RFC 7622 lengths.
@@ -204,7 +207,7 @@ pub fn normalize_domain(s: &str) -> Result<String, JidError> {
         if label.is_empty() {
             return Err(JidError::LabelEmpty);
         }
-        let lower = label.to_lowercase();
+        let lower: String = label.to_lowercase().nfc().collect();
         let ascii = if lower.is_ascii() {
             lower
         } else {
@@ -444,6 +447,15 @@ mod tests {
             Ok("xn--r8jz45g.xn--zckzah".into())
         );
         assert_eq!(normalize_domain("bücher.de"), Ok("xn--bcher-kva.de".into()));
+        // A decomposed ü (u + combining diaeresis) is the same domain.
+        assert_eq!(
+            normalize_domain("bu\u{308}cher.de"),
+            Ok("xn--bcher-kva.de".into())
+        );
+        assert_eq!(
+            Jid::parse("Ju\u{308}rgen@example.com/Ca\u{301}fe").map(|j| j.to_string()),
+            Ok("j\u{fc}rgen@example.com/C\u{e1}fe".into())
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Cert {
     ServerAuthOnly,
     /// A wildcard `*.test`-style DNS-ID: `*.<parent>`.
     Wildcard(String),
+    /// Only an XmppAddr identifier (no DNS-ID).
+    XmppAddrOnly,
 }
 
 /// How a pair run ended on A's outbound stream.
@@ -166,6 +168,10 @@ impl Pki {
             Cert::Expired => spec.expired = true,
             Cert::ServerAuthOnly => spec.eku = Eku::ServerOnly,
             Cert::Wildcard(parent) => spec.dns = vec![format!("*.{parent}")],
+            Cert::XmppAddrOnly => {
+                spec.dns = Vec::new();
+                spec.xmpp_addr = vec![domain.to_owned()];
+            }
         }
         let issued = ca.issue(&spec);
         let clock = WallClock::new(START_UNIX);

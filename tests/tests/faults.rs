@@ -48,6 +48,28 @@ fn report(title: &str, r: &isthmus_tests::scenario::PairResult) -> String {
     )
 }
 
+/// Runs the pair again with bytes delivered in random chunks: same outcome.
+fn same_when_chunked(
+    pki: &Pki,
+    a: Negotiation,
+    b: Negotiation,
+    setup: &PairSetup,
+    outcome: &Outcome,
+) {
+    for seed in [3, 17] {
+        let chunked = PairSetup {
+            a_cert: setup.a_cert.clone(),
+            b_cert: setup.b_cert.clone(),
+            chunk_seed: Some(seed),
+        };
+        assert_eq!(
+            &run_pair(pki, a, b, &chunked).outcome,
+            outcome,
+            "chunking seed {seed}"
+        );
+    }
+}
+
 fn failed_with(o: &Outcome, sender: &str, condition: &str) -> bool {
     matches!(o, Outcome::Failed { sender: s, condition: c, .. } if *s == sender && c == condition)
 }
@@ -137,6 +159,7 @@ fn certificate_faults_of_the_receiver() {
         ("wildcard_match", Cert::Wildcard("test".into()), true),
         ("wildcard_mismatch", Cert::Wildcard("b.test".into()), false),
         ("untrusted_issuer", Cert::UntrustedIssuer, false),
+        ("xmpp_addr_only", Cert::XmppAddrOnly, true),
     ];
     for (name, cert, ok) in cases {
         let setup = PairSetup {
@@ -144,6 +167,7 @@ fn certificate_faults_of_the_receiver() {
             ..PairSetup::default()
         };
         let r = run_pair(&pki, sasl_only(), sasl_only(), &setup);
+        same_when_chunked(&pki, sasl_only(), sasl_only(), &setup, &r.outcome);
         if ok {
             assert_eq!(
                 r.outcome,
