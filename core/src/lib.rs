@@ -10,4 +10,5 @@ pub mod gateway;
 pub mod jid;
 pub mod rng;
 pub mod s2s;
+pub mod sip;
 pub mod xml;

@@ -3,7 +3,7 @@
 mod reader;
 mod writer;
 
-pub use reader::{Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
+pub use reader::{parse_document, Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
 pub use writer::{escape_attr, escape_text, write_element, write_element_with, StreamHeaderOut};
 
 /// Namespace URIs the gateway speaks.

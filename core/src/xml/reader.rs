@@ -593,6 +593,44 @@ impl StreamReader {
     }
 }
 
+/// Parses a standalone XML document (a PIDF body, say) with the same restrictions
+/// and limits as stream content: one root element, optionally preceded by an XML
+/// declaration; comments, DTDs and processing instructions are refused.
+pub fn parse_document(bytes: &[u8], limits: Limits) -> Result<Element, XmlError> {
+    let mut rest = bytes;
+    // A UTF-8 byte order mark is allowed before the declaration.
+    if let Some(stripped) = rest.strip_prefix(b"\xef\xbb\xbf") {
+        rest = stripped;
+    }
+    let trimmed = rest.trim_ascii_start();
+    if trimmed.starts_with(b"<?xml") {
+        let end = trimmed
+            .windows(2)
+            .position(|w| w == b"?>")
+            .ok_or_else(|| XmlError::NotWellFormed("the XML declaration is not closed".into()))?;
+        check_declaration(trimmed.get(..end + 2).unwrap_or_default())?;
+        rest = trimmed.get(end + 2..).unwrap_or_default();
+    }
+    let mut reader = StreamReader::new(limits);
+    reader.stage = Stage::Body;
+    reader.push(rest);
+    let root = match reader.next_event()? {
+        Some(StreamEvent::Element(el)) => el,
+        Some(_) => return Err(XmlError::NotWellFormed("no root element".into())),
+        None => {
+            return Err(XmlError::NotWellFormed(
+                "the document is empty or incomplete".into(),
+            ))
+        }
+    };
+    match reader.next_event()? {
+        None if reader.buffered_len() == 0 => Ok(root),
+        _ => Err(XmlError::NotWellFormed(
+            "content after the root element".into(),
+        )),
+    }
+}
+
 fn append_text(stack: &mut [(Element, usize)], text: &str) -> Result<(), XmlError> {
     let Some((el, _)) = stack.last_mut() else {
         return Err(XmlError::NotWellFormed(

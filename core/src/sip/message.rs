@@ -1,0 +1,724 @@
+//! SIP messages: parsing (compact header forms, folded and multi-valued headers,
+//! Content-Length framing on streams, one message per datagram), serialising, and
+//! limits. A malformed request gets a `400` whose reason phrase says what was wrong.
+
+use std::fmt;
+
+/// Parser limits. Defaults suit a gateway: IM bodies are small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SipLimits {
+    pub max_headers: usize,
+    pub max_line: usize,
+    pub max_body: usize,
+}
+
+impl Default for SipLimits {
+    fn default() -> Self {
+        SipLimits {
+            max_headers: 100,
+            max_line: 8 * 1024,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: String, uri: String },
+    Response { code: u16, reason: String },
+}
+
+/// One header field. `name` is the canonical full name (compact forms expanded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SipMessage {
+    pub start: StartLine,
+    pub headers: Vec<Header>,
+    pub body: Vec<u8>,
+}
+
+/// Why a message could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SipError {
+    /// The message is malformed; the text says where.
+    Malformed(String),
+    /// A limit was exceeded.
+    TooLarge(String),
+    /// A stream carried something that cannot start a SIP message; the connection
+    /// cannot be resynchronised.
+    Garbage(String),
+}
+
+impl SipError {
+    /// The reason phrase of the `400` (or `413`/`513`) answer to a malformed request.
+    pub fn response(&self) -> (u16, String) {
+        match self {
+            SipError::Malformed(t) | SipError::Garbage(t) => (400, format!("Bad Request ({t})")),
+            SipError::TooLarge(t) => (513, format!("Message Too Large ({t})")),
+        }
+    }
+}
+
+impl fmt::Display for SipError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SipError::Malformed(t) => write!(f, "malformed SIP message: {t}"),
+            SipError::TooLarge(t) => write!(f, "SIP message too large: {t}"),
+            SipError::Garbage(t) => write!(f, "not a SIP stream: {t}"),
+        }
+    }
+}
+
+impl std::error::Error for SipError {}
+
+/// RFC 3261 §7.3.3 compact forms, plus the event-framework ones (RFC 6665).
+const COMPACT: [(&str, &str); 19] = [
+    ("a", "Accept-Contact"),
+    ("b", "Referred-By"),
+    ("c", "Content-Type"),
+    ("d", "Request-Disposition"),
+    ("e", "Content-Encoding"),
+    ("f", "From"),
+    ("i", "Call-ID"),
+    ("j", "Reject-Contact"),
+    ("k", "Supported"),
+    ("l", "Content-Length"),
+    ("m", "Contact"),
+    ("o", "Event"),
+    ("r", "Refer-To"),
+    ("s", "Subject"),
+    ("t", "To"),
+    ("u", "Allow-Events"),
+    ("v", "Via"),
+    ("x", "Session-Expires"),
+    ("y", "Identity"),
+];
+
+/// Spellings of header names that are not simple title case.
+const CANONICAL: [&str; 12] = [
+    "Call-ID",
+    "CSeq",
+    "WWW-Authenticate",
+    "SIP-ETag",
+    "SIP-If-Match",
+    "MIME-Version",
+    "Content-ID",
+    "P-Asserted-Identity",
+    "RAck",
+    "RSeq",
+    "Max-Forwards",
+    "Allow-Events",
+];
+
+/// The canonical spelling of a header name.
+pub fn canonical_name(name: &str) -> String {
+    if name.len() == 1 {
+        if let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
+            return (*full).to_owned();
+        }
+    }
+    if let Some(c) = CANONICAL.iter().find(|c| c.eq_ignore_ascii_case(name)) {
+        return (*c).to_owned();
+    }
+    // Title-case each dash-separated word: "content-type" -> "Content-Type".
+    name.split('-')
+        .map(|w| {
+            let mut cs = w.chars();
+            match cs.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + &cs.as_str().to_ascii_lowercase(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Headers whose values may be comma-separated lists (RFC 3261 §7.3.1).
+fn is_list_header(name: &str) -> bool {
+    matches!(
+        name,
+        "Via"
+            | "Contact"
+            | "Route"
+            | "Record-Route"
+            | "Allow"
+            | "Supported"
+            | "Require"
+            | "Proxy-Require"
+            | "Unsupported"
+            | "Accept"
+            | "Accept-Encoding"
+            | "Accept-Language"
+            | "Allow-Events"
+            | "Content-Encoding"
+            | "In-Reply-To"
+            | "Warning"
+    )
+}
+
+/// Splits a header value at commas outside quotes and angle brackets.
+pub fn split_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            cur.push(c);
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                out.push(cur.trim().to_owned());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() || !out.is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
+impl SipMessage {
+    pub fn request(method: &str, uri: &str) -> Self {
+        SipMessage {
+            start: StartLine::Request {
+                method: method.to_owned(),
+                uri: uri.to_owned(),
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn response(code: u16, reason: &str) -> Self {
+        SipMessage {
+            start: StartLine::Response {
+                code,
+                reason: reason.to_owned(),
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Builder: appends a header.
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.push_header(name, value);
+        self
+    }
+
+    pub fn push_header(&mut self, name: &str, value: &str) {
+        self.headers.push(Header {
+            name: canonical_name(name),
+            value: value.to_owned(),
+        });
+    }
+
+    /// Replaces every value of `name` with one.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        let name = canonical_name(name);
+        self.headers.retain(|h| h.name != name);
+        self.headers.push(Header {
+            name,
+            value: value.to_owned(),
+        });
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { code, .. } => Some(*code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The first value of a header (any spelling, compact or full).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = canonical_name(name);
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
+
+    /// Every value of a header, list headers split at their commas.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        let name = canonical_name(name);
+        let list = is_list_header(&name);
+        self.headers
+            .iter()
+            .filter(|h| h.name == name)
+            .flat_map(|h| {
+                if list {
+                    split_list(&h.value)
+                } else {
+                    vec![h.value.clone()]
+                }
+            })
+            .collect()
+    }
+
+    pub fn call_id(&self) -> Option<&str> {
+        self.header("Call-ID")
+    }
+
+    /// CSeq number and method.
+    pub fn cseq(&self) -> Option<(u32, String)> {
+        let v = self.header("CSeq")?;
+        let mut it = v.split_whitespace();
+        let n = it.next()?.parse().ok()?;
+        let m = it.next()?.to_owned();
+        Some((n, m))
+    }
+
+    /// Parses one complete message, as received in a datagram. Without a
+    /// Content-Length the body is the rest of the datagram (RFC 3261 §18.3).
+    pub fn parse(bytes: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+        let head_end = find_head_end(bytes)
+            .ok_or_else(|| SipError::Malformed("no empty line after the headers".into()))?;
+        let (head, rest) = bytes.split_at(head_end.0);
+        let rest = rest.get(head_end.1..).unwrap_or_default();
+        let mut msg = parse_head(head, limits)?;
+        let body = match msg.content_length()? {
+            Some(n) => {
+                if n > limits.max_body {
+                    return Err(SipError::TooLarge(format!(
+                        "body of {n} bytes exceeds {}",
+                        limits.max_body
+                    )));
+                }
+                rest.get(..n).ok_or_else(|| {
+                    SipError::Malformed(format!(
+                        "Content-Length {n} but only {} body bytes",
+                        rest.len()
+                    ))
+                })?
+            }
+            None => {
+                if rest.len() > limits.max_body {
+                    return Err(SipError::TooLarge(format!(
+                        "body exceeds {} bytes",
+                        limits.max_body
+                    )));
+                }
+                rest
+            }
+        };
+        msg.body = body.to_vec();
+        Ok(msg)
+    }
+
+    fn content_length(&self) -> Result<Option<usize>, SipError> {
+        match self.header("Content-Length") {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+                SipError::Malformed(format!("Content-Length '{}' is not a number", v.trim()))
+            }),
+        }
+    }
+
+    /// Serialises with canonical header names and a Content-Length that matches the
+    /// body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = String::new();
+        match &self.start {
+            StartLine::Request { method, uri } => {
+                out.push_str(&format!("{method} {uri} SIP/2.0\r\n"))
+            }
+            StartLine::Response { code, reason } => {
+                out.push_str(&format!("SIP/2.0 {code} {reason}\r\n"))
+            }
+        }
+        let mut wrote_length = false;
+        for h in &self.headers {
+            if h.name == "Content-Length" {
+                if wrote_length {
+                    continue;
+                }
+                wrote_length = true;
+                out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+            } else {
+                out.push_str(&format!("{}: {}\r\n", h.name, h.value));
+            }
+        }
+        if !wrote_length {
+            out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    /// A response to this request that copies Via, From, To, Call-ID and CSeq
+    /// (RFC 3261 §8.2.6.2); `to_tag` is added to To when it has none.
+    pub fn reply(&self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
+        let mut resp = SipMessage::response(code, reason);
+        for h in &self.headers {
+            match h.name.as_str() {
+                "Via" | "From" | "Call-ID" | "CSeq" => resp.headers.push(h.clone()),
+                "To" => {
+                    let mut value = h.value.clone();
+                    if let Some(tag) = to_tag {
+                        if !value.to_ascii_lowercase().contains(";tag=") {
+                            value.push_str(&format!(";tag={tag}"));
+                        }
+                    }
+                    resp.headers.push(Header {
+                        name: h.name.clone(),
+                        value,
+                    });
+                }
+                _ => {}
+            }
+        }
+        resp
+    }
+}
+
+/// Where the header block ends: (end of the last header line, length of the blank
+/// line separator). Bare LF line ends are accepted, as RFC 3261 §7.5 suggests.
+fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+    let text = std::str::from_utf8(head)
+        .map_err(|_| SipError::Malformed("headers are not UTF-8".into()))?;
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let first = lines.next().unwrap_or_default();
+    if first.len() > limits.max_line {
+        return Err(SipError::TooLarge(format!(
+            "start line longer than {} bytes",
+            limits.max_line
+        )));
+    }
+    let start = parse_start(first)?;
+    let mut headers: Vec<Header> = Vec::new();
+    for line in lines {
+        if line.len() > limits.max_line {
+            return Err(SipError::TooLarge(format!(
+                "a header line is longer than {} bytes",
+                limits.max_line
+            )));
+        }
+        if line.starts_with([' ', '\t']) {
+            // Folded continuation (RFC 3261 §7.3.1): joined with one space.
+            let Some(last) = headers.last_mut() else {
+                return Err(SipError::Malformed(
+                    "a continuation line before any header".into(),
+                ));
+            };
+            last.value.push(' ');
+            last.value.push_str(line.trim());
+            if last.value.len() > limits.max_line {
+                return Err(SipError::TooLarge(format!(
+                    "a folded header is longer than {} bytes",
+                    limits.max_line
+                )));
+            }
+            continue;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            SipError::Malformed(format!("header line without ':': '{}'", truncate(line)))
+        })?;
+        let name = name.trim_end();
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(SipError::Malformed(format!(
+                "bad header name '{}'",
+                truncate(name)
+            )));
+        }
+        if headers.len() >= limits.max_headers {
+            return Err(SipError::TooLarge(format!(
+                "more than {} headers",
+                limits.max_headers
+            )));
+        }
+        headers.push(Header {
+            name: canonical_name(name),
+            value: value.trim().to_owned(),
+        });
+    }
+    let msg = SipMessage {
+        start,
+        headers,
+        body: Vec::new(),
+    };
+    // RFC 3261 §8.1.1: the mandatory headers.
+    for required in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        if msg.header(required).is_none() {
+            return Err(SipError::Malformed(format!("missing {required}")));
+        }
+    }
+    if msg.cseq().is_none() {
+        return Err(SipError::Malformed(
+            "CSeq is not '<number> <method>'".into(),
+        ));
+    }
+    if let (Some(m), Some((_, cm))) = (msg.method(), msg.cseq()) {
+        if m != cm {
+            return Err(SipError::Malformed(format!(
+                "CSeq method {cm} does not match {m}"
+            )));
+        }
+    }
+    Ok(msg)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+fn parse_start(line: &str) -> Result<StartLine, SipError> {
+    if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        let code: u16 = code
+            .parse()
+            .ok()
+            .filter(|c| (100..700).contains(c))
+            .ok_or_else(|| SipError::Malformed(format!("bad status code '{}'", truncate(code))))?;
+        return Ok(StartLine::Response {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SipError::Malformed(format!(
+            "bad request line '{}'",
+            truncate(line)
+        )));
+    };
+    if version != "SIP/2.0" {
+        return Err(SipError::Malformed(format!(
+            "unsupported version '{}'",
+            truncate(version)
+        )));
+    }
+    if method.is_empty() || !method.bytes().all(is_token_char) {
+        return Err(SipError::Malformed(format!(
+            "bad method '{}'",
+            truncate(method)
+        )));
+    }
+    if uri.is_empty() || !uri.contains(':') {
+        return Err(SipError::Malformed(format!(
+            "bad Request-URI '{}'",
+            truncate(uri)
+        )));
+    }
+    Ok(StartLine::Request {
+        method: method.to_owned(),
+        uri: uri.to_owned(),
+    })
+}
+
+/// Frames SIP messages on a stream transport by Content-Length (RFC 3261 §18.3).
+#[derive(Debug)]
+pub struct StreamDecoder {
+    limits: SipLimits,
+    buf: Vec<u8>,
+}
+
+impl StreamDecoder {
+    pub fn new(limits: SipLimits) -> Self {
+        StreamDecoder {
+            limits,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete message, `None` until more bytes arrive. An error leaves
+    /// the stream unusable (its framing is lost): close the connection.
+    pub fn next_message(&mut self) -> Result<Option<SipMessage>, SipError> {
+        // CRLF keep-alives between messages (RFC 5626 §3.5.1).
+        let skip = self
+            .buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        self.buf.drain(..skip);
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let Some((head_len, sep)) = find_head_end(&self.buf) else {
+            let cap = self.limits.max_line * (self.limits.max_headers + 1);
+            if self.buf.len() > cap {
+                return Err(SipError::TooLarge(format!(
+                    "no end of headers within {cap} bytes"
+                )));
+            }
+            if !self.buf.starts_with(b"SIP/2.0 ")
+                && !self
+                    .buf
+                    .iter()
+                    .take(32)
+                    .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\r' || *b == b'\n')
+            {
+                return Err(SipError::Garbage(
+                    "binary data where a SIP message should start".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let head = self.buf.get(..head_len).unwrap_or_default();
+        let mut msg = parse_head(head, &self.limits)?;
+        let Some(len) = msg.content_length()? else {
+            return Err(SipError::Malformed(
+                "Content-Length is required on stream transports".into(),
+            ));
+        };
+        if len > self.limits.max_body {
+            return Err(SipError::TooLarge(format!(
+                "body of {len} bytes exceeds {}",
+                self.limits.max_body
+            )));
+        }
+        let total = head_len + sep + len;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        msg.body = self
+            .buf
+            .get(head_len + sep..total)
+            .unwrap_or_default()
+            .to_vec();
+        self.buf.drain(..total);
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &str = "MESSAGE sip:bob@b.example SIP/2.0\r\n\
+        v: SIP/2.0/TCP 10.0.0.1;branch=z9hG4bK1, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK2\r\n\
+        f: <sip:alice@a.example>;tag=1\r\n\
+        t: sip:bob@b.example\r\n\
+        i: abc@10.0.0.1\r\n\
+        CSeq: 1 MESSAGE\r\n\
+        Subject: folded\r\n \t line\r\n\
+        c: text/plain\r\n\
+        l:   5\r\n\r\nhello";
+
+    #[test]
+    fn compact_folded_and_list_headers() {
+        let m = SipMessage::parse(MSG.as_bytes(), &SipLimits::default()).expect("parses");
+        assert_eq!(m.method(), Some("MESSAGE"));
+        assert_eq!(m.call_id(), Some("abc@10.0.0.1"));
+        assert_eq!(m.header("Subject"), Some("folded line"));
+        assert_eq!(m.header("content-type"), Some("text/plain"));
+        assert_eq!(m.header_values("Via").len(), 2);
+        assert_eq!(m.body, b"hello");
+        let again = SipMessage::parse(&m.to_bytes(), &SipLimits::default()).expect("re-parses");
+        assert_eq!(
+            again,
+            SipMessage {
+                headers: again.headers.clone(),
+                ..m.clone()
+            }
+        );
+        assert_eq!(again.header("Content-Length"), Some("5"));
+    }
+
+    #[test]
+    fn malformed_requests_say_why() {
+        let cases = [
+            ("MESSAGE sip:b@b SIP/2.0\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\n\r\n", "missing Via"),
+            ("MESSAGE sip:b@b SIP/3.0\r\n\r\n", "unsupported version"),
+            ("MESSAGE\r\n\r\n", "bad request line"),
+            ("MESSAGE sip:b@b SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n\r\n", "does not match"),
+            ("MESSAGE sip:b@b SIP/2.0\r\nVia x\r\n\r\n", "without ':'"),
+            ("MESSAGE sip:b@b SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 9\r\n\r\nab", "only 2 body bytes"),
+        ];
+        for (text, why) in cases {
+            let err = SipMessage::parse(text.as_bytes(), &SipLimits::default()).expect_err(why);
+            let (code, reason) = err.response();
+            assert_eq!(code, 400, "{why}");
+            assert!(reason.contains(why), "{reason} should say {why}");
+        }
+    }
+
+    #[test]
+    fn stream_framing_and_limits() {
+        let mut d = StreamDecoder::new(SipLimits::default());
+        let two = format!("\r\n\r\n{MSG}{MSG}");
+        for b in two.as_bytes() {
+            d.push(std::slice::from_ref(b));
+        }
+        assert!(d.next_message().expect("first").is_some());
+        assert!(d.next_message().expect("second").is_some());
+        assert_eq!(d.next_message(), Ok(None));
+        let mut d = StreamDecoder::new(SipLimits {
+            max_body: 3,
+            ..SipLimits::default()
+        });
+        d.push(MSG.as_bytes());
+        assert!(matches!(d.next_message(), Err(SipError::TooLarge(_))));
+        let mut d = StreamDecoder::new(SipLimits::default());
+        d.push(b"MESSAGE sip:b@b SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\n\r\n");
+        assert!(
+            matches!(d.next_message(), Err(SipError::Malformed(t)) if t.contains("Content-Length"))
+        );
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut rng = crate::rng::Rng::new(5);
+        let alphabet = b"SIP/2.0 :\r\n;=,<>\"abcdefVCLl0123456789";
+        for _ in 0..2000 {
+            let len = (rng.next_u64() % 200) as usize;
+            let junk: Vec<u8> = (0..len)
+                .map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize])
+                .collect();
+            let _ = SipMessage::parse(&junk, &SipLimits::default());
+            let mut d = StreamDecoder::new(SipLimits::default());
+            d.push(&junk);
+            let _ = d.next_message();
+        }
+    }
+}
