@@ -3,6 +3,7 @@
 
 pub mod message;
 pub mod pidf;
+pub mod transaction;
 pub mod uri;
 
 pub use message::{Header, SipError, SipLimits, SipMessage, StartLine, StreamDecoder};
