@@ -11,4 +11,5 @@ pub mod jid;
 pub mod rng;
 pub mod s2s;
 pub mod sip;
+pub mod translate;
 pub mod xml;

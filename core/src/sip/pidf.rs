@@ -7,6 +7,9 @@ use crate::config::XmlLimits;
 use crate::xml::{ns, parse_document, Element, Node, XmlError};
 
 pub const NS: &str = "urn:ietf:params:xml:ns:pidf";
+/// RFC 4479 data model (`dm:person`) and RFC 4480 rich presence (`rpid:activities`).
+pub const NS_DM: &str = "urn:ietf:params:xml:ns:pidf:data-model";
+pub const NS_RPID: &str = "urn:ietf:params:xml:ns:pidf:rpid";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Basic {
@@ -37,6 +40,8 @@ pub struct Pidf {
     pub tuples: Vec<Tuple>,
     /// Notes on the presence element itself.
     pub notes: Vec<Note>,
+    /// RPID activities of the person (`away`, `busy`, …), element names only.
+    pub activities: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,10 +126,21 @@ impl Pidf {
                     .map(|e| e.text_content().trim().to_owned()),
             });
         }
+        let activities = root
+            .elements()
+            .filter(|e| e.is(NS_DM, "person"))
+            .flat_map(|p| p.elements().filter(|e| e.is(NS_RPID, "activities")))
+            .flat_map(|a| {
+                a.elements()
+                    .filter(|e| e.ns == NS_RPID)
+                    .map(|e| e.name.clone())
+            })
+            .collect();
         Ok(Pidf {
             entity,
             tuples,
             notes: notes(&root),
+            activities,
         })
     }
 
@@ -184,6 +200,13 @@ impl Pidf {
         }
         for n in &self.notes {
             root.children.push(Node::Element(note_el(n)));
+        }
+        if !self.activities.is_empty() {
+            let mut acts = Element::new(NS_RPID, "activities");
+            for a in &self.activities {
+                acts = acts.child(Element::new(NS_RPID, a));
+            }
+            root = root.child(Element::new(NS_DM, "person").attr("id", "p").child(acts));
         }
         root
     }

@@ -75,14 +75,15 @@ impl SipUri {
         {
             return Err(bad("bad scheme"));
         }
-        let (rest, headers) = match rest.split_once('?') {
-            Some((r, h)) => (r, Some(h.to_owned())),
-            None => (rest, None),
-        };
-        // The user part may contain ';' (user-unreserved), so find '@' first.
-        let (userinfo, hostpart) = match rest.rfind('@') {
+        // The user part may contain ';' and '?' (user-unreserved) but never '@', so
+        // split at the first '@' before looking for parameters and headers.
+        let (userinfo, hostpart) = match rest.find('@') {
             Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or_default()),
             None => (None, rest),
+        };
+        let (hostpart, headers) = match hostpart.split_once('?') {
+            Some((r, h)) => (r, Some(h.to_owned())),
+            None => (hostpart, None),
         };
         let (user, password) = match userinfo {
             Some(u) => match u.split_once(':') {

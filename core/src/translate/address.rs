@@ -1,0 +1,197 @@
+//! Address mapping (RFC 7247 §5): `sip:user@domain;gr=instance` ⇄
+//! `user@domain/instance`. The SIP user part is percent-decoded and then
+//! XEP-0106-escaped into a localpart; the way back unescapes and percent-encodes.
+
+use std::fmt;
+
+use crate::jid::{escape_node, normalize_domain, unescape_node, Jid, JidError};
+use crate::sip::uri::SipUri;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressError {
+    /// Not a sip:, sips:, pres: or im: URI.
+    Scheme(String),
+    Malformed(String),
+    Jid(JidError),
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressError::Scheme(s) => write!(f, "URI scheme '{s}' cannot be mapped to a JID"),
+            AddressError::Malformed(t) => write!(f, "malformed address: {t}"),
+            AddressError::Jid(e) => write!(f, "the mapped JID is invalid: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AddressError {}
+
+/// RFC 3986 percent-decoding; invalid sequences stay as written (XEP-0106's example
+/// keeps `%zy`). Returns `None` when the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encodes everything outside RFC 3261's `user` characters (unreserved and
+/// user-unreserved), non-ASCII as UTF-8 bytes.
+pub fn percent_encode_user(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b);
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `sip:`, `sips:`, `pres:` or `im:` URI → JID.
+pub fn sip_to_jid(uri: &str) -> Result<Jid, AddressError> {
+    let parsed = SipUri::parse(uri).map_err(|e| AddressError::Malformed(e.to_string()))?;
+    if !matches!(parsed.scheme.as_str(), "sip" | "sips" | "pres" | "im") {
+        return Err(AddressError::Scheme(parsed.scheme));
+    }
+    let local = match &parsed.user {
+        Some(u) => {
+            let decoded = percent_decode(u)
+                .ok_or_else(|| AddressError::Malformed("user part is not UTF-8".into()))?;
+            Some(escape_node(&decoded).map_err(AddressError::Jid)?)
+        }
+        None => None,
+    };
+    let resource = match parsed.param("gr").and_then(|p| p.value.as_deref()) {
+        Some(gr) => Some(
+            percent_decode(gr).ok_or_else(|| AddressError::Malformed("gr is not UTF-8".into()))?,
+        ),
+        None => None,
+    };
+    let domain = normalize_domain(&parsed.host).map_err(AddressError::Jid)?;
+    Jid::new(local.as_deref(), &domain, resource.as_deref()).map_err(AddressError::Jid)
+}
+
+/// JID → `sip:` URI; a resource becomes the `gr` parameter.
+pub fn jid_to_sip(jid: &Jid) -> String {
+    let mut s = String::from("sip:");
+    if let Some(l) = jid.local() {
+        s.push_str(&percent_encode_user(&unescape_node(l)));
+        s.push('@');
+    }
+    s.push_str(jid.domain());
+    if let Some(r) = jid.resource() {
+        s.push_str(";gr=");
+        // A URI parameter value: keep it to unreserved characters.
+        for b in r.bytes() {
+            if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                s.push(char::from(b));
+            } else {
+                s.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn j(s: &str) -> Jid {
+        Jid::parse(s).expect("jid")
+    }
+
+    #[test]
+    fn rfc_7247_examples() {
+        assert_eq!(
+            sip_to_jid("sip:romeo@example.net"),
+            Ok(j("romeo@example.net"))
+        );
+        assert_eq!(jid_to_sip(&j("romeo@example.net")), "sip:romeo@example.net");
+        let gruu = "sip:juliet@example.com;gr=yn0cl4bnw0yr3vym";
+        assert_eq!(
+            sip_to_jid(gruu),
+            Ok(j("juliet@example.com/yn0cl4bnw0yr3vym"))
+        );
+        assert_eq!(jid_to_sip(&j("juliet@example.com/yn0cl4bnw0yr3vym")), gruu);
+        assert_eq!(
+            sip_to_jid("sips:a@b.example:5061;transport=tls?subject=x"),
+            Ok(j("a@b.example"))
+        );
+        assert_eq!(sip_to_jid("pres:a@b.example"), Ok(j("a@b.example")));
+    }
+
+    #[test]
+    fn xep_0106_sip_example() {
+        let jid =
+            sip_to_jid("sip:here%27s_a_wild_%26_%2Fcr%zy%2F_address@example.com").expect("maps");
+        assert_eq!(
+            jid.to_string(),
+            "here\\27s_a_wild_\\26_\\2fcr%zy\\2f_address@example.com"
+        );
+        assert_eq!(
+            jid_to_sip(&jid),
+            "sip:here's_a_wild_&_/cr%25zy/_address@example.com"
+        );
+    }
+
+    #[test]
+    fn idn_and_errors() {
+        assert_eq!(
+            sip_to_jid("sip:anna@xn--mnchen-3ya.example"),
+            Ok(j("anna@münchen.example"))
+        );
+        assert!(matches!(
+            sip_to_jid("http://example.com"),
+            Err(AddressError::Scheme(_))
+        ));
+        assert!(matches!(sip_to_jid("romeo@example.net"), Err(_)));
+        assert!(sip_to_jid("sip:a@").is_err());
+        assert!(
+            sip_to_jid("sip:%20lead@example.com").is_err(),
+            "XEP-0106 forbids a leading space"
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        let alphabet: Vec<char> = "aZ9 -_.!~*'()&=+$,;?/:@\"<>\\%é日".chars().collect();
+        let mut rng = crate::rng::Rng::new(21);
+        for _ in 0..500 {
+            let len = (rng.next_u64() % 10 + 1) as usize;
+            let user: String = (0..len)
+                .map(|_| alphabet[(rng.next_u64() as usize) % alphabet.len()])
+                .collect();
+            let uri = format!("sip:{}@example.com", percent_encode_user(&user));
+            match sip_to_jid(&uri) {
+                Ok(jid) => {
+                    assert_eq!(sip_to_jid(&jid_to_sip(&jid)), Ok(jid.clone()), "{uri}");
+                    assert_eq!(
+                        jid.local().map(unescape_node),
+                        Some(user.to_lowercase()),
+                        "{uri}"
+                    );
+                }
+                Err(e) => assert!(user.starts_with(' ') || user.ends_with(' '), "{uri}: {e}"),
+            }
+        }
+    }
+}

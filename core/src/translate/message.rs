@@ -1,0 +1,271 @@
+//! Instant messages (RFC 7572): SIP MESSAGE ⇄ XMPP `<message/>`. Body ⇄ text/plain
+//! (UTF-8), `<subject/>` ⇄ Subject, `<thread/>` ⇄ Call-ID, `xml:lang` ⇄
+//! Content-Language; typing notifications (RFC 3994) ⇄ chat states (XEP-0085).
+
+use std::fmt;
+
+use crate::jid::Jid;
+use crate::sip::uri::NameAddr;
+use crate::sip::SipMessage;
+use crate::translate::address::{jid_to_sip, sip_to_jid};
+use crate::xml::{ns, parse_document, Attribute, Element};
+
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+pub const ISCOMPOSING: &str = "urn:ietf:params:xml:ns:im-iscomposing";
+/// What the gateway accepts in a MESSAGE, for `Accept` on a 415.
+pub const ACCEPTED_TYPES: &str = "text/plain, application/im-iscomposing+xml";
+
+/// Why a SIP MESSAGE cannot become a stanza: the response to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.reason)
+    }
+}
+
+fn lang_of(el: &Element) -> Option<&str> {
+    el.attrs
+        .iter()
+        .find(|a| a.ns.as_deref() == Some(ns::XML) && a.name == "lang")
+        .map(|a| a.value.as_str())
+}
+
+/// Parses a Content-Type into (type/subtype lower-cased, charset).
+fn content_type(value: &str) -> (String, Option<String>) {
+    let mut parts = value.split(';');
+    let mime = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let charset = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    });
+    (mime, charset)
+}
+
+/// SIP MESSAGE → `<message type='chat'/>` from the sender's JID to the Request-URI's.
+/// `id` becomes the stanza id, so that an XMPP error can find its SIP transaction.
+pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
+    let from_header = msg
+        .header("From")
+        .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
+    let from_addr = NameAddr::parse(from_header)
+        .map_err(|e| Refusal::new(400, format!("Bad Request ({e})")))?;
+    let from = sip_to_jid(&from_addr.uri.to_string())
+        .map_err(|e| Refusal::new(400, format!("Bad Request (From: {e})")))?;
+    let target = match &msg.start {
+        crate::sip::StartLine::Request { uri, .. } => uri.clone(),
+        crate::sip::StartLine::Response { .. } => {
+            return Err(Refusal::new(400, "Bad Request (not a request)"))
+        }
+    };
+    let to = sip_to_jid(&target)
+        .map_err(|e| Refusal::new(416, format!("Unsupported URI Scheme ({e})")))?;
+    let mut stanza = Element::new(ns::SERVER, "message")
+        .attr("from", &from.to_string())
+        .attr("to", &to.to_string())
+        .attr("type", "chat")
+        .attr("id", id);
+    if let Some(lang) = msg.header("Content-Language") {
+        let first = lang.split(',').next().unwrap_or_default().trim();
+        if !first.is_empty() {
+            stanza.attrs.push(Attribute {
+                ns: Some(ns::XML.to_owned()),
+                name: "lang".into(),
+                value: first.to_owned(),
+            });
+        }
+    }
+    let (mime, charset) = content_type(msg.header("Content-Type").unwrap_or("text/plain"));
+    match mime.as_str() {
+        "text/plain" => {
+            if charset
+                .as_deref()
+                .is_some_and(|c| c != "utf-8" && c != "us-ascii")
+            {
+                return Err(Refusal::new(
+                    415,
+                    format!(
+                        "Unsupported Media Type (charset {}; send UTF-8)",
+                        charset.unwrap_or_default()
+                    ),
+                ));
+            }
+            let text = std::str::from_utf8(&msg.body)
+                .map_err(|_| Refusal::new(400, "Bad Request (body is not UTF-8)"))?;
+            if let Some(subject) = msg.header("Subject") {
+                stanza = stanza.child(Element::new(ns::SERVER, "subject").text(subject));
+            }
+            stanza = stanza.child(Element::new(ns::SERVER, "body").text(text));
+        }
+        "application/im-iscomposing+xml" => {
+            let doc = parse_document(&msg.body, crate::config::XmlLimits::default())
+                .map_err(|e| Refusal::new(400, format!("Bad Request (isComposing: {e})")))?;
+            let state = doc
+                .find(ISCOMPOSING, "state")
+                .map(|s| s.text_content().trim().to_ascii_lowercase());
+            let chat_state = if state.as_deref() == Some("active") {
+                "composing"
+            } else {
+                "active"
+            };
+            stanza = stanza.child(Element::new(CHATSTATES, chat_state));
+        }
+        other => {
+            return Err(Refusal::new(
+                415,
+                format!("Unsupported Media Type ({other}; accepted: {ACCEPTED_TYPES})"),
+            ));
+        }
+    }
+    if let Some(call_id) = msg.call_id() {
+        stanza = stanza.child(Element::new(ns::SERVER, "thread").text(call_id));
+    }
+    Ok(stanza)
+}
+
+/// `<message/>` → the parts of a SIP MESSAGE (Request-URI, From with `tag`, To,
+/// Call-ID from `<thread/>` or `call_id`, CSeq, Content-Type, Subject,
+/// Content-Language, body). Via and Max-Forwards are the SIP layer's. Returns
+/// `None` for messages that carry nothing SIP can show (a chat state alone).
+pub fn message_to_sip(
+    stanza: &Element,
+    tag: &str,
+    call_id: &str,
+) -> Result<Option<SipMessage>, String> {
+    let jid = |name: &str| -> Result<Jid, String> {
+        let v = stanza
+            .get_attr(name)
+            .ok_or_else(|| format!("no '{name}'"))?;
+        Jid::parse(v).map_err(|e| format!("'{name}': {e}"))
+    };
+    let from = jid("from")?;
+    let to = jid("to")?;
+    let body = stanza.find(ns::SERVER, "body").map(|b| b.text_content());
+    let composing = stanza
+        .elements()
+        .find(|e| e.ns == CHATSTATES)
+        .map(|e| e.name.clone());
+    let (content_type, payload) = match (body, composing) {
+        (Some(b), _) => ("text/plain;charset=UTF-8".to_owned(), b),
+        (None, Some(state)) => {
+            let active = state == "composing";
+            let doc = format!(
+                "<?xml version='1.0' encoding='UTF-8'?><isComposing xmlns='{ISCOMPOSING}'><state>{}</state><contenttype>text/plain</contenttype></isComposing>",
+                if active { "active" } else { "idle" }
+            );
+            ("application/im-iscomposing+xml".to_owned(), doc)
+        }
+        (None, None) => return Ok(None),
+    };
+    let thread = stanza
+        .find(ns::SERVER, "thread")
+        .map(|t| t.text_content())
+        .filter(|t| !t.trim().is_empty());
+    let mut msg = SipMessage::request("MESSAGE", &jid_to_sip(&to))
+        .with("From", &format!("<{}>;tag={tag}", jid_to_sip(&from)))
+        .with("To", &format!("<{}>", jid_to_sip(&to.bare())))
+        .with("Call-ID", thread.as_deref().unwrap_or(call_id))
+        .with("CSeq", "1 MESSAGE")
+        .with("Content-Type", &content_type);
+    if let Some(s) = stanza.find(ns::SERVER, "subject") {
+        msg.push_header("Subject", &s.text_content().replace(['\r', '\n'], " "));
+    }
+    if let Some(lang) = lang_of(stanza) {
+        msg.push_header("Content-Language", lang);
+    }
+    msg.body = payload.into_bytes();
+    Ok(Some(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::SipLimits;
+
+    fn sip(text: &str) -> SipMessage {
+        SipMessage::parse(text.as_bytes(), &SipLimits::default()).expect("sip")
+    }
+
+    const MESSAGE: &str = "MESSAGE sip:romeo@xmpp-a.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n\
+        From: \"Alice\" <sip:alice@sip.test>;tag=a1\r\nTo: <sip:romeo@xmpp-a.test>\r\nCall-ID: c-1\r\nCSeq: 7 MESSAGE\r\n\
+        Subject: Gruß\r\nContent-Language: de\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 12\r\n\r\nGrüße 🙂";
+
+    #[test]
+    fn sip_to_xmpp() {
+        let m = sip(MESSAGE);
+        let st = sip_to_message(&m, "s1").expect("maps");
+        assert_eq!(
+            st.to_xml(ns::SERVER),
+            "<message from='alice@sip.test' to='romeo@xmpp-a.test' type='chat' id='s1' xml:lang='de'>\
+             <subject>Gruß</subject><body>Grüße 🙂</body><thread>c-1</thread></message>"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let html = MESSAGE.replace("text/plain;charset=UTF-8", "text/html");
+        assert_eq!(
+            sip_to_message(&sip(&html), "x").map_err(|r| r.code),
+            Err(415)
+        );
+        let latin = MESSAGE.replace("charset=UTF-8", "charset=ISO-8859-1");
+        assert_eq!(
+            sip_to_message(&sip(&latin), "x").map_err(|r| r.code),
+            Err(415)
+        );
+        let tel = MESSAGE.replace("MESSAGE sip:romeo@xmpp-a.test", "MESSAGE tel:+123");
+        assert_eq!(
+            sip_to_message(&sip(&tel), "x").map_err(|r| r.code),
+            Err(416)
+        );
+    }
+
+    #[test]
+    fn xmpp_to_sip() {
+        let st = Element::new(ns::SERVER, "message")
+            .attr("from", "romeo@xmpp-a.test/balcony")
+            .attr("to", "alice@sip.test")
+            .attr("type", "chat")
+            .child(Element::new(ns::SERVER, "body").text("a & b < c"))
+            .child(Element::new(ns::SERVER, "thread").text("th-9"));
+        let m = message_to_sip(&st, "t1", "fallback")
+            .expect("maps")
+            .expect("has a body");
+        assert_eq!(
+            m.header("From"),
+            Some("<sip:romeo@xmpp-a.test;gr=balcony>;tag=t1")
+        );
+        assert_eq!(m.header("Call-ID"), Some("th-9"));
+        assert_eq!(m.body, "a & b < c".as_bytes());
+        let typing = Element::new(ns::SERVER, "message")
+            .attr("from", "romeo@xmpp-a.test")
+            .attr("to", "alice@sip.test")
+            .child(Element::new(CHATSTATES, "composing"));
+        let t = message_to_sip(&typing, "t", "c")
+            .expect("maps")
+            .expect("typing");
+        assert_eq!(
+            t.header("Content-Type"),
+            Some("application/im-iscomposing+xml")
+        );
+        let gone = Element::new(ns::SERVER, "message")
+            .attr("from", "romeo@xmpp-a.test")
+            .attr("to", "alice@sip.test");
+        assert_eq!(message_to_sip(&gone, "t", "c"), Ok(None));
+    }
+}
