@@ -121,7 +121,6 @@ pub fn condition_to_sip(condition: &str) -> (u16, &'static str) {
 pub fn sip_to_condition(code: u16) -> &'static str {
     match code {
         301 => "gone",
-        300..=399 => "redirect",
         400 => "bad-request",
         401 | 407 => "not-authorized",
         402 => "bad-request",
@@ -151,9 +150,12 @@ pub fn sip_to_condition(code: u16) -> &'static str {
         505 => "not-acceptable",
         604 => "item-not-found",
         606 => "not-acceptable",
-        600..=699 => "service-unavailable",
-        500..=599 => "internal-server-error",
-        _ => "bad-request",
+        _ => match code / 100 {
+            3 => "redirect",
+            5 => "internal-server-error",
+            6 => "service-unavailable",
+            _ => "bad-request",
+        },
     }
 }
 
