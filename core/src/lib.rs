@@ -8,6 +8,7 @@
 pub mod config;
 pub mod gateway;
 pub mod jid;
+pub mod policy;
 pub mod rng;
 pub mod s2s;
 pub mod sip;
