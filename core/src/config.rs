@@ -297,6 +297,10 @@ pub struct GatewaySettings {
     pub dialback_verify_timeout: Duration,
     pub log_message_bodies: bool,
     pub xml_limits: XmlLimits,
+    /// Where this gateway receives SIP (its Via sent-by and Contact).
+    pub sip_address: std::net::SocketAddr,
+    /// The SIP proxy that requests toward SIP users go through (UDP).
+    pub sip_next_hop: Option<std::net::SocketAddr>,
 }
 
 impl Default for GatewaySettings {
@@ -313,6 +317,8 @@ impl Default for GatewaySettings {
             dialback_verify_timeout: Duration::from_secs(30),
             log_message_bodies: false,
             xml_limits: XmlLimits::default(),
+            sip_address: std::net::SocketAddr::from(([127, 0, 0, 1], 5060)),
+            sip_next_hop: None,
         }
     }
 }
@@ -500,6 +506,8 @@ struct RawGateway {
     dialback_verify_timeout: Option<Spanned<u64>>,
     log_message_bodies: Option<bool>,
     xml_limits: Option<RawLimits>,
+    sip_address: Option<Spanned<String>>,
+    sip_next_hop: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -551,6 +559,14 @@ fn positive<T: Copy + PartialOrd + Default + fmt::Display>(
             message: format!("must be greater than 0, not {}", v.get_ref()),
         }),
     }
+}
+
+fn socket_addr(text: &str, key: &str, raw: &Spanned<String>) -> Result<std::net::SocketAddr, ConfigError> {
+    raw.get_ref().trim().parse().map_err(|_| ConfigError::InvalidValue {
+        key: key.to_owned(),
+        line: line_col(text, raw.span().start).0,
+        message: format!("'{}' is not an IP address with port, such as 127.0.0.1:5060", raw.get_ref()),
+    })
 }
 
 fn domain(text: &str, raw: &Spanned<String>) -> Result<(String, usize), ConfigError> {
@@ -633,6 +649,14 @@ impl Config {
                 d.dialback_verify_timeout,
             ),
             log_message_bodies: g.log_message_bodies.unwrap_or(false),
+            sip_address: match &g.sip_address {
+                Some(a) => socket_addr(text, "sip_address", a)?,
+                None => d.sip_address,
+            },
+            sip_next_hop: match &g.sip_next_hop {
+                Some(a) => Some(socket_addr(text, "sip_next_hop", a)?),
+                None => None,
+            },
             xml_limits: XmlLimits {
                 max_stanza_bytes: limit(
                     "max_stanza_bytes",
@@ -767,6 +791,10 @@ impl Config {
             out.push_str(&format!("{k} = {}\n", v.as_secs()));
         }
         out.push_str(&format!("log_message_bodies = {}\n", g.log_message_bodies));
+        out.push_str(&format!("sip_address = \"{}\"\n", g.sip_address));
+        if let Some(n) = g.sip_next_hop {
+            out.push_str(&format!("sip_next_hop = \"{n}\"\n"));
+        }
         out.push_str("\n[gateway.xml_limits]\n");
         out.push_str(&format!(
             "max_stanza_bytes = {}\n",
@@ -850,6 +878,8 @@ keep_alive_interval = 120
 subscription_refresh_interval = 3600
 dialback_verify_timeout = 10
 log_message_bodies = true
+sip_address = "127.0.0.1:5062"
+sip_next_hop = "127.0.0.1:5070"
 
 [gateway.xml_limits]
 max_stanza_bytes = 65536
@@ -897,6 +927,7 @@ sasl = "not_supported"
         );
         assert_eq!(c.gateway.dialback_verify_timeout, Duration::from_secs(10));
         assert!(c.gateway.log_message_bodies);
+        assert_eq!(c.gateway.sip_next_hop, Some(([127, 0, 0, 1], 5070).into()));
         assert_eq!(c.gateway.xml_limits.max_stanza_bytes, 65536);
         let p = &c.partners[0];
         assert_eq!(p.additional_domains, ["chat.example.org"]);

@@ -30,6 +30,16 @@ struct Node {
     addr: SocketAddr,
 }
 
+/// A simulated SIP proxy with its users behind it: it records what a gateway
+/// sends it and answers requests with `answer` (0: never answers).
+#[derive(Clone, Debug)]
+pub struct SipPeer {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub received: Vec<isthmus_core::sip::SipMessage>,
+    pub answer: u16,
+}
+
 /// What a scripted raw peer saw.
 #[derive(Default, Clone, Debug)]
 pub struct RawPeer {
@@ -59,6 +69,9 @@ pub struct Net {
     /// Chunking of delivered bytes: `None` delivers each write whole.
     chunking: Option<Rng>,
     last_time_shown: Duration,
+    pub sip_peers: Vec<SipPeer>,
+    /// SIP datagrams on their way to a gateway: (node, from, bytes).
+    sip_in_flight: VecDeque<(usize, SocketAddr, Vec<u8>)>,
 }
 
 impl Default for Net {
@@ -86,7 +99,28 @@ impl Net {
             delivered: Vec::new(),
             chunking: None,
             last_time_shown: Duration::ZERO,
+            sip_peers: Vec::new(),
+            sip_in_flight: VecDeque::new(),
         }
+    }
+
+    /// Adds a SIP proxy at `addr` that answers requests with `answer`.
+    pub fn add_sip_peer(&mut self, name: &str, addr: SocketAddr, answer: u16) -> usize {
+        self.sip_peers.push(SipPeer {
+            name: name.to_owned(),
+            addr,
+            received: Vec::new(),
+            answer,
+        });
+        self.sip_peers.len() - 1
+    }
+
+    /// The SIP peer sends `msg` to gateway `node`.
+    pub fn sip_send(&mut self, peer: usize, node: usize, msg: &isthmus_core::sip::SipMessage) {
+        let (name, addr) = (self.sip_peers[peer].name.clone(), self.sip_peers[peer].addr);
+        let to = self.nodes[node].name.clone();
+        self.note(format!("{name}→{to} SIP: {}", sip_summary(msg)));
+        self.sip_in_flight.push_back((node, addr, msg.to_bytes()));
     }
 
     /// Deliver bytes in random chunks (1..=max bytes) drawn from `seed`.
@@ -263,7 +297,11 @@ impl Net {
                 self.apply(i, out);
             }
         }
-        if let Some((to, bytes)) = self.in_flight.pop_front() {
+        if let Some((node, from, bytes)) = self.sip_in_flight.pop_front() {
+            busy = true;
+            let now = self.now;
+            self.nodes[node].gw.sip_datagram(now, from, &bytes);
+        } else if let Some((to, bytes)) = self.in_flight.pop_front() {
             busy = true;
             self.deliver(to, bytes);
         } else if let Some(end) = self.closing.pop_front() {
@@ -381,6 +419,26 @@ impl Net {
                     self.closing.push_back(end);
                 }
             }
+            Output::SipSend { to, bytes } => {
+                let Some(p) = self.sip_peers.iter().position(|p| p.addr == to) else {
+                    self.note(format!("{name} sends SIP to {to}: nobody there"));
+                    return;
+                };
+                let Ok(msg) = isthmus_core::sip::SipMessage::parse(&bytes, &Default::default()) else {
+                    self.note(format!("{name} sent unparsable SIP to {to}"));
+                    return;
+                };
+                let peer_name = self.sip_peers[p].name.clone();
+                self.note(format!("{name}→{peer_name} SIP: {}", sip_summary(&msg)));
+                let answer = self.sip_peers[p].answer;
+                if msg.method().is_some() && answer != 0 {
+                    let reason = isthmus_core::translate::error::reason_phrase(answer);
+                    let reply = msg.reply(answer, if answer == 200 { "OK" } else { reason }, Some("ua1"));
+                    self.note(format!("{peer_name}→{name} SIP: {}", sip_summary(&reply)));
+                    self.sip_in_flight.push_back((node, self.sip_peers[p].addr, reply.to_bytes()));
+                }
+                self.sip_peers[p].received.push(msg);
+            }
             Output::Deliver(el) => {
                 self.note(format!(
                     "{name} delivers locally: {}",
@@ -400,4 +458,24 @@ impl Net {
         s.push('\n');
         s
     }
+}
+
+/// One line for a SIP message in a transcript: start line, the headers that say
+/// who and what, and the body.
+pub fn sip_summary(m: &isthmus_core::sip::SipMessage) -> String {
+    use isthmus_core::sip::StartLine;
+    let start = match &m.start {
+        StartLine::Request { method, uri } => format!("{method} {uri}"),
+        StartLine::Response { code, reason } => format!("{code} {reason}"),
+    };
+    let mut parts = vec![start];
+    for h in ["From", "To", "Call-ID", "CSeq", "Content-Type", "Subject"] {
+        if let Some(v) = m.header(h) {
+            parts.push(format!("{h}: {v}"));
+        }
+    }
+    if !m.body.is_empty() {
+        parts.push(format!("body: {}", String::from_utf8_lossy(&m.body)));
+    }
+    parts.join(" | ")
 }

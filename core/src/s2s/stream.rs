@@ -105,7 +105,10 @@ pub enum Output {
         conn: ConnId,
     },
     /// A stanza for a local user: received from a partner, or a bounce of ours.
+    /// (With a SIP next hop configured, messages go to SIP instead.)
     Deliver(Element),
+    /// Send a SIP message as one UDP datagram.
+    SipSend { to: std::net::SocketAddr, bytes: Vec<u8> },
     Event(crate::gateway::Event),
     Trace {
         conn: ConnId,

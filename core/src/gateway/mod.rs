@@ -23,6 +23,12 @@ use crate::xml::{ns, Element, StreamEvent, StreamHeader, StreamHeaderOut};
 /// Most stanzas a route holds while its stream is being negotiated.
 const MAX_QUEUED: usize = 1000;
 
+/// A SIP MESSAGE is answered within this time: before the SIP client's Timer F
+/// (64·T1 = 32 s) runs out, even when the partner's stream is still not up.
+const SIP_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+mod sip;
+
 /// Which way a stream runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -152,7 +158,16 @@ impl fmt::Display for RouteError {
 
 struct Route {
     conn: Option<ConnId>,
-    queue: VecDeque<Element>,
+    queue: VecDeque<Queued>,
+}
+
+/// A stanza waiting for its route's stream to be authenticated.
+struct Queued {
+    stanza: Element,
+    /// The SIP server transaction to answer once the stanza is written (or refused).
+    sip: Option<String>,
+    /// SIP-originated stanzas must be answered before the SIP client's Timer F.
+    deadline: Option<Instant>,
 }
 
 /// The gateway's federation engine.
@@ -169,6 +184,7 @@ pub struct Gateway {
     out: Outq,
     start: Instant,
     start_unix: u64,
+    sip: sip::SipState,
 }
 
 impl Gateway {
@@ -198,6 +214,7 @@ impl Gateway {
             out: Outq::default(),
             start: now,
             start_unix: unix_secs,
+            sip: sip::SipState::default(),
         };
         gw.set_clock(now);
         gw
@@ -223,9 +240,15 @@ impl Gateway {
 
     /// The earliest deadline of any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let queued = self
+            .routes
+            .values()
+            .flat_map(|r| r.queue.iter().filter_map(|q| q.deadline));
         self.conns
             .values()
             .filter_map(|c| self.next_deadline(c))
+            .chain(queued)
+            .chain(self.sip_next_deadline())
             .min()
     }
 
@@ -427,31 +450,36 @@ impl Gateway {
     /// Hands a stanza from a local user to the federation side.
     pub fn send_stanza(&mut self, now: Instant, stanza: Element) -> Result<(), RouteError> {
         self.set_clock(now);
+        self.route_stanza(now, stanza, None)
+    }
+
+    /// Routes a stanza from a served domain toward its partner domain. `sip` is the
+    /// SIP server transaction that carried it, answered once the stanza is written
+    /// to an authenticated stream (200) or refused (a mapped failure).
+    fn route_stanza(&mut self, now: Instant, stanza: Element, sip: Option<String>) -> Result<(), RouteError> {
         let from = stanza
             .get_attr("from")
             .ok_or_else(|| RouteError::Addressing("no 'from'".into()))
-            .and_then(|f| {
-                Jid::parse(f).map_err(|e| RouteError::Addressing(format!("'from': {e}")))
-            })?;
+            .and_then(|f| Jid::parse(f).map_err(|e| RouteError::Addressing(format!("'from': {e}"))))?;
         let to = stanza
             .get_attr("to")
             .ok_or_else(|| RouteError::Addressing("no 'to'".into()))
-            .and_then(|t| {
-                Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}")))
-            })?;
+            .and_then(|t| Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}"))))?;
         let local = from.domain().to_owned();
         if !self.config.serves(&local) {
             return Err(RouteError::NotServed(local));
         }
         let remote = to.domain().to_owned();
+        let deadline = sip.as_ref().map(|_| now + SIP_ANSWER_WITHIN);
+        let queued = Queued { stanza, sip, deadline };
         if self.config.serves(&remote) {
             // Both ends are ours: no federation needed.
-            self.out.push(Output::Deliver(stanza));
+            self.deliver_local(queued.stanza.clone(), now);
+            self.stanza_written(queued, now);
             return Ok(());
         }
-        if self.config.partner_for(&remote).is_none() {
-            let text = format!("{remote} is not a configured XMPP partner of this gateway");
-            self.bounce(stanza, "not-allowed", &text);
+        if let Err(refusal) = crate::policy::outbound(&self.config, &to) {
+            self.bounce_queued(queued, refusal.condition, &refusal.text, now);
             return Ok(());
         }
         let key = (local.clone(), remote.clone());
@@ -465,17 +493,17 @@ impl Gateway {
             if let Some(id) = self.routes.get(&key).and_then(|r| r.conn) {
                 if let Some(mut c) = self.conns.remove(&id) {
                     c.last_activity = now;
-                    c.send(&stanza, &mut self.out, now);
+                    c.send(&queued.stanza, &mut self.out, now);
                     self.conns.insert(id, c);
+                    self.stanza_written(queued, now);
                 }
             }
             return Ok(());
         }
-        let queued = self.routes.get(&key).map_or(0, |r| r.queue.len());
-        if queued >= MAX_QUEUED {
-            let text =
-                format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
-            self.bounce(stanza, "resource-constraint", &text);
+        let waiting = self.routes.get(&key).map_or(0, |r| r.queue.len());
+        if waiting >= MAX_QUEUED {
+            let text = format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
+            self.bounce_queued(queued, "resource-constraint", &text, now);
             return Ok(());
         }
         let has_conn = self
@@ -490,11 +518,35 @@ impl Gateway {
                 queue: VecDeque::new(),
             })
             .queue
-            .push_back(stanza);
+            .push_back(queued);
         if !has_conn {
             self.open_route(&local, &remote, now);
         }
         Ok(())
+    }
+
+    /// A stanza reached an authenticated stream (or a local user).
+    fn stanza_written(&mut self, q: Queued, now: Instant) {
+        if let Some(key) = q.sip {
+            self.sip_answer(&key, 200, "OK", now);
+        }
+    }
+
+    /// A stanza cannot be delivered: answer its SIP transaction with the mapped
+    /// failure, or return it to its XMPP-side sender.
+    fn bounce_queued(&mut self, q: Queued, condition: &'static str, text: &str, now: Instant) {
+        match q.sip {
+            Some(key) => {
+                self.event(Event::Bounced {
+                    from: q.stanza.get_attr("from").unwrap_or_default().to_owned(),
+                    to: q.stanza.get_attr("to").unwrap_or_default().to_owned(),
+                    condition,
+                });
+                let (code, phrase) = crate::translate::error::condition_to_sip(condition);
+                self.sip_answer(&key, code, &format!("{phrase} ({text})"), now);
+            }
+            None => self.bounce(q.stanza, condition, text),
+        }
     }
 
     /// Advances time: fires every timer due at `now`.
@@ -511,6 +563,27 @@ impl Gateway {
                 continue;
             };
             self.on_timers(c, now);
+        }
+        self.expire_queued(now);
+        self.sip_timeouts(now);
+    }
+
+    /// SIP-originated stanzas still waiting at their deadline are refused, so the
+    /// SIP client hears before its own transaction gives up.
+    fn expire_queued(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for ((_, remote), route) in self.routes.iter_mut() {
+            let (late, keep): (VecDeque<Queued>, VecDeque<Queued>) =
+                std::mem::take(&mut route.queue).into_iter().partition(|q| q.deadline.is_some_and(|d| d <= now));
+            route.queue = keep;
+            expired.extend(late.into_iter().map(|q| (remote.clone(), q)));
+        }
+        for (remote, q) in expired {
+            let text = format!(
+                "no authenticated stream to {remote} within {} s",
+                SIP_ANSWER_WITHIN.as_secs()
+            );
+            self.bounce_queued(q, "remote-server-timeout", &text, now);
         }
     }
 
@@ -609,7 +682,7 @@ impl Gateway {
                 self.partner_limit(remote),
                 self.config.gateway.connection_limit
             );
-            self.bounce_route(local, remote, "resource-constraint", &text);
+            self.bounce_route(local, remote, "resource-constraint", &text, now);
         }
     }
 
@@ -1142,8 +1215,9 @@ impl Gateway {
         let key = (c.local.clone(), c.remote.clone());
         if let Some(route) = self.routes.get_mut(&key) {
             let queue = std::mem::take(&mut route.queue);
-            for stanza in queue {
-                c.send(&stanza, &mut self.out, now);
+            for q in queue {
+                c.send(&q.stanza, &mut self.out, now);
+                self.stanza_written(q, now);
             }
         }
         Ok(Flow::Continue)
@@ -1654,7 +1728,7 @@ impl Gateway {
             ));
         }
         c.last_activity = now;
-        self.out.push(Output::Deliver(el));
+        self.deliver_local(el, now);
         Ok(Flow::Continue)
     }
 
@@ -1858,7 +1932,7 @@ impl Gateway {
                 let key = (c.local.clone(), c.remote.clone());
                 if self.routes.get(&key).and_then(|r| r.conn) == Some(id) {
                     let (cond, text) = reason.unwrap_or_else(|| bounce_reason(&c));
-                    self.bounce_route(&c.local, &c.remote, cond, &text);
+                    self.bounce_route(&c.local, &c.remote, cond, &text, now);
                     if let Some(r) = self.routes.get_mut(&key) {
                         r.conn = None;
                         if r.queue.is_empty() {
@@ -1878,50 +1952,51 @@ impl Gateway {
         self.event(Event::Closed { conn: id });
     }
 
-    fn bounce_route(&mut self, local: &str, remote: &str, condition: &'static str, text: &str) {
+    fn bounce_route(&mut self, local: &str, remote: &str, condition: &'static str, text: &str, now: Instant) {
         let key = (local.to_owned(), remote.to_owned());
         let queue = match self.routes.get_mut(&key) {
             Some(r) => std::mem::take(&mut r.queue),
             None => return,
         };
-        for stanza in queue {
-            self.bounce(stanza, condition, text);
+        for q in queue {
+            self.bounce_queued(q, condition, text, now);
         }
     }
 
     /// Returns a stanza to its local sender as an error (never an error for an error).
     fn bounce(&mut self, stanza: Element, condition: &'static str, text: &str) {
-        let from = stanza.get_attr("from").unwrap_or_default().to_owned();
-        let to = stanza.get_attr("to").unwrap_or_default().to_owned();
         self.event(Event::Bounced {
-            from: from.clone(),
-            to: to.clone(),
+            from: stanza.get_attr("from").unwrap_or_default().to_owned(),
+            to: stanza.get_attr("to").unwrap_or_default().to_owned(),
             condition,
         });
-        if stanza.get_attr("type") == Some("error") {
-            return;
+        if let Some(reply) = error_reply(&stanza, condition, text) {
+            self.out.push(Output::Deliver(reply));
         }
-        let mut reply = Element::new(ns::SERVER, &stanza.name)
-            .attr("from", &to)
-            .attr("to", &from)
-            .attr("type", "error");
-        if let Some(id) = stanza.get_attr("id") {
-            reply.set_attr("id", id);
-        }
-        let error_type =
-            if condition == "remote-server-timeout" || condition == "resource-constraint" {
-                "wait"
-            } else {
-                "cancel"
-            };
-        reply = reply.child(
+    }
+}
+
+/// The error stanza answering `stanza` (RFC 6120 §8.3), or `None` for an error,
+/// which is never answered with another.
+pub(crate) fn error_reply(stanza: &Element, condition: &str, text: &str) -> Option<Element> {
+    if stanza.get_attr("type") == Some("error") {
+        return None;
+    }
+    let mut reply = Element::new(ns::SERVER, &stanza.name)
+        .attr("from", stanza.get_attr("to").unwrap_or_default())
+        .attr("to", stanza.get_attr("from").unwrap_or_default())
+        .attr("type", "error");
+    if let Some(id) = stanza.get_attr("id") {
+        reply.set_attr("id", id);
+    }
+    Some(
+        reply.child(
             Element::new(ns::SERVER, "error")
-                .attr("type", error_type)
+                .attr("type", crate::translate::error::error_type(condition))
                 .child(Element::new(ns::STANZAS_ERR, condition))
                 .child(Element::new(ns::STANZAS_ERR, "text").text(text)),
-        );
-        self.out.push(Output::Deliver(reply));
-    }
+        ),
+    )
 }
 
 enum Flow {

@@ -1,0 +1,383 @@
+//! The gateway's SIP side: SIP requests from SIP users become stanzas on s2s routes,
+//! stanzas for SIP users become SIP requests through the configured next hop, and
+//! each SIP transaction is answered with what happened on the XMPP side.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{error_reply, Event, Gateway, Output};
+use crate::jid::Jid;
+use crate::sip::transaction::{ClientTransaction, ServerTransaction, Timers, TxAction};
+use crate::sip::uri::Via;
+use crate::sip::{SipError, SipLimits, SipMessage, StartLine};
+use crate::translate::error::sip_to_condition;
+use crate::translate::message::{message_to_sip, sip_to_message};
+use crate::xml::{ns, Element};
+
+/// Methods this gateway answers, for `Allow`.
+const ALLOW: &str = "MESSAGE, OPTIONS";
+
+#[derive(Default)]
+pub(super) struct SipState {
+    server: HashMap<String, ServerTx>,
+    client: HashMap<String, ClientTx>,
+    /// (SIP user, XMPP contact) pairs the SIP user added: the policy's "contact added".
+    contacts: HashSet<(String, String)>,
+}
+
+struct ServerTx {
+    tx: ServerTransaction,
+    request: SipMessage,
+    peer: SocketAddr,
+    to_tag: String,
+}
+
+struct ClientTx {
+    tx: ClientTransaction,
+    /// The stanza it carries, to answer with an XMPP error on failure.
+    stanza: Element,
+}
+
+/// The server-transaction key (RFC 3261 §17.2.3): top Via branch, sent-by, method.
+fn server_key(msg: &SipMessage) -> Option<String> {
+    let via = Via::parse(msg.header_values("Via").first()?).ok()?;
+    let method = match msg.method()? {
+        // An ACK or CANCEL belongs to the INVITE transaction it refers to.
+        "ACK" | "CANCEL" => "INVITE",
+        m => m,
+    };
+    Some(format!("{}|{}:{}|{method}", via.branch()?, via.host, via.port.unwrap_or(5060)))
+}
+
+impl Gateway {
+    /// Records that SIP user `local` added XMPP contact `remote` (bare JIDs), which
+    /// the partner-type policy consults.
+    pub fn add_contact(&mut self, local: &Jid, remote: &Jid) {
+        self.sip.contacts.insert((local.bare().to_string(), remote.bare().to_string()));
+    }
+
+    fn contact_added(&self, local: &Jid, remote: &Jid) -> bool {
+        self.sip
+            .contacts
+            .contains(&(local.bare().to_string(), remote.bare().to_string()))
+    }
+
+    fn sip_send(&mut self, to: SocketAddr, msg: &SipMessage) {
+        self.out.push(Output::SipSend {
+            to,
+            bytes: msg.to_bytes(),
+        });
+    }
+
+    fn sip_transmit(&mut self, to: SocketAddr, actions: Vec<TxAction>) {
+        for a in actions {
+            if let TxAction::Transmit(m) = a {
+                self.sip_send(to, &m);
+            }
+        }
+    }
+
+    /// A UDP datagram arrived on the SIP port.
+    pub fn sip_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.set_clock(now);
+        let msg = match SipMessage::parse(bytes, &SipLimits::default()) {
+            Ok(m) => m,
+            Err(e) => {
+                self.sip_malformed(from, bytes, &e);
+                return;
+            }
+        };
+        match msg.start {
+            StartLine::Response { .. } => self.sip_response(msg, now),
+            StartLine::Request { .. } => self.sip_request(msg, from, now),
+        }
+    }
+
+    /// Answers a malformed request with 400 and its reason, where the headers a
+    /// response needs can be found; anything else is logged and dropped.
+    fn sip_malformed(&mut self, from: SocketAddr, bytes: &[u8], e: &SipError) {
+        let text = String::from_utf8_lossy(bytes);
+        let is_request = !text.starts_with("SIP/2.0");
+        let mut resp = None;
+        if is_request {
+            let (code, reason) = e.response();
+            let mut r = SipMessage::response(code, &reason);
+            let mut found = 0;
+            for line in text.split("\r\n").take_while(|l| !l.is_empty()).skip(1) {
+                let Some((name, value)) = line.split_once(':') else {
+                    continue;
+                };
+                let name = crate::sip::message::canonical_name(name.trim());
+                if matches!(name.as_str(), "Via" | "From" | "To" | "Call-ID" | "CSeq") {
+                    r.push_header(&name, value.trim());
+                    found += 1;
+                }
+            }
+            if r.header("Via").is_some() && found >= 5 {
+                resp = Some(r);
+            }
+        }
+        self.event(Event::Ignored {
+            conn: super::ConnId(0),
+            what: format!("SIP from {from}: {e}"),
+        });
+        if let Some(r) = resp {
+            self.sip_send(from, &r);
+        }
+    }
+
+    fn sip_request(&mut self, msg: SipMessage, from: SocketAddr, now: Instant) {
+        let method = msg.method().unwrap_or_default().to_owned();
+        if method == "ACK" {
+            // ACKs for our final responses to INVITE end there (hop by hop).
+            return;
+        }
+        let Some(key) = server_key(&msg) else {
+            let reply = msg.reply(400, "Bad Request (Via without branch)", None);
+            self.sip_send(from, &reply);
+            return;
+        };
+        if let Some(st) = self.sip.server.get(&key) {
+            let actions = st.tx.on_retransmission();
+            let peer = st.peer;
+            self.sip_transmit(peer, actions);
+            return;
+        }
+        let to_tag = self.rng.hex(6);
+        self.sip.server.insert(
+            key.clone(),
+            ServerTx {
+                tx: ServerTransaction::new(false, Timers::default()),
+                request: msg.clone(),
+                peer: from,
+                to_tag,
+            },
+        );
+        match method.as_str() {
+            "MESSAGE" => self.sip_message(&key, &msg, now),
+            "OPTIONS" => {
+                let mut resp = msg.reply(200, "OK", None);
+                resp.push_header("Allow", ALLOW);
+                resp.push_header("Accept", crate::translate::message::ACCEPTED_TYPES);
+                self.sip_respond(&key, resp, now);
+            }
+            "INVITE" => self.sip_answer(
+                &key,
+                488,
+                "Not Acceptable Here (isthmus carries page-mode MESSAGE; sessions are not supported)",
+                now,
+            ),
+            "CANCEL" => self.sip_answer(&key, 481, "Call/Transaction Does Not Exist", now),
+            "SUBSCRIBE" | "NOTIFY" | "PUBLISH" => {
+                self.sip_answer(&key, 501, "Not Implemented (presence is not enabled on this gateway)", now)
+            }
+            _ => {
+                let mut resp = msg.reply(405, "Method Not Allowed", None);
+                resp.push_header("Allow", ALLOW);
+                self.sip_respond(&key, resp, now);
+            }
+        }
+    }
+
+    /// SIP MESSAGE from a SIP user: a `<message/>` toward the XMPP contact.
+    fn sip_message(&mut self, key: &str, msg: &SipMessage, now: Instant) {
+        let id = format!("sip-{}", self.rng.hex(6));
+        let stanza = match sip_to_message(msg, &id) {
+            Ok(s) => s,
+            Err(r) => {
+                self.sip_answer(key, r.code, &r.reason, now);
+                return;
+            }
+        };
+        let from_domain = stanza
+            .get_attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .map(|j| j.domain().to_owned())
+            .unwrap_or_default();
+        if !self.config.serves(&from_domain) {
+            let reason = format!("Forbidden ({from_domain} is not a SIP domain this gateway serves)");
+            self.sip_answer(key, 403, &reason, now);
+            return;
+        }
+        if let Err(e) = self.route_stanza(now, stanza, Some(key.to_owned())) {
+            self.sip_answer(key, 400, &format!("Bad Request ({e})"), now);
+        }
+    }
+
+    fn sip_respond(&mut self, key: &str, resp: SipMessage, now: Instant) {
+        let Some(st) = self.sip.server.get_mut(key) else {
+            return;
+        };
+        let actions = st.tx.respond(resp, now);
+        let peer = st.peer;
+        self.sip_transmit(peer, actions);
+    }
+
+    /// Sends the final response `code` on a server transaction.
+    pub(super) fn sip_answer(&mut self, key: &str, code: u16, reason: &str, now: Instant) {
+        let Some(st) = self.sip.server.get(key) else {
+            return;
+        };
+        let tag = st.to_tag.clone();
+        let resp = st.request.reply(code, reason, Some(&tag));
+        self.sip_respond(key, resp, now);
+    }
+
+    /// A stanza for a user of a served domain.
+    pub(super) fn deliver_local(&mut self, stanza: Element, now: Instant) {
+        let Some(next_hop) = self.config.gateway.sip_next_hop else {
+            self.out.push(Output::Deliver(stanza));
+            return;
+        };
+        if stanza.name != "message" {
+            self.out.push(Output::Deliver(stanza));
+            return;
+        }
+        let (Some(from), Some(to)) = (
+            stanza.get_attr("from").and_then(|f| Jid::parse(f).ok()),
+            stanza.get_attr("to").and_then(|t| Jid::parse(t).ok()),
+        ) else {
+            return;
+        };
+        let mut carried = stanza.clone();
+        if stanza.get_attr("type") == Some("error") {
+            // Our MESSAGE was already answered with 200; tell the SIP user in words.
+            let condition = stanza
+                .find(ns::SERVER, "error")
+                .and_then(|e| e.elements().find(|c| c.ns == ns::STANZAS_ERR && c.name != "text"))
+                .map_or_else(|| "undefined-condition".to_owned(), |c| c.name.clone());
+            carried = Element::new(ns::SERVER, "message")
+                .attr("from", &from.to_string())
+                .attr("to", &to.to_string())
+                .attr("type", "error")
+                .child(Element::new(ns::SERVER, "body").text(&format!(
+                    "Your message to {} could not be delivered ({condition}).",
+                    from.bare()
+                )));
+        } else if let Err(refusal) = crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from)) {
+            if let Some(reply) = error_reply(&stanza, refusal.condition, &refusal.text) {
+                let _ = self.route_stanza(now, reply, None);
+            }
+            return;
+        }
+        let tag = self.rng.hex(6);
+        let call_id = format!("{}@{}", self.rng.hex(8), self.config.gateway.sip_address.ip());
+        let mut request = match message_to_sip(&carried, &tag, &call_id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                self.event(Event::Ignored {
+                    conn: super::ConnId(0),
+                    what: format!("stanza for a SIP user: {e}"),
+                });
+                return;
+            }
+        };
+        let branch = format!("z9hG4bK{}", self.rng.hex(8));
+        request.headers.insert(
+            0,
+            crate::sip::Header {
+                name: "Via".into(),
+                value: format!("SIP/2.0/UDP {};branch={branch}", self.config.gateway.sip_address),
+            },
+        );
+        request.push_header("Max-Forwards", "70");
+        let (tx, actions) = ClientTransaction::start(request, false, Timers::default(), now);
+        if stanza.get_attr("type") != Some("error") {
+            self.sip.client.insert(branch, ClientTx { tx, stanza });
+        } else {
+            self.sip.client.insert(branch, ClientTx { tx, stanza: Element::new(ns::SERVER, "message").attr("type", "error") });
+        }
+        self.sip_transmit(next_hop, actions);
+    }
+
+    fn sip_response(&mut self, msg: SipMessage, now: Instant) {
+        let Some(branch) = msg
+            .header_values("Via")
+            .first()
+            .and_then(|v| Via::parse(v).ok())
+            .and_then(|v| v.branch().map(str::to_owned))
+        else {
+            return;
+        };
+        let Some(ct) = self.sip.client.get_mut(&branch) else {
+            self.event(Event::Ignored {
+                conn: super::ConnId(0),
+                what: format!("SIP response for no transaction of ours (branch {branch})"),
+            });
+            return;
+        };
+        let actions = ct.tx.on_response(msg, now);
+        for a in actions {
+            if let TxAction::Response(r) = a {
+                let code = r.status().unwrap_or(0);
+                if code >= 300 {
+                    let reason = match &r.start {
+                        StartLine::Response { reason, .. } => reason.clone(),
+                        StartLine::Request { .. } => String::new(),
+                    };
+                    self.sip_failed(&branch, sip_to_condition(code), &format!("SIP {code} {reason}"), now);
+                }
+            }
+        }
+    }
+
+    /// Our request toward a SIP user failed: the XMPP sender hears it as an error.
+    fn sip_failed(&mut self, branch: &str, condition: &str, text: &str, now: Instant) {
+        let Some(ct) = self.sip.client.get(branch) else {
+            return;
+        };
+        if let Some(reply) = error_reply(&ct.stanza, condition, text) {
+            if reply.get_attr("to").is_some_and(|t| !t.is_empty()) {
+                let _ = self.route_stanza(now, reply, None);
+            }
+        }
+    }
+
+    pub(super) fn sip_next_deadline(&self) -> Option<Instant> {
+        let client = self.sip.client.values().filter_map(|c| c.tx.next_deadline());
+        let server = self.sip.server.values().filter_map(|s| s.tx.next_deadline());
+        client.chain(server).min()
+    }
+
+    pub(super) fn sip_timeouts(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .sip
+            .client
+            .iter()
+            .filter(|(_, c)| c.tx.next_deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for branch in due {
+            let actions = match self.sip.client.get_mut(&branch) {
+                Some(c) => c.tx.on_timeout(now),
+                None => continue,
+            };
+            let mut timed_out = false;
+            for a in actions {
+                match a {
+                    TxAction::Transmit(m) => {
+                        if let Some(hop) = self.config.gateway.sip_next_hop {
+                            self.sip_send(hop, &m);
+                        }
+                    }
+                    TxAction::Timeout => timed_out = true,
+                    TxAction::Response(_) => {}
+                }
+            }
+            if timed_out {
+                self.sip_failed(&branch, "remote-server-timeout", "the SIP side did not answer within 32 s", now);
+            }
+        }
+        self.sip
+            .client
+            .retain(|_, c| c.tx.state != crate::sip::transaction::State::Terminated);
+        for st in self.sip.server.values_mut() {
+            st.tx.on_timeout(now);
+        }
+        self.sip
+            .server
+            .retain(|_, s| s.tx.state != crate::sip::transaction::State::Terminated || s.tx.next_deadline().is_some());
+    }
+}
