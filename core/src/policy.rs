@@ -46,7 +46,8 @@ pub fn partner_type(config: &Config, remote: &Jid) -> Result<PartnerType, Refusa
         .partner_for(remote.domain())
         .map(|p| p.partner_type)
         .ok_or_else(|| Refusal {
-            condition: "service-unavailable",
+            // Nobody from or to that domain may federate: RFC 6120's not-allowed.
+            condition: "not-allowed",
             text: format!(
                 "{} is not a configured XMPP partner of this gateway",
                 remote.domain()
@@ -149,7 +150,7 @@ mod tests {
         let c = config();
         let stranger = j("eve@elsewhere.example");
         let refusal = inbound_message(&c, &stranger, true).expect_err("refused");
-        assert_eq!(refusal.condition, "service-unavailable");
+        assert_eq!(refusal.condition, "not-allowed");
         assert!(refusal.text.contains("elsewhere.example"));
         assert!(matches!(
             inbound_subscribe(&c, &stranger, true),
