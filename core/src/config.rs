@@ -561,12 +561,22 @@ fn positive<T: Copy + PartialOrd + Default + fmt::Display>(
     }
 }
 
-fn socket_addr(text: &str, key: &str, raw: &Spanned<String>) -> Result<std::net::SocketAddr, ConfigError> {
-    raw.get_ref().trim().parse().map_err(|_| ConfigError::InvalidValue {
-        key: key.to_owned(),
-        line: line_col(text, raw.span().start).0,
-        message: format!("'{}' is not an IP address with port, such as 127.0.0.1:5060", raw.get_ref()),
-    })
+fn socket_addr(
+    text: &str,
+    key: &str,
+    raw: &Spanned<String>,
+) -> Result<std::net::SocketAddr, ConfigError> {
+    raw.get_ref()
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::InvalidValue {
+            key: key.to_owned(),
+            line: line_col(text, raw.span().start).0,
+            message: format!(
+                "'{}' is not an IP address with port, such as 127.0.0.1:5060",
+                raw.get_ref()
+            ),
+        })
 }
 
 fn domain(text: &str, raw: &Spanned<String>) -> Result<(String, usize), ConfigError> {

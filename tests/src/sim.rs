@@ -424,7 +424,8 @@ impl Net {
                     self.note(format!("{name} sends SIP to {to}: nobody there"));
                     return;
                 };
-                let Ok(msg) = isthmus_core::sip::SipMessage::parse(&bytes, &Default::default()) else {
+                let Ok(msg) = isthmus_core::sip::SipMessage::parse(&bytes, &Default::default())
+                else {
                     self.note(format!("{name} sent unparsable SIP to {to}"));
                     return;
                 };
@@ -433,9 +434,14 @@ impl Net {
                 let answer = self.sip_peers[p].answer;
                 if msg.method().is_some() && answer != 0 {
                     let reason = isthmus_core::translate::error::reason_phrase(answer);
-                    let reply = msg.reply(answer, if answer == 200 { "OK" } else { reason }, Some("ua1"));
+                    let reply = msg.reply(
+                        answer,
+                        if answer == 200 { "OK" } else { reason },
+                        Some("ua1"),
+                    );
                     self.note(format!("{peer_name}→{name} SIP: {}", sip_summary(&reply)));
-                    self.sip_in_flight.push_back((node, self.sip_peers[p].addr, reply.to_bytes()));
+                    self.sip_in_flight
+                        .push_back((node, self.sip_peers[p].addr, reply.to_bytes()));
                 }
                 self.sip_peers[p].received.push(msg);
             }

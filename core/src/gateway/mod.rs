@@ -456,22 +456,35 @@ impl Gateway {
     /// Routes a stanza from a served domain toward its partner domain. `sip` is the
     /// SIP server transaction that carried it, answered once the stanza is written
     /// to an authenticated stream (200) or refused (a mapped failure).
-    fn route_stanza(&mut self, now: Instant, stanza: Element, sip: Option<String>) -> Result<(), RouteError> {
+    fn route_stanza(
+        &mut self,
+        now: Instant,
+        stanza: Element,
+        sip: Option<String>,
+    ) -> Result<(), RouteError> {
         let from = stanza
             .get_attr("from")
             .ok_or_else(|| RouteError::Addressing("no 'from'".into()))
-            .and_then(|f| Jid::parse(f).map_err(|e| RouteError::Addressing(format!("'from': {e}"))))?;
+            .and_then(|f| {
+                Jid::parse(f).map_err(|e| RouteError::Addressing(format!("'from': {e}")))
+            })?;
         let to = stanza
             .get_attr("to")
             .ok_or_else(|| RouteError::Addressing("no 'to'".into()))
-            .and_then(|t| Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}"))))?;
+            .and_then(|t| {
+                Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}")))
+            })?;
         let local = from.domain().to_owned();
         if !self.config.serves(&local) {
             return Err(RouteError::NotServed(local));
         }
         let remote = to.domain().to_owned();
         let deadline = sip.as_ref().map(|_| now + SIP_ANSWER_WITHIN);
-        let queued = Queued { stanza, sip, deadline };
+        let queued = Queued {
+            stanza,
+            sip,
+            deadline,
+        };
         if self.config.serves(&remote) {
             // Both ends are ours: no federation needed.
             self.deliver_local(queued.stanza.clone(), now);
@@ -502,7 +515,8 @@ impl Gateway {
         }
         let waiting = self.routes.get(&key).map_or(0, |r| r.queue.len());
         if waiting >= MAX_QUEUED {
-            let text = format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
+            let text =
+                format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
             self.bounce_queued(queued, "resource-constraint", &text, now);
             return Ok(());
         }
@@ -574,7 +588,9 @@ impl Gateway {
         let mut expired = Vec::new();
         for ((_, remote), route) in self.routes.iter_mut() {
             let (late, keep): (VecDeque<Queued>, VecDeque<Queued>) =
-                std::mem::take(&mut route.queue).into_iter().partition(|q| q.deadline.is_some_and(|d| d <= now));
+                std::mem::take(&mut route.queue)
+                    .into_iter()
+                    .partition(|q| q.deadline.is_some_and(|d| d <= now));
             route.queue = keep;
             expired.extend(late.into_iter().map(|q| (remote.clone(), q)));
         }
@@ -1952,7 +1968,14 @@ impl Gateway {
         self.event(Event::Closed { conn: id });
     }
 
-    fn bounce_route(&mut self, local: &str, remote: &str, condition: &'static str, text: &str, now: Instant) {
+    fn bounce_route(
+        &mut self,
+        local: &str,
+        remote: &str,
+        condition: &'static str,
+        text: &str,
+        now: Instant,
+    ) {
         let key = (local.to_owned(), remote.to_owned());
         let queue = match self.routes.get_mut(&key) {
             Some(r) => std::mem::take(&mut r.queue),

@@ -47,14 +47,21 @@ fn server_key(msg: &SipMessage) -> Option<String> {
         "ACK" | "CANCEL" => "INVITE",
         m => m,
     };
-    Some(format!("{}|{}:{}|{method}", via.branch()?, via.host, via.port.unwrap_or(5060)))
+    Some(format!(
+        "{}|{}:{}|{method}",
+        via.branch()?,
+        via.host,
+        via.port.unwrap_or(5060)
+    ))
 }
 
 impl Gateway {
     /// Records that SIP user `local` added XMPP contact `remote` (bare JIDs), which
     /// the partner-type policy consults.
     pub fn add_contact(&mut self, local: &Jid, remote: &Jid) {
-        self.sip.contacts.insert((local.bare().to_string(), remote.bare().to_string()));
+        self.sip
+            .contacts
+            .insert((local.bare().to_string(), remote.bare().to_string()));
     }
 
     fn contact_added(&self, local: &Jid, remote: &Jid) -> bool {
@@ -196,7 +203,8 @@ impl Gateway {
             .map(|j| j.domain().to_owned())
             .unwrap_or_default();
         if !self.config.serves(&from_domain) {
-            let reason = format!("Forbidden ({from_domain} is not a SIP domain this gateway serves)");
+            let reason =
+                format!("Forbidden ({from_domain} is not a SIP domain this gateway serves)");
             self.sip_answer(key, 403, &reason, now);
             return;
         }
@@ -245,7 +253,10 @@ impl Gateway {
             // Our MESSAGE was already answered with 200; tell the SIP user in words.
             let condition = stanza
                 .find(ns::SERVER, "error")
-                .and_then(|e| e.elements().find(|c| c.ns == ns::STANZAS_ERR && c.name != "text"))
+                .and_then(|e| {
+                    e.elements()
+                        .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
+                })
                 .map_or_else(|| "undefined-condition".to_owned(), |c| c.name.clone());
             carried = Element::new(ns::SERVER, "message")
                 .attr("from", &from.to_string())
@@ -255,14 +266,20 @@ impl Gateway {
                     "Your message to {} could not be delivered ({condition}).",
                     from.bare()
                 )));
-        } else if let Err(refusal) = crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from)) {
+        } else if let Err(refusal) =
+            crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from))
+        {
             if let Some(reply) = error_reply(&stanza, refusal.condition, &refusal.text) {
                 let _ = self.route_stanza(now, reply, None);
             }
             return;
         }
         let tag = self.rng.hex(6);
-        let call_id = format!("{}@{}", self.rng.hex(8), self.config.gateway.sip_address.ip());
+        let call_id = format!(
+            "{}@{}",
+            self.rng.hex(8),
+            self.config.gateway.sip_address.ip()
+        );
         let mut request = match message_to_sip(&carried, &tag, &call_id) {
             Ok(Some(r)) => r,
             Ok(None) => return,
@@ -279,7 +296,10 @@ impl Gateway {
             0,
             crate::sip::Header {
                 name: "Via".into(),
-                value: format!("SIP/2.0/UDP {};branch={branch}", self.config.gateway.sip_address),
+                value: format!(
+                    "SIP/2.0/UDP {};branch={branch}",
+                    self.config.gateway.sip_address
+                ),
             },
         );
         request.push_header("Max-Forwards", "70");
@@ -287,7 +307,13 @@ impl Gateway {
         if stanza.get_attr("type") != Some("error") {
             self.sip.client.insert(branch, ClientTx { tx, stanza });
         } else {
-            self.sip.client.insert(branch, ClientTx { tx, stanza: Element::new(ns::SERVER, "message").attr("type", "error") });
+            self.sip.client.insert(
+                branch,
+                ClientTx {
+                    tx,
+                    stanza: Element::new(ns::SERVER, "message").attr("type", "error"),
+                },
+            );
         }
         self.sip_transmit(next_hop, actions);
     }
@@ -317,7 +343,12 @@ impl Gateway {
                         StartLine::Response { reason, .. } => reason.clone(),
                         StartLine::Request { .. } => String::new(),
                     };
-                    self.sip_failed(&branch, sip_to_condition(code), &format!("SIP {code} {reason}"), now);
+                    self.sip_failed(
+                        &branch,
+                        sip_to_condition(code),
+                        &format!("SIP {code} {reason}"),
+                        now,
+                    );
                 }
             }
         }
@@ -336,8 +367,16 @@ impl Gateway {
     }
 
     pub(super) fn sip_next_deadline(&self) -> Option<Instant> {
-        let client = self.sip.client.values().filter_map(|c| c.tx.next_deadline());
-        let server = self.sip.server.values().filter_map(|s| s.tx.next_deadline());
+        let client = self
+            .sip
+            .client
+            .values()
+            .filter_map(|c| c.tx.next_deadline());
+        let server = self
+            .sip
+            .server
+            .values()
+            .filter_map(|s| s.tx.next_deadline());
         client.chain(server).min()
     }
 
@@ -367,7 +406,12 @@ impl Gateway {
                 }
             }
             if timed_out {
-                self.sip_failed(&branch, "remote-server-timeout", "the SIP side did not answer within 32 s", now);
+                self.sip_failed(
+                    &branch,
+                    "remote-server-timeout",
+                    "the SIP side did not answer within 32 s",
+                    now,
+                );
             }
         }
         self.sip
@@ -376,8 +420,9 @@ impl Gateway {
         for st in self.sip.server.values_mut() {
             st.tx.on_timeout(now);
         }
-        self.sip
-            .server
-            .retain(|_, s| s.tx.state != crate::sip::transaction::State::Terminated || s.tx.next_deadline().is_some());
+        self.sip.server.retain(|_, s| {
+            s.tx.state != crate::sip::transaction::State::Terminated
+                || s.tx.next_deadline().is_some()
+        });
     }
 }

@@ -108,7 +108,10 @@ pub enum Output {
     /// (With a SIP next hop configured, messages go to SIP instead.)
     Deliver(Element),
     /// Send a SIP message as one UDP datagram.
-    SipSend { to: std::net::SocketAddr, bytes: Vec<u8> },
+    SipSend {
+        to: std::net::SocketAddr,
+        bytes: Vec<u8>,
+    },
     Event(crate::gateway::Event),
     Trace {
         conn: ConnId,
