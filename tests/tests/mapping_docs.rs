@@ -231,6 +231,24 @@ fn render() -> String {
     s
 }
 
+/// Each section is also an insta snapshot, so a change to one mapping row shows up
+/// as a reviewed snapshot diff as well as a stale document.
+#[test]
+fn mapping_sections_snapshots() {
+    let _g = isthmus_tests::scenario::snapshots_in("mapping");
+    let doc = render();
+    for (name, start, end) in [
+        ("addresses", "## Addresses", "## Errors"),
+        ("errors", "## Errors", "## Instant messages"),
+        ("instant_messages", "## Instant messages", "## Presence"),
+        ("presence", "## Presence", "\u{0}"),
+    ] {
+        let from = doc.find(start).expect("section");
+        let to = doc[from..].find(end).map_or(doc.len(), |i| from + i);
+        insta::assert_snapshot!(name, &doc[from..to]);
+    }
+}
+
 #[test]
 fn mapping_doc_is_current() {
     let doc = render();
