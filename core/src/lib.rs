@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod jid;
 pub mod policy;
 pub mod rng;
+pub mod roster;
 pub mod s2s;
 pub mod sip;
 pub mod translate;

@@ -3,3 +3,4 @@
 pub mod pki;
 pub mod scenario;
 pub mod sim;
+pub mod sipworld;

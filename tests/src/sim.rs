@@ -38,6 +38,10 @@ pub struct SipPeer {
     pub addr: SocketAddr,
     pub received: Vec<isthmus_core::sip::SipMessage>,
     pub answer: u16,
+    /// Acting as presence server: each SUBSCRIBE is answered and followed by a
+    /// NOTIFY with the PIDF stored here for its Request-URI (closed if none).
+    pub presence: std::collections::HashMap<String, String>,
+    notify_count: u32,
 }
 
 /// What a scripted raw peer saw.
@@ -66,6 +70,8 @@ pub struct Net {
     pub transcript: Vec<String>,
     pub events: Vec<(String, Event)>,
     pub delivered: Vec<(String, Element)>,
+    /// Persist outputs, in order: (gateway, record).
+    pub persisted: Vec<(String, isthmus_core::roster::Persist)>,
     /// Chunking of delivered bytes: `None` delivers each write whole.
     chunking: Option<Rng>,
     last_time_shown: Duration,
@@ -97,6 +103,7 @@ impl Net {
             transcript: Vec::new(),
             events: Vec::new(),
             delivered: Vec::new(),
+            persisted: Vec::new(),
             chunking: None,
             last_time_shown: Duration::ZERO,
             sip_peers: Vec::new(),
@@ -111,6 +118,8 @@ impl Net {
             addr,
             received: Vec::new(),
             answer,
+            presence: std::collections::HashMap::new(),
+            notify_count: 0,
         });
         self.sip_peers.len() - 1
     }
@@ -443,7 +452,23 @@ impl Net {
                     self.sip_in_flight
                         .push_back((node, self.sip_peers[p].addr, reply.to_bytes()));
                 }
+                if msg.method() == Some("SUBSCRIBE") && answer == 200 {
+                    let notify = self.presence_notify(p, &msg);
+                    self.note(format!("{peer_name}→{name} SIP: {}", sip_summary(&notify)));
+                    self.sip_in_flight
+                        .push_back((node, self.sip_peers[p].addr, notify.to_bytes()));
+                }
                 self.sip_peers[p].received.push(msg);
+            }
+            Output::Persist(p) => {
+                self.note(format!(
+                    "{name} persists {} / {}: watch={} watched_by={}",
+                    p.local,
+                    p.remote,
+                    p.item.watch.as_str(),
+                    p.item.watched_by.as_str()
+                ));
+                self.persisted.push((name, p));
             }
             Output::Deliver(el) => {
                 self.note(format!(
@@ -457,6 +482,60 @@ impl Net {
                 self.events.push((name, e));
             }
         }
+    }
+
+    /// The NOTIFY a presence server sends after accepting `subscribe`.
+    fn presence_notify(
+        &mut self,
+        peer: usize,
+        subscribe: &isthmus_core::sip::SipMessage,
+    ) -> isthmus_core::sip::SipMessage {
+        use isthmus_core::sip::{NameAddr, SipMessage, StartLine};
+        let p = &mut self.sip_peers[peer];
+        p.notify_count += 1;
+        let target = subscribe
+            .header("Contact")
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map_or_else(|| "sip:gateway".to_owned(), |c| c.uri.to_string());
+        let user = match &subscribe.start {
+            StartLine::Request { uri, .. } => uri.clone(),
+            StartLine::Response { .. } => String::new(),
+        };
+        let expires = subscribe
+            .header("Expires")
+            .unwrap_or("3600")
+            .trim()
+            .to_owned();
+        let state = if expires == "0" {
+            "terminated;reason=timeout".to_owned()
+        } else {
+            format!("active;expires={expires}")
+        };
+        let body = p.presence.get(&user).cloned().unwrap_or_else(|| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"{user}\"><tuple id=\"t\"><status><basic>closed</basic></status></tuple></presence>\n"
+            )
+        });
+        let mut n = SipMessage::request("NOTIFY", &target)
+            .with(
+                "Via",
+                &format!(
+                    "SIP/2.0/UDP {};branch=z9hG4bKnotify{}",
+                    p.addr, p.notify_count
+                ),
+            )
+            .with(
+                "From",
+                &format!("{};tag=ua1", subscribe.header("To").unwrap_or_default()),
+            )
+            .with("To", subscribe.header("From").unwrap_or_default())
+            .with("Call-ID", subscribe.call_id().unwrap_or_default())
+            .with("CSeq", &format!("{} NOTIFY", p.notify_count))
+            .with("Event", "presence")
+            .with("Subscription-State", &state)
+            .with("Content-Type", "application/pidf+xml");
+        n.body = body.into_bytes();
+        n
     }
 
     pub fn transcript_text(&self) -> String {
@@ -481,7 +560,13 @@ pub fn sip_summary(m: &isthmus_core::sip::SipMessage) -> String {
         }
     }
     if !m.body.is_empty() {
-        parts.push(format!("body: {}", String::from_utf8_lossy(&m.body)));
+        let body = String::from_utf8_lossy(&m.body);
+        let one_line: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        parts.push(format!("body: {}", one_line.join(" ")));
     }
     parts.join(" | ")
 }

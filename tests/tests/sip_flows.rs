@@ -5,93 +5,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use isthmus_core::config::{Config, Negotiation, Partner, PartnerType, SaslMode, TlsMode};
+use isthmus_core::config::PartnerType;
 use isthmus_core::jid::Jid;
 use isthmus_core::sip::{SipLimits, SipMessage};
 use isthmus_core::xml::{ns, Element};
-use isthmus_tests::scenario::{snapshots_in, Cert, Pki};
-use isthmus_tests::sim::Net;
-
-const PROXY: ([u8; 4], u16) = ([127, 0, 0, 50], 5070);
-
-fn row() -> Negotiation {
-    Negotiation {
-        tls: TlsMode::Required,
-        sasl: SaslMode::Optional,
-        dialback: true,
-    }
-}
-
-struct World {
-    net: Net,
-    proxy: usize,
-}
-
-/// isthmus (node 0) and the XMPP partner (node 1); the proxy answers with `answer`.
-fn world(partner_type: PartnerType, answer: u16) -> World {
-    let pki = Pki::new();
-    let mut gw = Config::default();
-    gw.gateway.served_domains = vec!["sip.test".into()];
-    gw.gateway.dialback_secret = Some("gw secret".into());
-    gw.gateway.sip_next_hop = Some(SocketAddr::from(PROXY));
-    let mut p = Partner::new("xmpp.test");
-    p.negotiation = row();
-    p.partner_type = partner_type;
-    gw.partners.push(p);
-    let mut xmpp = Config::default();
-    xmpp.gateway.served_domains = vec!["xmpp.test".into()];
-    xmpp.gateway.dialback_secret = Some("xmpp secret".into());
-    let mut p = Partner::new("sip.test");
-    p.negotiation = row();
-    xmpp.partners.push(p);
-    let mut net = Net::new();
-    net.add_gateway(
-        "isthmus",
-        gw,
-        Some(pki.context("sip.test", &Cert::Good)),
-        11,
-    );
-    net.add_gateway(
-        "xmpp",
-        xmpp,
-        Some(pki.context("xmpp.test", &Cert::Good)),
-        12,
-    );
-    let proxy = net.add_sip_peer("proxy", SocketAddr::from(PROXY), answer);
-    World { net, proxy }
-}
-
-fn sip_message(to: &str, body: &str, branch: &str) -> SipMessage {
-    let text = format!(
-        "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.50:5070;branch={branch}\r\nVia: SIP/2.0/UDP 127.0.0.1:44424;branch=z9hG4bKua\r\n\
-         Max-Forwards: 69\r\nFrom: <sip:alice@sip.test>;tag=a1\r\nTo: <{to}>\r\nCall-ID: call-{branch}\r\nCSeq: 1 MESSAGE\r\n\
-         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    SipMessage::parse(text.as_bytes(), &SipLimits::default()).expect("test MESSAGE")
-}
-
-fn responses(w: &World) -> Vec<(u16, String)> {
-    w.net.sip_peers[w.proxy]
-        .received
-        .iter()
-        .filter_map(|m| match &m.start {
-            isthmus_core::sip::StartLine::Response { code, reason } => {
-                Some((*code, reason.clone()))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn xmpp_user_got(w: &World) -> Vec<Element> {
-    w.net
-        .delivered
-        .iter()
-        .filter(|(n, _)| n == "xmpp")
-        .map(|(_, e)| e.clone())
-        .collect()
-}
+use isthmus_tests::scenario::snapshots_in;
+use isthmus_tests::sipworld::{responses, sip_message, world, xmpp_user_got};
 
 #[test]
 fn sip_message_reaches_the_xmpp_user_and_200_follows_the_write() {
@@ -300,5 +219,8 @@ fn options_invite_and_malformed_requests() {
     let allow = w.net.sip_peers[w.proxy].received[0]
         .header("Allow")
         .map(str::to_owned);
-    assert_eq!(allow.as_deref(), Some("MESSAGE, OPTIONS"));
+    assert_eq!(
+        allow.as_deref(),
+        Some("MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY")
+    );
 }

@@ -27,6 +27,7 @@ const MAX_QUEUED: usize = 1000;
 /// (64·T1 = 32 s) runs out, even when the partner's stream is still not up.
 const SIP_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
+mod presence;
 mod sip;
 
 /// Which way a stream runs.
@@ -185,6 +186,8 @@ pub struct Gateway {
     start: Instant,
     start_unix: u64,
     sip: sip::SipState,
+    presence: presence::PresenceState,
+    roster: crate::roster::Roster,
 }
 
 impl Gateway {
@@ -215,6 +218,8 @@ impl Gateway {
             start: now,
             start_unix: unix_secs,
             sip: sip::SipState::default(),
+            presence: presence::PresenceState::default(),
+            roster: crate::roster::Roster::default(),
         };
         gw.set_clock(now);
         gw
@@ -222,6 +227,16 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Loads the durable subscription state a host read back from its store.
+    pub fn restore(&mut self, records: impl IntoIterator<Item = crate::roster::Persist>) {
+        self.roster = crate::roster::Roster::restore(records);
+    }
+
+    /// The durable state of one (SIP user, XMPP contact) pair, by bare JIDs.
+    pub fn roster_item(&self, local: &str, remote: &str) -> crate::roster::Item {
+        self.roster.get(local, remote)
     }
 
     /// Replaces the configuration; established streams stay up.

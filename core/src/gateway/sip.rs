@@ -2,7 +2,7 @@
 //! stanzas for SIP users become SIP requests through the configured next hop, and
 //! each SIP transaction is answered with what happened on the XMPP side.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -16,14 +16,12 @@ use crate::translate::message::{message_to_sip, sip_to_message};
 use crate::xml::{ns, Element};
 
 /// Methods this gateway answers, for `Allow`.
-const ALLOW: &str = "MESSAGE, OPTIONS";
+const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 
 #[derive(Default)]
 pub(super) struct SipState {
     server: HashMap<String, ServerTx>,
-    client: HashMap<String, ClientTx>,
-    /// (SIP user, XMPP contact) pairs the SIP user added: the policy's "contact added".
-    contacts: HashSet<(String, String)>,
+    pub(super) client: HashMap<String, ClientTx>,
 }
 
 struct ServerTx {
@@ -33,10 +31,21 @@ struct ServerTx {
     to_tag: String,
 }
 
-struct ClientTx {
-    tx: ClientTransaction,
-    /// The stanza it carries, to answer with an XMPP error on failure.
-    stanza: Element,
+pub(super) struct ClientTx {
+    pub(super) tx: ClientTransaction,
+    pub(super) purpose: Purpose,
+}
+
+/// Why we sent a request, to know what its answer means.
+pub(super) enum Purpose {
+    /// A MESSAGE carrying this stanza; a failure goes back to its sender.
+    Message(Element),
+    /// A MESSAGE telling a SIP user about an XMPP error: nothing to report back.
+    Notice,
+    /// A NOTIFY in the watcher dialog with this key.
+    Notify(String),
+    /// A SUBSCRIBE for our subscription with this Call-ID.
+    Subscribe(String),
 }
 
 /// The server-transaction key (RFC 3261 §17.2.3): top Via branch, sent-by, method.
@@ -56,18 +65,57 @@ fn server_key(msg: &SipMessage) -> Option<String> {
 }
 
 impl Gateway {
-    /// Records that SIP user `local` added XMPP contact `remote` (bare JIDs), which
-    /// the partner-type policy consults.
+    /// Records that SIP user `local` added XMPP contact `remote` (as a SIP client's
+    /// SUBSCRIBE does), which the partner-type policy consults.
     pub fn add_contact(&mut self, local: &Jid, remote: &Jid) {
-        self.sip
-            .contacts
-            .insert((local.bare().to_string(), remote.bare().to_string()));
+        let (l, r) = (local.bare().to_string(), remote.bare().to_string());
+        let mut item = self.roster.get(&l, &r);
+        if item.watch == crate::roster::Sub::None {
+            item.watch = crate::roster::Sub::Pending;
+        }
+        self.roster_set(&l, &r, item);
     }
 
-    fn contact_added(&self, local: &Jid, remote: &Jid) -> bool {
-        self.sip
-            .contacts
-            .contains(&(local.bare().to_string(), remote.bare().to_string()))
+    pub(super) fn contact_added(&self, local: &Jid, remote: &Jid) -> bool {
+        self.roster
+            .get(&local.bare().to_string(), &remote.bare().to_string())
+            .contact_added()
+    }
+
+    /// Changes the durable state; the persist output precedes whatever follows.
+    pub(super) fn roster_set(&mut self, local: &str, remote: &str, item: crate::roster::Item) {
+        if let Some(p) = self.roster.set(local, remote, item) {
+            self.out.push(Output::Persist(p));
+        }
+    }
+
+    /// Sends a request toward the SIP side in a new client transaction.
+    pub(super) fn sip_request_out(
+        &mut self,
+        mut request: SipMessage,
+        purpose: Purpose,
+        now: Instant,
+    ) {
+        let Some(next_hop) = self.config.gateway.sip_next_hop else {
+            return;
+        };
+        let branch = format!("z9hG4bK{}", self.rng.hex(8));
+        request.headers.insert(
+            0,
+            crate::sip::Header {
+                name: "Via".into(),
+                value: format!(
+                    "SIP/2.0/UDP {};branch={branch}",
+                    self.config.gateway.sip_address
+                ),
+            },
+        );
+        if request.header("Max-Forwards").is_none() {
+            request.push_header("Max-Forwards", "70");
+        }
+        let (tx, actions) = ClientTransaction::start(request, false, Timers::default(), now);
+        self.sip.client.insert(branch, ClientTx { tx, purpose });
+        self.sip_transmit(next_hop, actions);
     }
 
     fn sip_send(&mut self, to: SocketAddr, msg: &SipMessage) {
@@ -176,9 +224,8 @@ impl Gateway {
                 now,
             ),
             "CANCEL" => self.sip_answer(&key, 481, "Call/Transaction Does Not Exist", now),
-            "SUBSCRIBE" | "NOTIFY" | "PUBLISH" => {
-                self.sip_answer(&key, 501, "Not Implemented (presence is not enabled on this gateway)", now)
-            }
+            "SUBSCRIBE" => self.sip_subscribe(&key, &msg, now),
+            "NOTIFY" => self.sip_notify(&key, &msg, now),
             _ => {
                 let mut resp = msg.reply(405, "Method Not Allowed", None);
                 resp.push_header("Allow", ALLOW);
@@ -213,13 +260,26 @@ impl Gateway {
         }
     }
 
-    fn sip_respond(&mut self, key: &str, resp: SipMessage, now: Instant) {
+    pub(super) fn sip_respond(&mut self, key: &str, resp: SipMessage, now: Instant) {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
         let actions = st.tx.respond(resp, now);
         let peer = st.peer;
         self.sip_transmit(peer, actions);
+    }
+
+    /// Our To tag on a server transaction (the dialog's local tag).
+    pub(super) fn server_to_tag(&self, key: &str) -> Option<String> {
+        self.sip.server.get(key).map(|s| s.to_tag.clone())
+    }
+
+    /// A response to a server transaction's request, with our To tag.
+    pub(super) fn server_reply(&self, key: &str, code: u16, reason: &str) -> SipMessage {
+        match self.sip.server.get(key) {
+            Some(st) => st.request.reply(code, reason, Some(&st.to_tag)),
+            None => SipMessage::response(code, reason),
+        }
     }
 
     /// Sends the final response `code` on a server transaction.
@@ -234,22 +294,36 @@ impl Gateway {
 
     /// A stanza for a user of a served domain.
     pub(super) fn deliver_local(&mut self, stanza: Element, now: Instant) {
-        let Some(next_hop) = self.config.gateway.sip_next_hop else {
-            self.out.push(Output::Deliver(stanza));
-            return;
-        };
-        if stanza.name != "message" {
+        if self.config.gateway.sip_next_hop.is_none() {
             self.out.push(Output::Deliver(stanza));
             return;
         }
+        match stanza.name.as_str() {
+            "message" => self.message_to_sip_user(stanza, now),
+            "presence" => self.xmpp_presence(stanza, now),
+            _ => {
+                // SIP users answer no iq: RFC 6120 §8.5.3.1's service-unavailable.
+                if let Some(reply) = error_reply(
+                    &stanza,
+                    "service-unavailable",
+                    "a SIP user cannot answer this request",
+                ) {
+                    if stanza.get_attr("type") != Some("result") {
+                        let _ = self.route_stanza(now, reply, None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn message_to_sip_user(&mut self, stanza: Element, now: Instant) {
         let (Some(from), Some(to)) = (
             stanza.get_attr("from").and_then(|f| Jid::parse(f).ok()),
             stanza.get_attr("to").and_then(|t| Jid::parse(t).ok()),
         ) else {
             return;
         };
-        let mut carried = stanza.clone();
-        if stanza.get_attr("type") == Some("error") {
+        let (carried, purpose) = if stanza.get_attr("type") == Some("error") {
             // Our MESSAGE was already answered with 200; tell the SIP user in words.
             let condition = stanza
                 .find(ns::SERVER, "error")
@@ -258,64 +332,39 @@ impl Gateway {
                         .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
                 })
                 .map_or_else(|| "undefined-condition".to_owned(), |c| c.name.clone());
-            carried = Element::new(ns::SERVER, "message")
+            let notice = Element::new(ns::SERVER, "message")
                 .attr("from", &from.to_string())
                 .attr("to", &to.to_string())
-                .attr("type", "error")
                 .child(Element::new(ns::SERVER, "body").text(&format!(
                     "Your message to {} could not be delivered ({condition}).",
                     from.bare()
                 )));
-        } else if let Err(refusal) =
-            crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from))
-        {
-            if let Some(reply) = error_reply(&stanza, refusal.condition, &refusal.text) {
-                let _ = self.route_stanza(now, reply, None);
+            (notice, Purpose::Notice)
+        } else {
+            if let Err(refusal) =
+                crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from))
+            {
+                if let Some(reply) = error_reply(&stanza, refusal.condition, &refusal.text) {
+                    let _ = self.route_stanza(now, reply, None);
+                }
+                return;
             }
-            return;
-        }
+            (stanza.clone(), Purpose::Message(stanza))
+        };
         let tag = self.rng.hex(6);
         let call_id = format!(
             "{}@{}",
             self.rng.hex(8),
             self.config.gateway.sip_address.ip()
         );
-        let mut request = match message_to_sip(&carried, &tag, &call_id) {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
-                self.event(Event::Ignored {
-                    conn: super::ConnId(0),
-                    what: format!("stanza for a SIP user: {e}"),
-                });
-                return;
-            }
-        };
-        let branch = format!("z9hG4bK{}", self.rng.hex(8));
-        request.headers.insert(
-            0,
-            crate::sip::Header {
-                name: "Via".into(),
-                value: format!(
-                    "SIP/2.0/UDP {};branch={branch}",
-                    self.config.gateway.sip_address
-                ),
-            },
-        );
-        request.push_header("Max-Forwards", "70");
-        let (tx, actions) = ClientTransaction::start(request, false, Timers::default(), now);
-        if stanza.get_attr("type") != Some("error") {
-            self.sip.client.insert(branch, ClientTx { tx, stanza });
-        } else {
-            self.sip.client.insert(
-                branch,
-                ClientTx {
-                    tx,
-                    stanza: Element::new(ns::SERVER, "message").attr("type", "error"),
-                },
-            );
+        match message_to_sip(&carried, &tag, &call_id) {
+            Ok(Some(request)) => self.sip_request_out(request, purpose, now),
+            Ok(None) => {}
+            Err(e) => self.event(Event::Ignored {
+                conn: super::ConnId(0),
+                what: format!("stanza for a SIP user: {e}"),
+            }),
         }
-        self.sip_transmit(next_hop, actions);
     }
 
     fn sip_response(&mut self, msg: SipMessage, now: Instant) {
@@ -343,26 +392,50 @@ impl Gateway {
                         StartLine::Response { reason, .. } => reason.clone(),
                         StartLine::Request { .. } => String::new(),
                     };
-                    self.sip_failed(
-                        &branch,
-                        sip_to_condition(code),
-                        &format!("SIP {code} {reason}"),
-                        now,
-                    );
+                    self.sip_failed(&branch, code, &format!("SIP {code} {reason}"), now);
+                } else if code >= 200 {
+                    self.sip_succeeded(&branch, &r, now);
                 }
             }
         }
     }
 
-    /// Our request toward a SIP user failed: the XMPP sender hears it as an error.
-    fn sip_failed(&mut self, branch: &str, condition: &str, text: &str, now: Instant) {
+    /// Our request toward a SIP user failed: the XMPP sender hears it as an error
+    /// (`code` 0: no answer at all).
+    fn sip_failed(&mut self, branch: &str, code: u16, text: &str, now: Instant) {
         let Some(ct) = self.sip.client.get(branch) else {
             return;
         };
-        if let Some(reply) = error_reply(&ct.stanza, condition, text) {
-            if reply.get_attr("to").is_some_and(|t| !t.is_empty()) {
-                let _ = self.route_stanza(now, reply, None);
+        let condition = if code == 0 {
+            "remote-server-timeout"
+        } else {
+            sip_to_condition(code)
+        };
+        match &ct.purpose {
+            Purpose::Message(stanza) => {
+                if let Some(reply) = error_reply(stanza, condition, text) {
+                    let _ = self.route_stanza(now, reply, None);
+                }
             }
+            Purpose::Notice => {}
+            Purpose::Notify(key) => {
+                let key = key.clone();
+                self.notify_failed(&key, code);
+            }
+            Purpose::Subscribe(call_id) => {
+                let call_id = call_id.clone();
+                self.subscribe_failed(&call_id, code, now);
+            }
+        }
+    }
+
+    fn sip_succeeded(&mut self, branch: &str, response: &SipMessage, now: Instant) {
+        let Some(ct) = self.sip.client.get(branch) else {
+            return;
+        };
+        if let Purpose::Subscribe(call_id) = &ct.purpose {
+            let call_id = call_id.clone();
+            self.subscribe_succeeded(&call_id, response, now);
         }
     }
 
@@ -377,7 +450,10 @@ impl Gateway {
             .server
             .values()
             .filter_map(|s| s.tx.next_deadline());
-        client.chain(server).min()
+        client
+            .chain(server)
+            .chain(self.presence_next_deadline())
+            .min()
     }
 
     pub(super) fn sip_timeouts(&mut self, now: Instant) {
@@ -406,12 +482,7 @@ impl Gateway {
                 }
             }
             if timed_out {
-                self.sip_failed(
-                    &branch,
-                    "remote-server-timeout",
-                    "the SIP side did not answer within 32 s",
-                    now,
-                );
+                self.sip_failed(&branch, 0, "the SIP side did not answer within 32 s", now);
             }
         }
         self.sip
@@ -420,6 +491,7 @@ impl Gateway {
         for st in self.sip.server.values_mut() {
             st.tx.on_timeout(now);
         }
+        self.presence_timeouts(now);
         self.sip.server.retain(|_, s| {
             s.tx.state != crate::sip::transaction::State::Terminated
                 || s.tx.next_deadline().is_some()

@@ -107,6 +107,8 @@ pub enum Output {
     /// A stanza for a local user: received from a partner, or a bounce of ours.
     /// (With a SIP next hop configured, messages go to SIP instead.)
     Deliver(Element),
+    /// Make this change durable before applying the outputs after it.
+    Persist(crate::roster::Persist),
     /// Send a SIP message as one UDP datagram.
     SipSend {
         to: std::net::SocketAddr,
