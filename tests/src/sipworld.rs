@@ -101,6 +101,7 @@ pub fn subscribe(
     expires: u32,
     cseq: u32,
 ) -> SipMessage {
+    let contact_user = user.split('@').next().unwrap_or(user);
     let text = format!(
         "SUBSCRIBE {to} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.50:5070;branch={branch}\r\nMax-Forwards: 69\r\n\
          From: <sip:{user}>;tag=w-{call_id}\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\n\
