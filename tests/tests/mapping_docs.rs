@@ -202,7 +202,7 @@ fn render() -> String {
             "`unsubscribed` (XMPP user refuses or revokes)",
             "NOTIFY `Subscription-State: terminated;reason=rejected`",
         ),
-        ("`probe`", "SUBSCRIBE `Expires: 0` (a fetch): one NOTIFY"),
+        ("`probe`", "answered from the last NOTIFY of the gateway's own subscription to the SIP user (`unavailable` if none; `unsubscribed` if the prober is not authorized)"),
     ] {
         s.push_str(&format!("| {x} | {sip} |\n"));
     }

@@ -113,6 +113,74 @@ fn sip_user_watches_an_xmpp_contact() {
 }
 
 #[test]
+fn sip_users_may_watch_contacts_of_every_partner_type() {
+    for ty in [
+        PartnerType::Federated,
+        PartnerType::PublicVerified,
+        PartnerType::PublicUnverified,
+    ] {
+        let mut w = world(ty, 200);
+        w.net.sip_send(
+            w.proxy,
+            0,
+            &subscribe(
+                "alice@sip.test",
+                "sip:romeo@xmpp.test",
+                "sub-t",
+                "z9hG4bKt",
+                600,
+                1,
+            ),
+        );
+        w.net.run();
+        w.net.send_stanza(
+            1,
+            presence(
+                "romeo@xmpp.test",
+                "alice@sip.test",
+                Some("subscribed"),
+                None,
+            ),
+        );
+        w.net.send_stanza(
+            1,
+            presence("romeo@xmpp.test/r", "alice@sip.test", None, Some("hi")),
+        );
+        w.net.run();
+        assert_eq!(
+            notify_states(&w).last().map(String::as_str),
+            Some("active"),
+            "{ty:?}"
+        );
+        let body = requests(&w, "NOTIFY")
+            .last()
+            .map(|n| String::from_utf8_lossy(&n.body).into_owned())
+            .unwrap_or_default();
+        assert!(
+            body.contains("<note>hi</note>"),
+            "the SIP user sees the contact's status whatever the type: {body}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_subscription_dialog_gets_481() {
+    let mut w = world(PartnerType::Federated, 200);
+    let mut refresh = subscribe(
+        "alice@sip.test",
+        "sip:romeo@xmpp.test",
+        "gone",
+        "z9hG4bKg",
+        600,
+        2,
+    );
+    refresh.set_header("To", "<sip:romeo@xmpp.test>;tag=nosuchtag");
+    w.net.sip_send(w.proxy, 0, &refresh);
+    w.net.run();
+    assert_eq!(responses(&w)[0].0, 481);
+}
+
+#[test]
 fn sip_log_off_is_not_an_xmpp_unsubscribe() {
     let mut w = world(PartnerType::Federated, 200);
     w.net.sip_send(

@@ -140,6 +140,15 @@ impl Gateway {
             self.refresh_watcher(key, &dialog, expires, now);
             return;
         }
+        let in_dialog = msg
+            .header("To")
+            .and_then(|t| NameAddr::parse(t).ok())
+            .is_some_and(|t| t.tag().is_some());
+        if in_dialog {
+            // A refresh for a dialog we do not have (expired, or never ours).
+            self.sip_answer(key, 481, "Subscription Does Not Exist", now);
+            return;
+        }
         let remote = match sip_to_jid(&target_uri) {
             Ok(j) => j.bare(),
             Err(e) => {
