@@ -132,6 +132,17 @@ impl Net {
         self.sip_in_flight.push_back((node, addr, msg.to_bytes()));
     }
 
+    /// The SIP peer sends raw bytes (malformed messages, say) to gateway `node`.
+    pub fn sip_send_raw(&mut self, peer: usize, node: usize, bytes: &[u8]) {
+        let (name, addr) = (self.sip_peers[peer].name.clone(), self.sip_peers[peer].addr);
+        let to = self.nodes[node].name.clone();
+        self.note(format!(
+            "{name}→{to} SIP bytes: {}",
+            String::from_utf8_lossy(bytes).replace("\r\n", " ⏎ ")
+        ));
+        self.sip_in_flight.push_back((node, addr, bytes.to_vec()));
+    }
+
     /// Deliver bytes in random chunks (1..=max bytes) drawn from `seed`.
     pub fn set_chunking(&mut self, seed: u64) {
         self.chunking = Some(Rng::new(seed));

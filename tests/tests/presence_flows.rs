@@ -398,3 +398,42 @@ fn state_survives_a_restart_of_the_gateway_core() {
     // And the restored approval lets romeo write to alice (public policy aside).
     let _ = sip_message;
 }
+
+#[test]
+fn subscriptions_refresh_and_expire() {
+    use std::time::Duration;
+    // Subscriber role: the gateway refreshes its SUBSCRIBE before it runs out.
+    let mut w = xmpp_contact_subscribes(PartnerType::Federated);
+    assert_eq!(requests(&w, "SUBSCRIBE").len(), 1);
+    w.net.run_for(Duration::from_secs(3000));
+    let subs = requests(&w, "SUBSCRIBE");
+    assert_eq!(subs.len(), 2, "one refresh within the hour");
+    assert!(
+        subs[1].header("To").is_some_and(|t| t.contains(";tag=ua1")),
+        "the refresh is in-dialog"
+    );
+    assert_eq!(subs[1].cseq().map(|c| c.0), Some(2));
+
+    // Notifier role: a watcher that does not refresh is told its dialog ended.
+    let mut w = world(PartnerType::Federated, 200);
+    w.net.sip_send(
+        w.proxy,
+        0,
+        &subscribe(
+            "alice@sip.test",
+            "sip:romeo@xmpp.test",
+            "sub-x",
+            "z9hG4bKx",
+            120,
+            1,
+        ),
+    );
+    w.net.run();
+    w.net.run_for(Duration::from_secs(120));
+    let last = requests(&w, "NOTIFY")
+        .last()
+        .and_then(|n| n.header("Subscription-State"))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(last, "terminated;reason=timeout");
+}

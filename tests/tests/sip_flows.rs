@@ -224,3 +224,24 @@ fn options_invite_and_malformed_requests() {
         Some("MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY")
     );
 }
+
+#[test]
+fn malformed_requests_get_400_with_the_reason() {
+    let mut w = world(PartnerType::Federated, 200);
+    w.net.sip_send_raw(
+        w.proxy,
+        0,
+        b"MESSAGE sip:romeo@xmpp.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.50:5070;branch=z9hG4bKm\r\nFrom: <sip:alice@sip.test>;tag=1\r\nTo: <sip:romeo@xmpp.test>\r\nCall-ID: m1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 9\r\n\r\nab",
+    );
+    w.net.sip_send_raw(w.proxy, 0, b"\x00\x01 not SIP at all");
+    w.net.run();
+    let r = responses(&w);
+    assert_eq!(r.len(), 1, "garbage without headers cannot be answered");
+    assert_eq!(r[0].0, 400);
+    assert!(
+        r[0].1.contains("Content-Length 9 but only 2 body bytes"),
+        "{}",
+        r[0].1
+    );
+    assert!(xmpp_user_got(&w).is_empty());
+}

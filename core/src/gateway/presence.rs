@@ -161,6 +161,15 @@ impl Gateway {
             self.sip_answer(key, code, &format!("{phrase} ({})", refusal.text), now);
             return;
         }
+        if self.presence.watchers.len() >= super::sip::MAX_SIP_STATE {
+            self.sip_answer(
+                key,
+                503,
+                "Service Unavailable (too many subscriptions)",
+                now,
+            );
+            return;
+        }
         let target = msg
             .header_values("Contact")
             .first()

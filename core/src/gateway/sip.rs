@@ -15,6 +15,10 @@ use crate::translate::error::sip_to_condition;
 use crate::translate::message::{message_to_sip, sip_to_message};
 use crate::xml::{ns, Element};
 
+/// Most SIP server transactions and subscription dialogs held at once: past
+/// that, new requests get 503 instead of growing memory without bound.
+pub(super) const MAX_SIP_STATE: usize = 10_000;
+
 /// Methods this gateway answers, for `Allow`.
 const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 
@@ -197,6 +201,16 @@ impl Gateway {
             let actions = st.tx.on_retransmission();
             let peer = st.peer;
             self.sip_transmit(peer, actions);
+            return;
+        }
+        if self.sip.server.len() >= MAX_SIP_STATE {
+            let mut reply = msg.reply(
+                503,
+                "Service Unavailable (too many requests in progress)",
+                None,
+            );
+            reply.push_header("Retry-After", "5");
+            self.sip_send(from, &reply);
             return;
         }
         let to_tag = self.rng.hex(6);
