@@ -245,3 +245,41 @@ fn malformed_requests_get_400_with_the_reason() {
     );
     assert!(xmpp_user_got(&w).is_empty());
 }
+
+#[test]
+fn an_xmpp_error_after_the_200_reaches_the_sip_user_as_a_notice() {
+    let mut w = world(PartnerType::Federated, 200);
+    w.net.sip_send(
+        w.proxy,
+        0,
+        &sip_message("sip:nobody@xmpp.test", "hello?", "z9hG4bK9"),
+    );
+    w.net.run();
+    assert_eq!(
+        responses(&w)[0].0,
+        200,
+        "answered once written to the authenticated stream"
+    );
+    // The partner's server has no such user and says so, after the fact.
+    let err = Element::new(ns::SERVER, "message")
+        .attr("from", "nobody@xmpp.test")
+        .attr("to", "alice@sip.test")
+        .attr("type", "error")
+        .child(
+            Element::new(ns::SERVER, "error")
+                .attr("type", "cancel")
+                .child(Element::new(ns::STANZAS_ERR, "service-unavailable")),
+        );
+    w.net.send_stanza(1, err);
+    w.net.run();
+    let notices: Vec<String> = w.net.sip_peers[w.proxy]
+        .received
+        .iter()
+        .filter(|m| m.method() == Some("MESSAGE"))
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert_eq!(
+        notices,
+        ["Your message to nobody@xmpp.test could not be delivered (service-unavailable)."]
+    );
+}
