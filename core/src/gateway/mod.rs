@@ -15,8 +15,8 @@ use crate::jid::{normalize_domain, Jid};
 use crate::rng::Rng;
 use crate::s2s::dialback;
 use crate::s2s::sasl;
-use crate::s2s::stream::{Conn, IngestError, Kind, Outq, PendingDialback, Phase, VerifyRequest};
-pub use crate::s2s::stream::{ConnId, Output, Trace};
+pub use crate::s2s::stream::ConnId;
+use crate::s2s::stream::{Conn, IngestError, Kind, PendingDialback, Phase, VerifyRequest};
 use crate::s2s::tls::{CertCheck, TlsContext};
 use crate::xml::{ns, Element, StreamEvent, StreamHeader, StreamHeaderOut};
 
@@ -27,8 +27,12 @@ const MAX_QUEUED: usize = 1000;
 /// (64·T1 = 32 s) runs out, even when the partner's stream is still not up.
 const SIP_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
+mod output;
 mod presence;
 mod sip;
+
+pub(crate) use output::Outq;
+pub use output::{Output, Trace};
 
 /// Which way a stream runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use crate::config::{Method, XmlLimits};
+use crate::gateway::{Output, Outq, Trace};
 use crate::s2s::tls::CertCheck;
 use crate::xml::{ns, write_element, write_element_with, Element, StreamHeaderOut, StreamReader};
 
@@ -70,68 +71,6 @@ pub struct VerifyRequest {
     pub id: String,
     pub key: String,
     pub inbound: ConnId,
-}
-
-/// What was written on a connection, for transcripts and debugging. Only emitted
-/// when tracing is switched on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Trace {
-    /// XML written (in plaintext or into TLS).
-    Xml(String),
-    /// TLS record bytes written.
-    Tls(usize),
-}
-
-/// What the gateway asks its host to do. Drained in order with `poll_output`.
-#[derive(Clone, Debug)]
-pub enum Output {
-    Transmit {
-        conn: ConnId,
-        bytes: Vec<u8>,
-    },
-    /// Open a TCP connection to `addr` for `domain`; answer with `connected` or `connect_failed`.
-    Connect {
-        conn: ConnId,
-        domain: String,
-        addr: std::net::SocketAddr,
-    },
-    /// Find the s2s addresses of `domain` (SRV, then A/AAAA on 5269); answer with `resolved`.
-    Resolve {
-        query: u64,
-        domain: String,
-    },
-    /// Close the connection once the transmits before this one are written.
-    Close {
-        conn: ConnId,
-    },
-    /// A stanza for a local user: received from a partner, or a bounce of ours.
-    /// (With a SIP next hop configured, messages go to SIP instead.)
-    Deliver(Element),
-    /// Make this change durable before applying the outputs after it.
-    Persist(crate::roster::Persist),
-    /// Send a SIP message as one UDP datagram.
-    SipSend {
-        to: std::net::SocketAddr,
-        bytes: Vec<u8>,
-    },
-    Event(crate::gateway::Event),
-    Trace {
-        conn: ConnId,
-        trace: Trace,
-    },
-}
-
-/// The output queue shared by all connections.
-#[derive(Debug, Default)]
-pub struct Outq {
-    pub queue: VecDeque<Output>,
-    pub trace: bool,
-}
-
-impl Outq {
-    pub fn push(&mut self, out: Output) {
-        self.queue.push_back(out);
-    }
 }
 
 pub struct Conn {
