@@ -197,6 +197,22 @@ fn config(served: &str, partner: &str, row: Negotiation) -> Config {
     c
 }
 
+/// Prosody's TLS run used certificates only (`s2s_secure_auth = true`).
+const SASL_ONLY: Negotiation = Negotiation {
+    tls: TlsMode::Required,
+    sasl: SaslMode::Required,
+    dialback: false,
+};
+
+fn tls_context(ca: &TestCa, domain: &str) -> TlsContext {
+    TlsContext::new(
+        ca.issue(&CertSpec::for_domain(domain)).identity(),
+        vec![ca.cert_der.clone()],
+        WallClock::new(START_UNIX),
+    )
+    .expect("context")
+}
+
 const TCP_DIALBACK: Negotiation = Negotiation {
     tls: TlsMode::NotSupported,
     sasl: SaslMode::NotSupported,
@@ -372,19 +388,8 @@ fn as_receiver_it_runs_starttls_and_sasl_external_with_prosodys_stream() {
         .get(pre_tls.len()..)
         .expect("decrypted starts with the pre-TLS bytes");
     let ca = TestCa::new("fixture CA");
-    let ctx = |domain: &str| {
-        TlsContext::new(
-            ca.issue(&CertSpec::for_domain(domain)).identity(),
-            vec![ca.cert_der.clone()],
-            WallClock::new(START_UNIX),
-        )
-        .expect("context")
-    };
-    let row = Negotiation {
-        tls: TlsMode::Required,
-        sasl: SaslMode::Required,
-        dialback: false,
-    };
+    let ctx = |domain: &str| tls_context(&ca, domain);
+    let row = SASL_ONLY;
     let mut net = Net::new();
     let b = net.add_gateway(
         "isthmus",
@@ -444,19 +449,8 @@ fn as_initiator_it_runs_starttls_and_sasl_external_against_prosodys_answers() {
         .get(pre_tls.len()..)
         .expect("decrypted starts with the pre-TLS bytes");
     let ca = TestCa::new("fixture CA");
-    let ctx = |domain: &str| {
-        TlsContext::new(
-            ca.issue(&CertSpec::for_domain(domain)).identity(),
-            vec![ca.cert_der.clone()],
-            WallClock::new(START_UNIX),
-        )
-        .expect("context")
-    };
-    let row = Negotiation {
-        tls: TlsMode::Required,
-        sasl: SaslMode::Required,
-        dialback: false,
-    };
+    let ctx = |domain: &str| tls_context(&ca, domain);
+    let row = SASL_ONLY;
     let mut net = Net::new();
     let a = net.add_gateway(
         "isthmus",

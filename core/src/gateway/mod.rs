@@ -947,17 +947,7 @@ impl Gateway {
                 let conn = tls
                     .client(&c.remote)
                     .map_err(|e| err("undefined-condition", format!("cannot start TLS: {e}")))?;
-                match c.start_tls(conn.into(), &mut self.out) {
-                    Ok(true) => {
-                        self.tls_completed(c, now)?;
-                        Ok(Flow::Continue)
-                    }
-                    Ok(false) => Ok(Flow::Continue),
-                    Err(IngestError::Tls(e)) => Err(err(
-                        "undefined-condition",
-                        format!("TLS with {} failed: {e}", c.remote),
-                    )),
-                }
+                self.begin_tls(c, conn.into(), now)
             }
             Phase::AwaitProceed if el.is(ns::TLS, "failure") => Err(err(
                 "undefined-condition",
@@ -1258,6 +1248,26 @@ impl Gateway {
         Ok(Flow::Continue)
     }
 
+    /// Hands the connection to TLS after `<proceed/>` (either side).
+    fn begin_tls(
+        &mut self,
+        c: &mut Conn,
+        tls: rustls::Connection,
+        now: Instant,
+    ) -> Result<Flow, (String, String)> {
+        match c.start_tls(tls, &mut self.out) {
+            Ok(true) => {
+                self.tls_completed(c, now)?;
+                Ok(Flow::Continue)
+            }
+            Ok(false) => Ok(Flow::Continue),
+            Err(IngestError::Tls(e)) => Err(err(
+                "undefined-condition",
+                format!("TLS with {} failed: {e}", c.remote),
+            )),
+        }
+    }
+
     /// TLS handshake finished: check the peer's certificate, then restart the stream.
     fn tls_completed(&mut self, c: &mut Conn, now: Instant) -> Result<(), (String, String)> {
         let check = match (&self.tls, &c.tls) {
@@ -1456,17 +1466,7 @@ impl Gateway {
                 .server()
                 .map_err(|e| err("undefined-condition", format!("cannot start TLS: {e}")))?;
             c.send(&Element::new(ns::TLS, "proceed"), &mut self.out, now);
-            return match c.start_tls(server.into(), &mut self.out) {
-                Ok(true) => {
-                    self.tls_completed(c, now)?;
-                    Ok(Flow::Continue)
-                }
-                Ok(false) => Ok(Flow::Continue),
-                Err(IngestError::Tls(e)) => Err(err(
-                    "undefined-condition",
-                    format!("TLS with {} failed: {e}", c.remote),
-                )),
-            };
+            return self.begin_tls(c, server.into(), now);
         }
         if !c.tls_active()
             && row.tls == TlsMode::Required
