@@ -301,6 +301,17 @@ pub struct GatewaySettings {
     pub sip_address: std::net::SocketAddr,
     /// The SIP proxy that requests toward SIP users go through (UDP).
     pub sip_next_hop: Option<std::net::SocketAddr>,
+    /// Where partners connect for s2s.
+    pub s2s_listen: std::net::SocketAddr,
+    /// Fixed s2s addresses for domains (tests, private networks), used before DNS.
+    pub dns_overrides: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
+    /// PEM files: our certificate chain, its key, and the CAs we trust for partners.
+    /// Without them, `run` makes development certificates in the data directory.
+    pub certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    /// Where the state database (and development certificates) live.
+    pub data_dir: String,
 }
 
 impl Default for GatewaySettings {
@@ -319,6 +330,12 @@ impl Default for GatewaySettings {
             xml_limits: XmlLimits::default(),
             sip_address: std::net::SocketAddr::from(([127, 0, 0, 1], 5060)),
             sip_next_hop: None,
+            s2s_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 5269)),
+            dns_overrides: std::collections::BTreeMap::new(),
+            certificate: None,
+            private_key: None,
+            ca_certificates: None,
+            data_dir: "isthmus-data".to_owned(),
         }
     }
 }
@@ -508,6 +525,13 @@ struct RawGateway {
     xml_limits: Option<RawLimits>,
     sip_address: Option<Spanned<String>>,
     sip_next_hop: Option<Spanned<String>>,
+    s2s_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    dns_overrides: std::collections::BTreeMap<String, Vec<Spanned<String>>>,
+    certificate: Option<String>,
+    private_key: Option<String>,
+    ca_certificates: Option<String>,
+    data_dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -667,6 +691,32 @@ impl Config {
                 Some(a) => Some(socket_addr(text, "sip_next_hop", a)?),
                 None => None,
             },
+            s2s_listen: match &g.s2s_listen {
+                Some(a) => socket_addr(text, "s2s_listen", a)?,
+                None => d.s2s_listen,
+            },
+            dns_overrides: {
+                let mut m = std::collections::BTreeMap::new();
+                for (domain, addrs) in &g.dns_overrides {
+                    let name = normalize_domain(domain).map_err(|e| ConfigError::BadDomain {
+                        domain: domain.clone(),
+                        line: addrs
+                            .first()
+                            .map_or(0, |a| line_col(text, a.span().start).0),
+                        reason: e.to_string(),
+                    })?;
+                    let mut list = Vec::new();
+                    for a in addrs {
+                        list.push(socket_addr(text, "dns_overrides", a)?);
+                    }
+                    m.insert(name, list);
+                }
+                m
+            },
+            certificate: g.certificate.clone(),
+            private_key: g.private_key.clone(),
+            ca_certificates: g.ca_certificates.clone(),
+            data_dir: g.data_dir.clone().unwrap_or(d.data_dir),
             xml_limits: XmlLimits {
                 max_stanza_bytes: limit(
                     "max_stanza_bytes",
@@ -805,6 +855,24 @@ impl Config {
         if let Some(n) = g.sip_next_hop {
             out.push_str(&format!("sip_next_hop = \"{n}\"\n"));
         }
+        out.push_str(&format!("s2s_listen = \"{}\"\n", g.s2s_listen));
+        for (k, v) in [
+            ("certificate", &g.certificate),
+            ("private_key", &g.private_key),
+            ("ca_certificates", &g.ca_certificates),
+        ] {
+            if let Some(v) = v {
+                out.push_str(&format!("{k} = {}\n", quote(v)));
+            }
+        }
+        out.push_str(&format!("data_dir = {}\n", quote(&g.data_dir)));
+        if !g.dns_overrides.is_empty() {
+            out.push_str("\n[gateway.dns_overrides]\n");
+            for (d, addrs) in &g.dns_overrides {
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                out.push_str(&format!("{} = {}\n", quote(d), list(&addrs)));
+            }
+        }
         out.push_str("\n[gateway.xml_limits]\n");
         out.push_str(&format!(
             "max_stanza_bytes = {}\n",
@@ -890,6 +958,11 @@ dialback_verify_timeout = 10
 log_message_bodies = true
 sip_address = "127.0.0.1:5062"
 sip_next_hop = "127.0.0.1:5070"
+s2s_listen = "127.0.0.1:15269"
+data_dir = "/var/lib/isthmus"
+
+[gateway.dns_overrides]
+"xmpp.example.org" = ["127.0.0.1:25269"]
 
 [gateway.xml_limits]
 max_stanza_bytes = 65536
@@ -938,6 +1011,12 @@ sasl = "not_supported"
         assert_eq!(c.gateway.dialback_verify_timeout, Duration::from_secs(10));
         assert!(c.gateway.log_message_bodies);
         assert_eq!(c.gateway.sip_next_hop, Some(([127, 0, 0, 1], 5070).into()));
+        assert_eq!(c.gateway.s2s_listen, ([127, 0, 0, 1], 15269).into());
+        assert_eq!(
+            c.gateway.dns_overrides.get("xmpp.example.org"),
+            Some(&vec![([127, 0, 0, 1], 25269).into()])
+        );
+        assert_eq!(c.gateway.data_dir, "/var/lib/isthmus");
         assert_eq!(c.gateway.xml_limits.max_stanza_bytes, 65536);
         let p = &c.partners[0];
         assert_eq!(p.additional_domains, ["chat.example.org"]);

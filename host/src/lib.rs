@@ -1,5 +1,9 @@
-//! The host layer both runtime binaries share: everything that is not pure. For
-//! now, the durable subscription store.
+//! The host layer both runtime binaries share: everything that is not pure and
+//! not an adapter's socket loop (configuration files, certificates, the durable
+//! store, applying the core's outputs, the command line).
 #![forbid(unsafe_code)]
 
+pub mod certs;
+pub mod cli;
+pub mod driver;
 pub mod store;

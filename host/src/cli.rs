@@ -1,0 +1,322 @@
+//! The command line, the same in both binaries: `run`, `check`, `partner`,
+//! `dns-records`. Each binary passes in its own event loop for `run`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use isthmus_core::config::{Config, Partner, PartnerType, SaslMode, TlsMode, Verdict};
+use isthmus_core::gateway::Gateway;
+use isthmus_core::s2s::identity;
+use isthmus_core::s2s::tls::WallClock;
+
+use crate::certs::{cert_files, tls_context};
+use crate::driver::{log, resolve_blocking, Host};
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(about = "isthmus: XMPP federation gateway for SIP domains", version)]
+struct Cli {
+    /// Configuration file (default: $ISTHMUS_CONFIG, else ./isthmus.toml if present,
+    /// else embedded development defaults).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Check the configuration, the certificate and partner DNS, and explain.
+    Check,
+    /// List, add or remove XMPP partners (like *-CsXmppAllowedPartner).
+    Partner {
+        #[command(subcommand)]
+        action: PartnerAction,
+    },
+    /// Print the DNS records to publish for the served domains.
+    DnsRecords {
+        /// The host name partners should connect to.
+        #[arg(long, default_value = "xmpp-gw.example.com")]
+        target: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PartnerAction {
+    List,
+    Add {
+        domain: String,
+        #[arg(long, value_enum, default_value = "public-unverified")]
+        partner_type: Type,
+        #[arg(long, value_enum, default_value = "required")]
+        tls: Mode,
+        #[arg(long, value_enum, default_value = "required")]
+        sasl: Mode,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        dialback: bool,
+        #[arg(long, value_delimiter = ',')]
+        additional_domains: Vec<String>,
+    },
+    Remove {
+        domain: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Type {
+    Federated,
+    PublicVerified,
+    PublicUnverified,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Required,
+    Optional,
+    NotSupported,
+}
+
+/// Everything `run` needs, built by the shared code.
+pub struct Setup {
+    pub host: Host,
+    pub config: Config,
+    pub started: Instant,
+}
+
+/// The embedded defaults: one served domain on loopback, no partners yet.
+pub fn default_config() -> Config {
+    let mut c = Config::default();
+    c.gateway.served_domains = vec!["sip.localhost".into()];
+    c
+}
+
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    if let Some(p) = &cli.config {
+        return Some(p.clone());
+    }
+    if let Some(p) = std::env::var_os("ISTHMUS_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from("isthmus.toml");
+    local.exists().then_some(local)
+}
+
+fn load(path: Option<&Path>) -> Result<Config, String> {
+    let Some(path) = path else {
+        return Ok(default_config());
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let loaded = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for w in &loaded.warnings {
+        log(&format!("warning: {}: {w}", path.display()));
+    }
+    Ok(loaded.config)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    let rng = ring::rand::SystemRandom::new();
+    if ring::rand::SecureRandom::fill(&rng, &mut bytes).is_err() {
+        return unix_now() ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(bytes)
+}
+
+fn setup(config: Config) -> Result<Setup, String> {
+    std::fs::create_dir_all(&config.gateway.data_dir)
+        .map_err(|e| format!("creating data directory {}: {e}", config.gateway.data_dir))?;
+    let files = cert_files(&config)?;
+    if files.generated {
+        log(&format!(
+            "made development certificates in {} (partners will not trust them; configure gateway.certificate for production)",
+            files.certificate.parent().map_or_else(String::new, |p| p.display().to_string())
+        ));
+    }
+    let started = Instant::now();
+    let tls = tls_context(&files, WallClock::new(unix_now()))?;
+    let db = Path::new(&config.gateway.data_dir).join("state.sqlite");
+    let store = Store::open(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+    let records = store.load().map_err(|e| e.to_string())?;
+    let mut gateway = Gateway::new(config.clone(), Some(tls), seed(), started, unix_now());
+    gateway.restore(records);
+    if config.partners.is_empty() {
+        log("no XMPP partners configured: federation is off until one is added (isthmus partner add DOMAIN)");
+    }
+    Ok(Setup {
+        host: Host::new(gateway, store),
+        config,
+        started,
+    })
+}
+
+/// The shared entry point of both binaries.
+pub fn main(run: impl FnOnce(Setup) -> Result<(), String>) -> ExitCode {
+    let cli = Cli::parse();
+    let path = config_path(&cli);
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => load(path.as_deref()).and_then(setup).and_then(run),
+        Command::Check => load(path.as_deref()).map(|c| check(&c)),
+        Command::Partner { action } => partner(path.as_deref(), action),
+        Command::DnsRecords { target } => load(path.as_deref()).map(|c| dns_records(&c, &target)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log(&format!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &Config) {
+    println!(
+        "served domains: {}",
+        config.gateway.served_domains.join(", ")
+    );
+    for p in &config.partners {
+        let row = p.negotiation;
+        let verdict = match row.verdict() {
+            Verdict::Valid => "valid".to_owned(),
+            Verdict::Warning(rules) => format!(
+                "warning: {}",
+                rules
+                    .iter()
+                    .map(|r| r.explain())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Verdict::Invalid(rule) => format!("invalid: {}", rule.explain()),
+        };
+        let methods: Vec<&str> = row.methods().iter().map(|m| m.as_str()).collect();
+        println!(
+            "partner {}: {} (Lync row {}), methods {}: {verdict}",
+            p.domain,
+            row.label(),
+            row.row_number(),
+            methods.join(", ")
+        );
+        match resolve_blocking(config, &p.domain) {
+            Ok(addrs) => println!("  s2s addresses: {addrs:?}"),
+            Err(e) => println!("  DNS: {} does not resolve: {e}", p.domain),
+        }
+    }
+    match cert_files(config) {
+        Ok(files) => match std::fs::read_to_string(&files.certificate) {
+            Ok(pem) => check_certificate(config, &pem),
+            Err(e) => println!("certificate {}: {e}", files.certificate.display()),
+        },
+        Err(e) => println!("certificate: {e}"),
+    }
+}
+
+fn check_certificate(config: &Config, pem: &str) {
+    use rustls::pki_types::pem::PemObject;
+    let Some(Ok(der)) = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).next()
+    else {
+        println!("certificate: no certificate in the file");
+        return;
+    };
+    match identity::presented_ids(&der) {
+        Ok(ids) => {
+            for d in &config.gateway.served_domains {
+                match identity::matches(&ids, d) {
+                    Some(m) => println!("certificate covers {d} ({m})"),
+                    None => println!(
+                        "certificate does NOT cover {d}: it names {}; partners will refuse SASL EXTERNAL",
+                        ids.describe().join(", ")
+                    ),
+                }
+            }
+        }
+        Err(e) => println!("certificate: {e}"),
+    }
+}
+
+fn dns_records(config: &Config, target: &str) {
+    for d in &config.gateway.served_domains {
+        println!(
+            "_xmpp-server._tcp.{d}. 86400 IN SRV 0 5 {} {target}.",
+            config.gateway.s2s_listen.port()
+        );
+    }
+    println!("{target}. 86400 IN A <the public address of {target}>");
+}
+
+fn partner(path: Option<&Path>, action: PartnerAction) -> Result<(), String> {
+    let mut config = load(path)?;
+    match action {
+        PartnerAction::List => {
+            for p in &config.partners {
+                println!(
+                    "{}\t{:?}\t{}{}",
+                    p.domain,
+                    p.partner_type,
+                    p.negotiation.label(),
+                    if p.additional_domains.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\talso {}", p.additional_domains.join(", "))
+                    }
+                );
+            }
+            return Ok(());
+        }
+        PartnerAction::Add {
+            domain,
+            partner_type,
+            tls,
+            sasl,
+            dialback,
+            additional_domains,
+        } => {
+            let mut p = Partner::new(domain.trim());
+            p.partner_type = match partner_type {
+                Type::Federated => PartnerType::Federated,
+                Type::PublicVerified => PartnerType::PublicVerified,
+                Type::PublicUnverified => PartnerType::PublicUnverified,
+            };
+            p.negotiation.tls = match tls {
+                Mode::Required => TlsMode::Required,
+                Mode::Optional => TlsMode::Optional,
+                Mode::NotSupported => TlsMode::NotSupported,
+            };
+            p.negotiation.sasl = match sasl {
+                Mode::Required => SaslMode::Required,
+                Mode::Optional => SaslMode::Optional,
+                Mode::NotSupported => SaslMode::NotSupported,
+            };
+            p.negotiation.dialback = dialback;
+            p.additional_domains = additional_domains;
+            config.partners.retain(|q| q.domain != p.domain);
+            config.partners.push(p);
+        }
+        PartnerAction::Remove { domain } => {
+            let before = config.partners.len();
+            config.partners.retain(|p| p.domain != domain.trim());
+            if config.partners.len() == before {
+                return Err(format!("{domain} is not a configured partner"));
+            }
+        }
+    }
+    // Validate exactly as `run` would before writing anything.
+    let text = config.to_toml();
+    let loaded = Config::from_toml(&text).map_err(|e| e.to_string())?;
+    for w in &loaded.warnings {
+        log(&format!("warning: {w}"));
+    }
+    let target = path.map_or_else(|| PathBuf::from("isthmus.toml"), Path::to_path_buf);
+    std::fs::write(&target, text).map_err(|e| format!("writing {}: {e}", target.display()))?;
+    println!("wrote {}", target.display());
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Applying the core's outputs, the same way in both runtimes: persist first (the
+//! core orders outputs so that nothing depends on a change before it is durable),
+//! then hand transmits, connects, closes, DNS lookups and SIP datagrams to the
+//! runtime's I/O, and log events.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use isthmus_core::config::Config;
+use isthmus_core::gateway::{ConnId, Event, Gateway, Output};
+use isthmus_core::xml::ns;
+
+use crate::store::Store;
+
+/// What a runtime does for the driver. Every call must return quickly; blocking
+/// work (connecting, resolving) happens on the runtime's own threads or tasks,
+/// which report back as core inputs.
+pub trait Io {
+    fn transmit(&mut self, conn: ConnId, bytes: &[u8]);
+    fn connect(&mut self, conn: ConnId, addr: SocketAddr);
+    fn close(&mut self, conn: ConnId);
+    fn resolve(&mut self, query: u64, domain: String);
+    fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]);
+}
+
+/// The gateway with its durable store.
+pub struct Host {
+    pub gateway: Gateway,
+    store: Store,
+    log_bodies: bool,
+}
+
+impl Host {
+    pub fn new(gateway: Gateway, store: Store) -> Self {
+        let log_bodies = gateway.config().gateway.log_message_bodies;
+        Host {
+            gateway,
+            store,
+            log_bodies,
+        }
+    }
+
+    /// Drains every pending output into `io`.
+    pub fn drain(&mut self, io: &mut dyn Io) {
+        while let Some(out) = self.gateway.poll_output() {
+            match out {
+                Output::Persist(p) => {
+                    if let Err(e) = self.store.apply(&p) {
+                        // Without the store nothing may be acknowledged: stop here.
+                        log(&format!(
+                            "FATAL: cannot persist subscription state ({e}); stopping"
+                        ));
+                        std::process::exit(70);
+                    }
+                }
+                Output::Transmit { conn, bytes } => io.transmit(conn, &bytes),
+                Output::Connect { conn, addr, .. } => io.connect(conn, addr),
+                Output::Close { conn } => io.close(conn),
+                Output::Resolve { query, domain } => io.resolve(query, domain),
+                Output::SipSend { to, bytes } => io.sip_send(to, &bytes),
+                Output::Event(e) => log(&describe(&e)),
+                Output::Deliver(el) => {
+                    let shown = if self.log_bodies {
+                        el.to_xml(ns::SERVER)
+                    } else {
+                        redact(&el.to_xml(ns::SERVER))
+                    };
+                    log(&format!(
+                        "no SIP next hop configured; stanza for a local user dropped: {shown}"
+                    ));
+                }
+                Output::Trace { .. } => {}
+            }
+        }
+    }
+}
+
+fn describe(e: &Event) -> String {
+    e.to_string()
+}
+
+/// Message bodies are private unless `log_message_bodies` says otherwise (Lync's
+/// EnableLoggingAllMessageBodies).
+pub fn redact(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(start) = rest.find("<body>") {
+        out.push_str(&rest[..start + 6]);
+        match rest[start..].find("</body>") {
+            Some(end) => {
+                out.push_str("[redacted]");
+                rest = &rest[start + end..];
+            }
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+pub fn log(line: &str) {
+    eprintln!("isthmus: {line}");
+}
+
+/// Resolves a partner domain to s2s addresses: the configuration's overrides,
+/// else the system resolver on port 5269. (SRV lookups come with the DNS module.)
+pub fn resolve_blocking(config: &Config, domain: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Some(addrs) = config.gateway.dns_overrides.get(domain) {
+        return Ok(addrs.clone());
+    }
+    (domain, 5269)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_redacted() {
+        assert_eq!(
+            redact("<message><body>secret</body><thread>t</thread></message>"),
+            "<message><body>[redacted]</body><thread>t</thread></message>"
+        );
+        assert_eq!(redact("<presence/>"), "<presence/>");
+    }
+}

@@ -1,0 +1,218 @@
+//! `isthmus-std`: the gateway on blocking sockets. One thread owns the core and
+//! applies its outputs; listener, reader, connect and resolve threads only move
+//! bytes and report back through one channel. Every decision is the core's.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use isthmus_core::config::Config;
+use isthmus_core::gateway::ConnId;
+use isthmus_host::cli::{self, Setup};
+use isthmus_host::driver::{log, resolve_blocking, Io};
+
+/// What the I/O threads report to the core thread.
+enum Input {
+    Accepted(TcpStream),
+    Connected(ConnId, TcpStream),
+    ConnectFailed(ConnId, String),
+    Received(ConnId, Vec<u8>),
+    Closed(ConnId),
+    Resolved(u64, Result<Vec<SocketAddr>, String>),
+    Datagram(SocketAddr, Vec<u8>),
+}
+
+struct StdIo {
+    tx: Sender<Input>,
+    streams: HashMap<ConnId, TcpStream>,
+    sip: UdpSocket,
+    config: Config,
+}
+
+fn spawn_reader(tx: Sender<Input>, conn: ConnId, mut stream: TcpStream) {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(Input::Closed(conn));
+                    return;
+                }
+                Ok(n) => {
+                    if tx.send(Input::Received(conn, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl StdIo {
+    fn adopt(&mut self, conn: ConnId, stream: TcpStream) {
+        // Small stanzas go out at once (DESIGN.md).
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+        match stream.try_clone() {
+            Ok(reader) => {
+                spawn_reader(self.tx.clone(), conn, reader);
+                self.streams.insert(conn, stream);
+            }
+            Err(e) => {
+                log(&format!("{conn}: cannot use the connection: {e}"));
+                let _ = self.tx.send(Input::Closed(conn));
+            }
+        }
+    }
+}
+
+impl Io for StdIo {
+    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
+        if let Some(s) = self.streams.get_mut(&conn) {
+            if let Err(e) = s.write_all(bytes) {
+                log(&format!("{conn}: write failed: {e}"));
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
+        let tx = self.tx.clone();
+        thread::spawn(
+            move || match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+                Ok(s) => {
+                    let _ = tx.send(Input::Connected(conn, s));
+                }
+                Err(e) => {
+                    let _ = tx.send(Input::ConnectFailed(conn, format!("{addr}: {e}")));
+                }
+            },
+        );
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(s) = self.streams.remove(&conn) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn resolve(&mut self, query: u64, domain: String) {
+        let tx = self.tx.clone();
+        let config = self.config.clone();
+        thread::spawn(move || {
+            let _ = tx.send(Input::Resolved(query, resolve_blocking(&config, &domain)));
+        });
+    }
+
+    fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if let Err(e) = self.sip.send_to(bytes, to) {
+            log(&format!("SIP to {to}: {e}"));
+        }
+    }
+}
+
+fn run(setup: Setup) -> Result<(), String> {
+    let Setup {
+        mut host, config, ..
+    } = setup;
+    let (tx, rx) = channel();
+    let listen = config.gateway.s2s_listen;
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("s2s listener on {listen}: {e}"))?;
+    let sip_addr = config.gateway.sip_address;
+    let sip = UdpSocket::bind(sip_addr).map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
+    let sip_reader = sip.try_clone().map_err(|e| e.to_string())?;
+    log(&format!(
+        "serving {} — XMPP s2s on {listen}, SIP on udp {sip_addr}",
+        config.gateway.served_domains.join(", ")
+    ));
+    {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if tx.send(Input::Accepted(stream)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match sip_reader.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        if tx.send(Input::Datagram(from, buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => log(&format!("SIP receive: {e}")),
+                }
+            }
+        });
+    }
+    // The thread budget follows the connection limit: beyond it, new TCP
+    // connections are dropped before a reader thread is spent on them.
+    let max_streams = config.gateway.connection_limit as usize + 16;
+    let mut io = StdIo {
+        tx,
+        streams: HashMap::new(),
+        sip,
+        config,
+    };
+    loop {
+        host.drain(&mut io);
+        let now = Instant::now();
+        let wait = host
+            .gateway
+            .poll_timeout()
+            .map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(now)
+            });
+        let input = match rx.recv_timeout(wait) {
+            Ok(i) => i,
+            Err(RecvTimeoutError::Timeout) => {
+                host.gateway.handle_timeout(Instant::now());
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let now = Instant::now();
+        let gw = &mut host.gateway;
+        match input {
+            Input::Accepted(stream) => {
+                if io.streams.len() >= max_streams {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let conn = gw.accept(now);
+                io.adopt(conn, stream);
+            }
+            Input::Connected(conn, stream) => {
+                io.adopt(conn, stream);
+                gw.connected(now, conn);
+            }
+            Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
+            Input::Received(conn, bytes) => gw.received(now, conn, &bytes),
+            Input::Closed(conn) => {
+                io.streams.remove(&conn);
+                gw.peer_closed(now, conn);
+            }
+            Input::Resolved(q, result) => gw.resolved(now, q, result),
+            Input::Datagram(from, bytes) => gw.sip_datagram(now, from, &bytes),
+        }
+        if gw.poll_timeout().is_some_and(|t| t <= now) {
+            gw.handle_timeout(now);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    cli::main(run)
+}
