@@ -4,7 +4,8 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, OtherNameValue, SanType, SerialNumber, PKCS_ED25519,
+    KeyPair, KeyUsagePurpose, OtherNameValue, SanType, SerialNumber, SignatureAlgorithm,
+    PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -14,6 +15,7 @@ use isthmus_core::s2s::tls::TlsIdentity;
 const XMPP_ADDR_OID: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 8, 5];
 
 pub struct TestCa {
+    alg: &'static SignatureAlgorithm,
     cert: rcgen::Certificate,
     key: KeyPair,
     pub cert_der: CertificateDer<'static>,
@@ -66,7 +68,17 @@ impl Issued {
 
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate_for(&PKCS_ED25519).expect("CA key");
+        Self::with_algorithm(name, &PKCS_ED25519)
+    }
+
+    /// ECDSA P-256 keys, for peers whose TLS stack reads no Ed25519 PKCS#8 keys
+    /// (Prosody's LuaSec on OpenSSL 3).
+    pub fn new_ecdsa(name: &str) -> TestCa {
+        Self::with_algorithm(name, &PKCS_ECDSA_P256_SHA256)
+    }
+
+    fn with_algorithm(name: &str, alg: &'static SignatureAlgorithm) -> TestCa {
+        let key = KeyPair::generate_for(alg).expect("CA key");
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
@@ -78,6 +90,7 @@ impl TestCa {
         params.not_after = rcgen::date_time_ymd(2036, 1, 1);
         let cert = params.self_signed(&key).expect("CA certificate");
         TestCa {
+            alg,
             cert_der: cert.der().clone(),
             cert_pem: cert.pem(),
             cert,
@@ -86,7 +99,7 @@ impl TestCa {
     }
 
     pub fn issue(&self, spec: &CertSpec) -> Issued {
-        let key = KeyPair::generate_for(&PKCS_ED25519).expect("key");
+        let key = KeyPair::generate_for(self.alg).expect("key");
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(

@@ -388,7 +388,8 @@ impl Gateway {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        if c.phase == Phase::Closed {
+        if c.phase == Phase::Closed || (c.kind == Kind::Inbound && c.remote.is_empty()) {
+            // Closed before saying who it is (a port probe, say): nothing to report.
             self.event(Event::Closed { conn });
             return;
         }
