@@ -1,0 +1,251 @@
+//! `isthmus-smol`: the gateway on smol. One task owns the core and applies its
+//! outputs; accept, read, write, connect and resolve tasks only move bytes and
+//! report back through one channel. Every decision is the core's.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use isthmus_core::config::Config;
+use isthmus_core::gateway::ConnId;
+use isthmus_host::cli::{self, Setup};
+use isthmus_host::driver::{log, resolve_blocking, Io};
+use smol::channel::{unbounded, Receiver, Sender};
+use smol::future::FutureExt;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::net::{TcpListener, TcpStream, UdpSocket};
+use smol::Timer;
+
+enum Input {
+    Accepted(TcpStream),
+    Connected(ConnId, TcpStream),
+    ConnectFailed(ConnId, String),
+    Received(ConnId, Vec<u8>),
+    Closed(ConnId),
+    Resolved(u64, Result<Vec<SocketAddr>, String>),
+    Datagram(SocketAddr, Vec<u8>),
+    Tick,
+}
+
+struct SmolIo {
+    tx: Sender<Input>,
+    /// Per connection: the queue its writer task drains, and the stream to shut down.
+    writers: HashMap<ConnId, (Sender<Vec<u8>>, TcpStream)>,
+    sip_out: Sender<(SocketAddr, Vec<u8>)>,
+    config: Config,
+}
+
+impl SmolIo {
+    fn adopt(&mut self, conn: ConnId, stream: TcpStream) {
+        // Small stanzas go out at once (DESIGN.md).
+        let _ = stream.set_nodelay(true);
+        let (wtx, wrx) = unbounded::<Vec<u8>>();
+        let mut writer = stream.clone();
+        smol::spawn(async move {
+            while let Ok(bytes) = wrx.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    let _ = writer.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        })
+        .detach();
+        let mut reader = stream.clone();
+        let tx = self.tx.clone();
+        smol::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Input::Closed(conn)).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx
+                            .send(Input::Received(conn, buf[..n].to_vec()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
+        self.writers.insert(conn, (wtx, stream));
+    }
+}
+
+impl Io for SmolIo {
+    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
+        if let Some((w, _)) = self.writers.get(&conn) {
+            let _ = w.try_send(bytes.to_vec());
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
+        let tx = self.tx.clone();
+        smol::spawn(async move {
+            let attempt = TcpStream::connect(addr).or(async {
+                Timer::after(Duration::from_secs(10)).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out",
+                ))
+            });
+            let input = match attempt.await {
+                Ok(s) => Input::Connected(conn, s),
+                Err(e) => Input::ConnectFailed(conn, format!("{addr}: {e}")),
+            };
+            let _ = tx.send(input).await;
+        })
+        .detach();
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some((w, stream)) = self.writers.remove(&conn) {
+            // Let the writer flush what is queued, then shut the socket.
+            w.close();
+            smol::spawn(async move {
+                Timer::after(Duration::from_millis(50)).await;
+                let _ = stream.shutdown(Shutdown::Both);
+            })
+            .detach();
+        }
+    }
+
+    fn resolve(&mut self, query: u64, domain: String) {
+        let tx = self.tx.clone();
+        let config = self.config.clone();
+        smol::spawn(async move {
+            let result = smol::unblock(move || resolve_blocking(&config, &domain)).await;
+            let _ = tx.send(Input::Resolved(query, result)).await;
+        })
+        .detach();
+    }
+
+    fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let _ = self.sip_out.try_send((to, bytes.to_vec()));
+    }
+}
+
+async fn run_async(setup: Setup) -> Result<(), String> {
+    let Setup {
+        mut host, config, ..
+    } = setup;
+    let (tx, rx): (Sender<Input>, Receiver<Input>) = unbounded();
+    let listen = config.gateway.s2s_listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("s2s listener on {listen}: {e}"))?;
+    let sip_addr = config.gateway.sip_address;
+    let sip = UdpSocket::bind(sip_addr)
+        .await
+        .map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
+    log(&format!(
+        "serving {} — XMPP s2s on {listen}, SIP on udp {sip_addr}",
+        config.gateway.served_domains.join(", ")
+    ));
+    {
+        let tx = tx.clone();
+        smol::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if tx.send(Input::Accepted(stream)).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
+    {
+        let tx = tx.clone();
+        let sip = sip.clone();
+        smol::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match sip.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        if tx
+                            .send(Input::Datagram(from, buf[..n].to_vec()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => log(&format!("SIP receive: {e}")),
+                }
+            }
+        })
+        .detach();
+    }
+    let (sip_out, sip_rx) = unbounded::<(SocketAddr, Vec<u8>)>();
+    smol::spawn(async move {
+        while let Ok((to, bytes)) = sip_rx.recv().await {
+            if let Err(e) = sip.send_to(&bytes, to).await {
+                log(&format!("SIP to {to}: {e}"));
+            }
+        }
+    })
+    .detach();
+    let max_streams = config.gateway.connection_limit as usize + 16;
+    let mut io = SmolIo {
+        tx,
+        writers: HashMap::new(),
+        sip_out,
+        config,
+    };
+    loop {
+        host.drain(&mut io);
+        let now = Instant::now();
+        let wait = host
+            .gateway
+            .poll_timeout()
+            .map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(now)
+            });
+        let input = rx
+            .recv()
+            .or(async {
+                Timer::after(wait).await;
+                Ok(Input::Tick)
+            })
+            .await
+            .map_err(|_| "the input channel closed".to_owned())?;
+        let now = Instant::now();
+        let gw = &mut host.gateway;
+        match input {
+            Input::Tick => {}
+            Input::Accepted(stream) => {
+                if io.writers.len() >= max_streams {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let conn = gw.accept(now);
+                io.adopt(conn, stream);
+            }
+            Input::Connected(conn, stream) => {
+                io.adopt(conn, stream);
+                gw.connected(now, conn);
+            }
+            Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
+            Input::Received(conn, bytes) => gw.received(now, conn, &bytes),
+            Input::Closed(conn) => {
+                io.writers.remove(&conn);
+                gw.peer_closed(now, conn);
+            }
+            Input::Resolved(q, result) => gw.resolved(now, q, result),
+            Input::Datagram(from, bytes) => gw.sip_datagram(now, from, &bytes),
+        }
+        if gw.poll_timeout().is_some_and(|t| t <= now) {
+            gw.handle_timeout(now);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    cli::main(|setup| smol::block_on(run_async(setup)))
+}

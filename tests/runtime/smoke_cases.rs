@@ -1,0 +1,175 @@
+// The binary as an admin runs it: it starts on a configuration, answers XMPP on
+// its s2s port and SIP on its UDP port, and its `partner` command edits the file.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("isthmus-smoke-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A loopback port nobody listens on now (the OS picks it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path, s2s: u16, sip: u16) -> Running {
+    let config = dir.join("isthmus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nserved_domains = [\"sip.test\"]\ns2s_listen = \"127.0.0.1:{s2s}\"\nsip_address = \"127.0.0.1:{sip}\"\ndata_dir = \"{}\"\n\n[[partner]]\ndomain = \"xmpp.test\"\ntls = \"optional\"\nsasl = \"not_supported\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("config");
+    let child = Command::new(BIN)
+        .args(["--config", config.to_str().expect("utf-8 path"), "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start isthmus-std");
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", s2s)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "isthmus-std did not listen on {s2s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    running
+}
+
+fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn answers_xmpp_and_sip() {
+    let dir = temp_dir("answers");
+    let (s2s, sip) = (free_port(), free_port());
+    let _gw = start(&dir, s2s, sip);
+
+    // A partner's stream gets features; a stranger's gets a policy-violation.
+    let mut partner = TcpStream::connect(("127.0.0.1", s2s)).expect("connect");
+    partner
+        .write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='xmpp.test' to='sip.test' version='1.0'>")
+        .expect("write");
+    let answer = read_until(&mut partner, "</stream:features>");
+    assert!(
+        answer.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+        "{answer}"
+    );
+    let mut stranger = TcpStream::connect(("127.0.0.1", s2s)).expect("connect");
+    stranger
+        .write_all(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='evil.test' to='sip.test' version='1.0'>")
+        .expect("write");
+    let refused = read_until(&mut stranger, "</stream:stream>");
+    assert!(refused.contains("<policy-violation"), "{refused}");
+
+    // SIP OPTIONS over UDP.
+    let ua = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    ua.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let port = ua.local_addr().expect("addr").port();
+    let options = format!(
+        "OPTIONS sip:sip.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKsmoke\r\nFrom: <sip:alice@sip.test>;tag=1\r\nTo: <sip:sip.test>\r\nCall-ID: smoke\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    ua.send_to(options.as_bytes(), ("127.0.0.1", sip))
+        .expect("send");
+    let mut buf = [0u8; 4096];
+    let (n, _) = ua.recv_from(&mut buf).expect("SIP answer");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("SIP/2.0 200 OK"), "{text}");
+    assert!(
+        text.contains("Allow: MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn partner_command_edits_and_validates_the_file() {
+    let dir = temp_dir("partner");
+    let config = dir.join("isthmus.toml");
+    std::fs::write(&config, "[gateway]\nserved_domains = [\"sip.test\"]\n").expect("config");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run isthmus-std")
+    };
+    let add = run(&[
+        "partner",
+        "add",
+        "gmail.com",
+        "--tls",
+        "not-supported",
+        "--sasl",
+        "not-supported",
+    ]);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let list = run(&["partner", "list"]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.contains("gmail.com")
+            && listed.contains("tls=not_supported sasl=not_supported dialback=true"),
+        "{listed}"
+    );
+    // A row that allows no method is refused and the file is left alone.
+    let bad = run(&[
+        "partner",
+        "add",
+        "bad.example",
+        "--tls",
+        "not-supported",
+        "--dialback",
+        "false",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("bad.example") && err.contains("fix:"), "{err}");
+    assert!(!std::fs::read_to_string(&config)
+        .expect("file")
+        .contains("bad.example"));
+    let removed = run(&["partner", "remove", "gmail.com"]);
+    assert!(removed.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
