@@ -459,3 +459,88 @@ fn required_tls_against_a_plaintext_prosody_fails_with_a_reason() {
         "{log}"
     );
 }
+
+/// The next SIP message at the UA, as parsed; requests are answered with 200.
+fn ua_next(w: &World) -> (isthmus_core::sip::SipMessage, std::net::SocketAddr) {
+    let mut buf = [0u8; 65536];
+    let (n, from) = w.ua.recv_from(&mut buf).expect("SIP from isthmus");
+    let msg = isthmus_core::sip::SipMessage::parse(&buf[..n], &Default::default()).expect("SIP from isthmus");
+    if msg.method().is_some() {
+        let mut ok = msg.reply(200, "OK", Some("ua"));
+        if msg.method() == Some("SUBSCRIBE") {
+            ok.push_header("Expires", "600");
+        }
+        w.ua.send_to(&ok.to_bytes(), from).expect("200");
+    }
+    (msg, from)
+}
+
+fn presence_both_ways(w: &World) {
+    let mut romeo = Client::login(w, "romeo");
+    let port = w.ua.local_addr().expect("addr").port();
+
+    // Prosody user → SIP user: romeo asks for alice's presence.
+    romeo.send("<presence type='subscribe' to='alice@sip.test'/>");
+    let (subscribe, from) = loop {
+        let (m, from) = ua_next(w);
+        if m.method() == Some("SUBSCRIBE") {
+            break (m, from);
+        }
+    };
+    assert_eq!(subscribe.header("Event"), Some("presence"));
+    // The SIP presence server (played here) tells isthmus alice is in, with a note.
+    let body = "<?xml version='1.0' encoding='UTF-8'?><presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:alice@sip.test'><tuple id='t'><status><basic>open</basic></status><note>Im Büro ☕</note></tuple></presence>";
+    let notify = format!(
+        "NOTIFY sip:{} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKn1\r\nMax-Forwards: 70\r\nFrom: {};tag=ua\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 NOTIFY\r\nEvent: presence\r\nSubscription-State: active;expires=600\r\nContent-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{body}",
+        from,
+        subscribe.header("To").unwrap_or_default(),
+        subscribe.header("From").unwrap_or_default(),
+        subscribe.call_id().unwrap_or_default(),
+        body.len()
+    );
+    w.ua.send_to(notify.as_bytes(), from).expect("NOTIFY");
+    // (Prosody records the approval in romeo's roster; the presence that follows
+    // is what romeo's client shows.)
+    let seen = romeo.wait(|e| e.name == "presence" && e.get_attr("from") == Some("alice@sip.test") && e.get_attr("type").is_none());
+    assert_eq!(
+        seen.find(ns::CLIENT, "status").map(|s| s.text_content()).as_deref(),
+        Some("Im Büro ☕"),
+        "a federated partner sees the note"
+    );
+
+    // SIP user → Prosody user: alice's client subscribes to romeo.
+    let sub = format!(
+        "SUBSCRIBE sip:romeo@xmpp.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKs1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@sip.test>;tag=w1\r\nTo: <sip:romeo@xmpp.test>\r\nCall-ID: watch-romeo\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:alice@127.0.0.1:{port}>\r\nEvent: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    w.ua.send_to(sub.as_bytes(), ("127.0.0.1", w.sip)).expect("SUBSCRIBE");
+    let asked = romeo.wait(|e| e.name == "presence" && e.get_attr("type") == Some("subscribe"));
+    assert_eq!(asked.get_attr("from"), Some("alice@sip.test"));
+    romeo.send("<presence type='subscribed' to='alice@sip.test'/>");
+    romeo.send("<presence><status>Wherefore?</status></presence>");
+    let mut states = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let (m, _) = ua_next(w);
+        if m.method() == Some("NOTIFY") && m.call_id() == Some("watch-romeo") {
+            let state = m.header("Subscription-State").unwrap_or_default().to_owned();
+            let open = String::from_utf8_lossy(&m.body).contains("<basic>open</basic>");
+            states.push(state.clone());
+            // First romeo's presence as it was, then his new status.
+            if state.starts_with("active") && open && String::from_utf8_lossy(&m.body).contains("Wherefore?") {
+                assert!(states.first().is_some_and(|s| s.starts_with("pending")), "{states:?}");
+                return;
+            }
+        }
+    }
+    panic!("no active NOTIFY with romeo's presence; states seen: {states:?}\n{}", w.log("isthmus.log"));
+}
+
+#[test]
+fn prosody_presence_subscriptions_both_ways() {
+    if !have("prosody") || !have("dnsmasq") {
+        eprintln!("SKIPPED: prosody and dnsmasq are not installed (.ci/run installs them)");
+        return;
+    }
+    let w = world("presence", "tls = \"required\"\nsasl = \"required\"\ndialback = false", "s2s_secure_auth = true");
+    presence_both_ways(&w);
+}
