@@ -105,3 +105,24 @@ pub fn tls_context(files: &CertFiles, clock: WallClock) -> Result<TlsContext, St
     };
     TlsContext::new(identity, anchors, clock).map_err(|e| e.to_string())
 }
+
+/// A new key and a PKCS#10 request naming each of `domains` as a DNS-ID, the
+/// identifier RFC 6125 checks first and every public CA issues.
+pub fn request(domains: &[String]) -> Result<(String, String), String> {
+    let err = |e: rcgen::Error| format!("making the certificate request: {e}");
+    let key = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        domains.first().map_or("isthmus", String::as_str),
+    );
+    params.distinguished_name = dn;
+    for d in domains {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(d.clone().try_into().map_err(err)?));
+    }
+    let csr = params.serialize_request(&key).map_err(err)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(err)?))
+}

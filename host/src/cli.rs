@@ -37,11 +37,38 @@ enum Command {
         #[command(subcommand)]
         action: PartnerAction,
     },
-    /// Print the DNS records to publish for the served domains.
-    DnsRecords {
+    /// DNS: the records to publish for the served domains.
+    Dns {
+        #[command(subcommand)]
+        action: DnsAction,
+    },
+    /// Certificates: a private key and a CSR naming every served domain.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DnsAction {
+    /// Print the SRV and address records partners need to find this gateway.
+    Records {
         /// The host name partners should connect to.
         #[arg(long, default_value = "xmpp-gw.example.com")]
         target: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertAction {
+    /// Write a new private key and a certificate signing request whose SANs are the
+    /// served domains (DNS-ID and SRV-ID `_xmpp-server.`), like Lync's certificate wizard.
+    Request {
+        /// Where to write `<name>.key` and `<name>.csr`.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(long, default_value = "isthmus")]
+        name: String,
     },
 }
 
@@ -168,7 +195,12 @@ pub fn main(run: impl FnOnce(Setup) -> Result<(), String>) -> ExitCode {
         Command::Run => load(path.as_deref()).and_then(setup).and_then(run),
         Command::Check => load(path.as_deref()).map(|c| check(&c)),
         Command::Partner { action } => partner(path.as_deref(), action),
-        Command::DnsRecords { target } => load(path.as_deref()).map(|c| dns_records(&c, &target)),
+        Command::Dns {
+            action: DnsAction::Records { target },
+        } => load(path.as_deref()).map(|c| dns_records(&c, &target)),
+        Command::Cert {
+            action: CertAction::Request { out, name },
+        } => load(path.as_deref()).and_then(|c| cert_request(&c, &out, &name)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -241,6 +273,28 @@ fn check_certificate(config: &Config, pem: &str) {
         }
         Err(e) => println!("certificate: {e}"),
     }
+}
+
+fn cert_request(config: &Config, out: &Path, name: &str) -> Result<(), String> {
+    let (key_pem, csr_pem) = crate::certs::request(&config.gateway.served_domains)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let key_path = out.join(format!("{name}.key"));
+    let csr_path = out.join(format!("{name}.csr"));
+    if key_path.exists() {
+        return Err(format!(
+            "{} exists; not overwriting a private key",
+            key_path.display()
+        ));
+    }
+    std::fs::write(&key_path, key_pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    std::fs::write(&csr_path, csr_pem).map_err(|e| format!("{}: {e}", csr_path.display()))?;
+    println!(
+        "wrote {} and {}: send the CSR to your CA; its SANs are {}",
+        key_path.display(),
+        csr_path.display(),
+        config.gateway.served_domains.join(", ")
+    );
+    Ok(())
 }
 
 fn dns_records(config: &Config, target: &str) {

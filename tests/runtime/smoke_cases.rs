@@ -173,3 +173,39 @@ fn partner_command_edits_and_validates_the_file() {
     assert!(removed.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cert_request_and_dns_records() {
+    let dir = temp_dir("cert");
+    let config = dir.join("isthmus.toml");
+    std::fs::write(&config, "[gateway]\nserved_domains = [\"sip.test\", \"corp.test\"]\n").expect("config");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["cert", "request", "--out"])
+        .arg(dir.join("csr"))
+        .output()
+        .expect("cert request");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csr = std::fs::read_to_string(dir.join("csr/isthmus.csr")).expect("csr");
+    assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+    assert!(std::fs::read_to_string(dir.join("csr/isthmus.key")).expect("key").contains("PRIVATE KEY"));
+    let again = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["cert", "request", "--out"])
+        .arg(dir.join("csr"))
+        .output()
+        .expect("cert request");
+    assert!(!again.status.success(), "an existing key is never overwritten");
+    let dns = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["dns", "records", "--target", "gw.sip.test"])
+        .output()
+        .expect("dns records");
+    let text = String::from_utf8_lossy(&dns.stdout);
+    assert!(text.contains("_xmpp-server._tcp.sip.test. 86400 IN SRV 0 5 5269 gw.sip.test."), "{text}");
+    assert!(text.contains("_xmpp-server._tcp.corp.test."), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
