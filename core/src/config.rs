@@ -305,6 +305,8 @@ pub struct GatewaySettings {
     pub s2s_listen: std::net::SocketAddr,
     /// Fixed s2s addresses for domains (tests, private networks), used before DNS.
     pub dns_overrides: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
+    /// DNS servers to ask; `/etc/resolv.conf`'s when empty.
+    pub dns_servers: Vec<std::net::SocketAddr>,
     /// PEM files: our certificate chain, its key, and the CAs we trust for partners.
     /// Without them, `run` makes development certificates in the data directory.
     pub certificate: Option<String>,
@@ -332,6 +334,7 @@ impl Default for GatewaySettings {
             sip_next_hop: None,
             s2s_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 5269)),
             dns_overrides: std::collections::BTreeMap::new(),
+            dns_servers: Vec::new(),
             certificate: None,
             private_key: None,
             ca_certificates: None,
@@ -528,6 +531,8 @@ struct RawGateway {
     s2s_listen: Option<Spanned<String>>,
     #[serde(default)]
     dns_overrides: std::collections::BTreeMap<String, Vec<Spanned<String>>>,
+    #[serde(default)]
+    dns_servers: Vec<Spanned<String>>,
     certificate: Option<String>,
     private_key: Option<String>,
     ca_certificates: Option<String>,
@@ -713,6 +718,11 @@ impl Config {
                 }
                 m
             },
+            dns_servers: g
+                .dns_servers
+                .iter()
+                .map(|a| socket_addr(text, "dns_servers", a))
+                .collect::<Result<_, _>>()?,
             certificate: g.certificate.clone(),
             private_key: g.private_key.clone(),
             ca_certificates: g.ca_certificates.clone(),
@@ -856,6 +866,10 @@ impl Config {
             out.push_str(&format!("sip_next_hop = \"{n}\"\n"));
         }
         out.push_str(&format!("s2s_listen = \"{}\"\n", g.s2s_listen));
+        if !g.dns_servers.is_empty() {
+            let servers: Vec<String> = g.dns_servers.iter().map(|a| a.to_string()).collect();
+            out.push_str(&format!("dns_servers = {}\n", list(&servers)));
+        }
         for (k, v) in [
             ("certificate", &g.certificate),
             ("private_key", &g.private_key),
@@ -959,6 +973,7 @@ log_message_bodies = true
 sip_address = "127.0.0.1:5062"
 sip_next_hop = "127.0.0.1:5070"
 s2s_listen = "127.0.0.1:15269"
+dns_servers = ["127.0.0.1:5353"]
 data_dir = "/var/lib/isthmus"
 
 [gateway.dns_overrides]

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dns;
 pub mod gateway;
 pub mod jid;
 pub mod policy;

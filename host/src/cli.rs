@@ -12,7 +12,8 @@ use isthmus_core::s2s::identity;
 use isthmus_core::s2s::tls::WallClock;
 
 use crate::certs::{cert_files, tls_context};
-use crate::driver::{log, resolve_blocking, Host};
+use crate::driver::{log, Host};
+use crate::resolve::Resolver;
 use crate::store::Store;
 
 #[derive(Parser, Debug)]
@@ -111,6 +112,7 @@ enum Mode {
 pub struct Setup {
     pub host: Host,
     pub config: Config,
+    pub resolver: std::sync::Arc<Resolver>,
     pub started: Instant,
 }
 
@@ -180,9 +182,11 @@ fn setup(config: Config) -> Result<Setup, String> {
     if config.partners.is_empty() {
         log("no XMPP partners configured: federation is off until one is added (isthmus partner add DOMAIN)");
     }
+    let resolver = std::sync::Arc::new(Resolver::new(&config, seed()));
     Ok(Setup {
         host: Host::new(gateway, store),
         config,
+        resolver,
         started,
     })
 }
@@ -238,7 +242,7 @@ fn check(config: &Config) {
             row.row_number(),
             methods.join(", ")
         );
-        match resolve_blocking(config, &p.domain) {
+        match Resolver::new(config, seed()).resolve(p.domain.as_str()) {
             Ok(addrs) => println!("  s2s addresses: {addrs:?}"),
             Err(e) => println!("  DNS: {} does not resolve: {e}", p.domain),
         }

@@ -3,9 +3,8 @@
 //! then hand transmits, connects, closes, DNS lookups and SIP datagrams to the
 //! runtime's I/O, and log events.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
-use isthmus_core::config::Config;
 use isthmus_core::gateway::{ConnId, Event, Gateway, Output};
 use isthmus_core::xml::ns;
 
@@ -101,18 +100,6 @@ pub fn redact(xml: &str) -> String {
 
 pub fn log(line: &str) {
     eprintln!("isthmus: {line}");
-}
-
-/// Resolves a partner domain to s2s addresses: the configuration's overrides,
-/// else the system resolver on port 5269. (SRV lookups come with the DNS module.)
-pub fn resolve_blocking(config: &Config, domain: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Some(addrs) = config.gateway.dns_overrides.get(domain) {
-        return Ok(addrs.clone());
-    }
-    (domain, 5269)
-        .to_socket_addrs()
-        .map(|a| a.collect())
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

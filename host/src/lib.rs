@@ -6,4 +6,5 @@
 pub mod certs;
 pub mod cli;
 pub mod driver;
+pub mod resolve;
 pub mod store;

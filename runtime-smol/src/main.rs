@@ -8,10 +8,10 @@ use std::net::{Shutdown, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use isthmus_core::config::Config;
 use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, resolve_blocking, Io};
+use isthmus_host::driver::{log, Io};
+use isthmus_host::resolve::Resolver;
 use smol::channel::{unbounded, Receiver, Sender};
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,7 +34,7 @@ struct SmolIo {
     /// Per connection: the queue its writer task drains, and the stream to shut down.
     writers: HashMap<ConnId, (Sender<Vec<u8>>, TcpStream)>,
     sip_out: Sender<(SocketAddr, Vec<u8>)>,
-    config: Config,
+    resolver: std::sync::Arc<Resolver>,
 }
 
 impl SmolIo {
@@ -119,9 +119,9 @@ impl Io for SmolIo {
 
     fn resolve(&mut self, query: u64, domain: String) {
         let tx = self.tx.clone();
-        let config = self.config.clone();
+        let resolver = self.resolver.clone();
         smol::spawn(async move {
-            let result = smol::unblock(move || resolve_blocking(&config, &domain)).await;
+            let result = smol::unblock(move || resolver.resolve(&domain)).await;
             let _ = tx.send(Input::Resolved(query, result)).await;
         })
         .detach();
@@ -134,7 +134,10 @@ impl Io for SmolIo {
 
 async fn run_async(setup: Setup) -> Result<(), String> {
     let Setup {
-        mut host, config, ..
+        mut host,
+        config,
+        resolver,
+        ..
     } = setup;
     let (tx, rx): (Sender<Input>, Receiver<Input>) = unbounded();
     let listen = config.gateway.s2s_listen;
@@ -196,7 +199,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         tx,
         writers: HashMap::new(),
         sip_out,
-        config,
+        resolver,
     };
     loop {
         host.drain(&mut io);

@@ -11,10 +11,10 @@ use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use isthmus_core::config::Config;
 use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, resolve_blocking, Io};
+use isthmus_host::driver::{log, Io};
+use isthmus_host::resolve::Resolver;
 
 /// What the I/O threads report to the core thread.
 enum Input {
@@ -31,7 +31,7 @@ struct StdIo {
     tx: Sender<Input>,
     streams: HashMap<ConnId, TcpStream>,
     sip: UdpSocket,
-    config: Config,
+    resolver: std::sync::Arc<Resolver>,
 }
 
 fn spawn_reader(tx: Sender<Input>, conn: ConnId, mut stream: TcpStream) {
@@ -103,9 +103,9 @@ impl Io for StdIo {
 
     fn resolve(&mut self, query: u64, domain: String) {
         let tx = self.tx.clone();
-        let config = self.config.clone();
+        let resolver = self.resolver.clone();
         thread::spawn(move || {
-            let _ = tx.send(Input::Resolved(query, resolve_blocking(&config, &domain)));
+            let _ = tx.send(Input::Resolved(query, resolver.resolve(&domain)));
         });
     }
 
@@ -118,7 +118,10 @@ impl Io for StdIo {
 
 fn run(setup: Setup) -> Result<(), String> {
     let Setup {
-        mut host, config, ..
+        mut host,
+        config,
+        resolver,
+        ..
     } = setup;
     let (tx, rx) = channel();
     let listen = config.gateway.s2s_listen;
@@ -164,7 +167,7 @@ fn run(setup: Setup) -> Result<(), String> {
         tx,
         streams: HashMap::new(),
         sip,
-        config,
+        resolver,
     };
     loop {
         host.drain(&mut io);

@@ -1,6 +1,6 @@
 // Federation with a real Prosody (Debian's package), all on loopback: a throwaway
 // CA, dnsmasq answering the test domains' SRV records for Prosody, Prosody with
-// its own config, ports and data, isthmus-std with `dns_overrides` toward Prosody,
+// its own config, ports and data, isthmus finding Prosody through that DNS server,
 // a SIP user agent played by this test on UDP, and an XMPP client session on
 // Prosody's c2s port. Skipped (with a message) when Prosody is not installed;
 // `.ci/run` installs it.
@@ -101,8 +101,8 @@ fn world(name: &str, row: &str, prosody_extra: &str) -> World {
             "--no-resolv",
             "--no-hosts",
             "--address=/test/127.0.0.1",
-            &format!("--srv-host=_xmpp-server._tcp.sip.test,127.0.0.1,{isthmus_s2s}"),
-            &format!("--srv-host=_xmpp-server._tcp.xmpp.test,127.0.0.1,{prosody_s2s}"),
+            &format!("--srv-host=_xmpp-server._tcp.sip.test,isthmus-host.test,{isthmus_s2s}"),
+            &format!("--srv-host=_xmpp-server._tcp.xmpp.test,prosody-host.test,{prosody_s2s}"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -175,9 +175,8 @@ private_key = "{d}/sip.key"
 ca_certificates = "{d}/ca.pem"
 data_dir = "{d}/isthmus-data"
 dialback_secret = "interop"
-
-[gateway.dns_overrides]
-"xmpp.test" = ["127.0.0.1:{prosody_s2s}"]
+# isthmus finds Prosody the way it finds any partner: SRV, then the target's A.
+dns_servers = ["127.0.0.1:{dns}"]
 
 [[partner]]
 domain = "xmpp.test"
