@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
+    /// Make the running gateway read its configuration again (like SIGHUP).
+    Reload,
     /// Check the configuration, the certificate and partner DNS, and explain.
     Check,
     /// List, add or remove XMPP partners (like *-CsXmppAllowedPartner).
@@ -112,6 +114,8 @@ enum Mode {
 pub struct Setup {
     pub host: Host,
     pub config: Config,
+    /// The file `reload` reads again.
+    pub config_path: Option<PathBuf>,
     pub resolver: std::sync::Arc<Resolver>,
     pub started: Instant,
 }
@@ -162,7 +166,7 @@ fn seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-fn setup(config: Config) -> Result<Setup, String> {
+fn setup(config: Config, config_path: Option<PathBuf>) -> Result<Setup, String> {
     std::fs::create_dir_all(&config.gateway.data_dir)
         .map_err(|e| format!("creating data directory {}: {e}", config.gateway.data_dir))?;
     let files = cert_files(&config)?;
@@ -183,9 +187,14 @@ fn setup(config: Config) -> Result<Setup, String> {
         log("no XMPP partners configured: federation is off until one is added (isthmus partner add DOMAIN)");
     }
     let resolver = std::sync::Arc::new(Resolver::new(&config, seed()));
+    // `reload` finds the running gateway through this file.
+    let pidfile = Path::new(&config.gateway.data_dir).join("isthmus.pid");
+    std::fs::write(&pidfile, std::process::id().to_string())
+        .map_err(|e| format!("{}: {e}", pidfile.display()))?;
     Ok(Setup {
         host: Host::new(gateway, store),
         config,
+        config_path,
         resolver,
         started,
     })
@@ -196,7 +205,10 @@ pub fn main(run: impl FnOnce(Setup) -> Result<(), String>) -> ExitCode {
     let cli = Cli::parse();
     let path = config_path(&cli);
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => load(path.as_deref()).and_then(setup).and_then(run),
+        Command::Run => load(path.as_deref())
+            .and_then(|c| setup(c, path.clone()))
+            .and_then(run),
+        Command::Reload => load(path.as_deref()).and_then(|c| reload(&c)),
         Command::Check => load(path.as_deref()).map(|c| check(&c)),
         Command::Partner { action } => partner(path.as_deref(), action),
         Command::Dns {
@@ -277,6 +289,25 @@ fn check_certificate(config: &Config, pem: &str) {
         }
         Err(e) => println!("certificate: {e}"),
     }
+}
+
+fn reload(config: &Config) -> Result<(), String> {
+    let pidfile = Path::new(&config.gateway.data_dir).join("isthmus.pid");
+    let pid = std::fs::read_to_string(&pidfile).map_err(|e| {
+        format!(
+            "{}: {e}; is the gateway running with this configuration?",
+            pidfile.display()
+        )
+    })?;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", pid.trim()])
+        .status()
+        .map_err(|e| format!("running kill: {e}"))?;
+    if !status.success() {
+        return Err(format!("no gateway with pid {} is running", pid.trim()));
+    }
+    println!("asked pid {} to reload its configuration", pid.trim());
+    Ok(())
 }
 
 fn cert_request(config: &Config, out: &Path, name: &str) -> Result<(), String> {

@@ -38,6 +38,37 @@ impl Host {
         }
     }
 
+    /// Re-reads the configuration file; on success the gateway uses the new
+    /// partners and settings, and established streams stay up. On error the old
+    /// configuration stays in force.
+    pub fn reload(&mut self, path: Option<&std::path::Path>) {
+        let Some(path) = path else {
+            log("reload: running on embedded defaults, no file to read");
+            return;
+        };
+        match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| isthmus_core::config::Config::from_toml(&t).map_err(|e| e.to_string()))
+        {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    log(&format!("warning: {w}"));
+                }
+                let partners = loaded.config.partners.len();
+                self.log_bodies = loaded.config.gateway.log_message_bodies;
+                self.gateway.set_config(loaded.config);
+                log(&format!(
+                    "reloaded {}: {partners} partner(s)",
+                    path.display()
+                ));
+            }
+            Err(e) => log(&format!(
+                "reload of {} refused, the running configuration stays: {e}",
+                path.display()
+            )),
+        }
+    }
+
     /// Drains every pending output into `io`.
     pub fn drain(&mut self, io: &mut dyn Io) {
         while let Some(out) = self.gateway.poll_output() {

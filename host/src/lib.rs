@@ -7,4 +7,5 @@ pub mod certs;
 pub mod cli;
 pub mod driver;
 pub mod resolve;
+pub mod signals;
 pub mod store;

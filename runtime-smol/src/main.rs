@@ -12,6 +12,7 @@ use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Io};
 use isthmus_host::resolve::Resolver;
+use isthmus_host::signals::{self, Signal};
 use smol::channel::{unbounded, Receiver, Sender};
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +27,7 @@ enum Input {
     Closed(ConnId),
     Resolved(u64, Result<Vec<SocketAddr>, String>),
     Datagram(SocketAddr, Vec<u8>),
+    Signal(Signal),
     Tick,
 }
 
@@ -137,9 +139,16 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         mut host,
         config,
         resolver,
+        config_path,
         ..
     } = setup;
     let (tx, rx): (Sender<Input>, Receiver<Input>) = unbounded();
+    {
+        let tx = tx.clone();
+        signals::watch(move |sig| {
+            let _ = tx.send_blocking(Input::Signal(sig));
+        })?;
+    }
     let listen = config.gateway.s2s_listen;
     let listener = TcpListener::bind(listen)
         .await
@@ -219,7 +228,6 @@ async fn run_async(setup: Setup) -> Result<(), String> {
             .await
             .map_err(|_| "the input channel closed".to_owned())?;
         let now = Instant::now();
-        let gw = &mut host.gateway;
         match input {
             Input::Tick => {}
             Input::Accepted(stream) => {
@@ -227,24 +235,33 @@ async fn run_async(setup: Setup) -> Result<(), String> {
                     let _ = stream.shutdown(Shutdown::Both);
                     continue;
                 }
-                let conn = gw.accept(now);
+                let conn = host.gateway.accept(now);
                 io.adopt(conn, stream);
             }
             Input::Connected(conn, stream) => {
                 io.adopt(conn, stream);
-                gw.connected(now, conn);
+                host.gateway.connected(now, conn);
             }
-            Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
-            Input::Received(conn, bytes) => gw.received(now, conn, &bytes),
+            Input::ConnectFailed(conn, why) => host.gateway.connect_failed(now, conn, &why),
+            Input::Received(conn, bytes) => host.gateway.received(now, conn, &bytes),
             Input::Closed(conn) => {
                 io.writers.remove(&conn);
-                gw.peer_closed(now, conn);
+                host.gateway.peer_closed(now, conn);
             }
-            Input::Resolved(q, result) => gw.resolved(now, q, result),
-            Input::Datagram(from, bytes) => gw.sip_datagram(now, from, &bytes),
+            Input::Resolved(q, result) => host.gateway.resolved(now, q, result),
+            Input::Datagram(from, bytes) => host.gateway.sip_datagram(now, from, &bytes),
+            Input::Signal(Signal::Reload) => host.reload(config_path.as_deref()),
+            Input::Signal(Signal::Stop) => {
+                log("stopping: closing every stream and answering what waits");
+                host.gateway.shutdown(now);
+                host.drain(&mut io);
+                // Let the writer tasks put the closing bytes on the wire.
+                Timer::after(Duration::from_millis(300)).await;
+                return Ok(());
+            }
         }
-        if gw.poll_timeout().is_some_and(|t| t <= now) {
-            gw.handle_timeout(now);
+        if host.gateway.poll_timeout().is_some_and(|t| t <= now) {
+            host.gateway.handle_timeout(now);
         }
     }
 }

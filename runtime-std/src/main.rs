@@ -15,6 +15,7 @@ use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Io};
 use isthmus_host::resolve::Resolver;
+use isthmus_host::signals::{self, Signal};
 
 /// What the I/O threads report to the core thread.
 enum Input {
@@ -25,6 +26,7 @@ enum Input {
     Closed(ConnId),
     Resolved(u64, Result<Vec<SocketAddr>, String>),
     Datagram(SocketAddr, Vec<u8>),
+    Signal(Signal),
 }
 
 struct StdIo {
@@ -121,9 +123,16 @@ fn run(setup: Setup) -> Result<(), String> {
         mut host,
         config,
         resolver,
+        config_path,
         ..
     } = setup;
     let (tx, rx) = channel();
+    {
+        let tx = tx.clone();
+        signals::watch(move |sig| {
+            let _ = tx.send(Input::Signal(sig));
+        })?;
+    }
     let listen = config.gateway.s2s_listen;
     let listener =
         TcpListener::bind(listen).map_err(|e| format!("s2s listener on {listen}: {e}"))?;
@@ -187,31 +196,37 @@ fn run(setup: Setup) -> Result<(), String> {
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
         let now = Instant::now();
-        let gw = &mut host.gateway;
         match input {
             Input::Accepted(stream) => {
                 if io.streams.len() >= max_streams {
                     let _ = stream.shutdown(Shutdown::Both);
                     continue;
                 }
-                let conn = gw.accept(now);
+                let conn = host.gateway.accept(now);
                 io.adopt(conn, stream);
             }
             Input::Connected(conn, stream) => {
                 io.adopt(conn, stream);
-                gw.connected(now, conn);
+                host.gateway.connected(now, conn);
             }
-            Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
-            Input::Received(conn, bytes) => gw.received(now, conn, &bytes),
+            Input::ConnectFailed(conn, why) => host.gateway.connect_failed(now, conn, &why),
+            Input::Received(conn, bytes) => host.gateway.received(now, conn, &bytes),
             Input::Closed(conn) => {
                 io.streams.remove(&conn);
-                gw.peer_closed(now, conn);
+                host.gateway.peer_closed(now, conn);
             }
-            Input::Resolved(q, result) => gw.resolved(now, q, result),
-            Input::Datagram(from, bytes) => gw.sip_datagram(now, from, &bytes),
+            Input::Resolved(q, result) => host.gateway.resolved(now, q, result),
+            Input::Datagram(from, bytes) => host.gateway.sip_datagram(now, from, &bytes),
+            Input::Signal(Signal::Reload) => host.reload(config_path.as_deref()),
+            Input::Signal(Signal::Stop) => {
+                log("stopping: closing every stream and answering what waits");
+                host.gateway.shutdown(now);
+                host.drain(&mut io);
+                return Ok(());
+            }
         }
-        if gw.poll_timeout().is_some_and(|t| t <= now) {
-            gw.handle_timeout(now);
+        if host.gateway.poll_timeout().is_some_and(|t| t <= now) {
+            host.gateway.handle_timeout(now);
         }
     }
 }

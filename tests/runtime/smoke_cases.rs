@@ -209,3 +209,68 @@ fn cert_request_and_dns_records() {
     assert!(text.contains("_xmpp-server._tcp.corp.test."), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn header_from(from: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{from}' to='sip.test' version='1.0'>"
+    )
+}
+
+#[test]
+fn sigterm_closes_streams_with_system_shutdown_and_exits() {
+    let dir = temp_dir("sigterm");
+    let (s2s, sip) = (free_port(), free_port());
+    let mut gw = start(&dir, s2s, sip);
+    let mut partner = TcpStream::connect(("127.0.0.1", s2s)).expect("connect");
+    partner.write_all(header_from("xmpp.test").as_bytes()).expect("write");
+    read_until(&mut partner, "</stream:features>");
+    let pid = gw.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(killed.success());
+    let closing = read_until(&mut partner, "</stream:stream>");
+    assert!(closing.contains("<system-shutdown"), "{closing}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = gw.0.try_wait().expect("wait") {
+            assert!(status.success(), "a graceful stop exits 0: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "isthmus did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reload_adds_a_partner_without_a_restart() {
+    let dir = temp_dir("reload");
+    let (s2s, sip) = (free_port(), free_port());
+    let _gw = start(&dir, s2s, sip);
+    let config = dir.join("isthmus.toml");
+    let mut newcomer = TcpStream::connect(("127.0.0.1", s2s)).expect("connect");
+    newcomer.write_all(header_from("new.test").as_bytes()).expect("write");
+    assert!(read_until(&mut newcomer, "</stream:stream>").contains("<policy-violation"));
+    // Established streams stay: keep one open across the reload.
+    let mut partner = TcpStream::connect(("127.0.0.1", s2s)).expect("connect");
+    partner.write_all(header_from("xmpp.test").as_bytes()).expect("write");
+    read_until(&mut partner, "</stream:features>");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("\n[[partner]]\ndomain = \"new.test\"\ntls = \"optional\"\nsasl = \"not_supported\"\n");
+    std::fs::write(&config, text).expect("config");
+    let reload = Command::new(BIN).arg("--config").arg(&config).arg("reload").output().expect("reload");
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = TcpStream::connect(("127.0.0.1", s2s)).expect("connect");
+        again.write_all(header_from("new.test").as_bytes()).expect("write");
+        let answer = read_until(&mut again, "</stream:");
+        if answer.contains("<stream:features>") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload did not take effect: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The stream opened before the reload is still there.
+    partner.write_all(b" ").expect("the old stream is still open");
+    let _ = std::fs::remove_dir_all(&dir);
+}

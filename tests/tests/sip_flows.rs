@@ -283,3 +283,31 @@ fn an_xmpp_error_after_the_200_reaches_the_sip_user_as_a_notice() {
         ["Your message to nobody@xmpp.test could not be delivered (service-unavailable)."]
     );
 }
+
+#[test]
+fn shutdown_answers_what_is_still_waiting() {
+    let mut w = world(PartnerType::Federated, 200);
+    let hole: SocketAddr = ([127, 0, 0, 66], 5269).into();
+    w.net.add_black_hole(hole);
+    w.net.set_dns(0, "xmpp.test", vec![hole]);
+    w.net.sip_send(
+        w.proxy,
+        0,
+        &sip_message("sip:romeo@xmpp.test", "last words", "z9hG4bKz"),
+    );
+    w.net.settle();
+    assert!(responses(&w).is_empty(), "still waiting for the stream");
+    let now = w.net.now;
+    w.net.gateway(0).shutdown(now);
+    w.net.settle();
+    let r = responses(&w);
+    assert_eq!(
+        r.len(),
+        1,
+        "nothing accepted is lost: {}",
+        w.net.transcript_text()
+    );
+    assert_eq!(r[0].0, 503);
+    assert!(r[0].1.contains("shutting down"), "{}", r[0].1);
+    assert!(w.net.transcript_text().contains("<system-shutdown"));
+}

@@ -243,6 +243,49 @@ impl Gateway {
         self.roster.get(local, remote)
     }
 
+    /// Graceful shutdown: every stream is closed with `<system-shutdown/>`, and every
+    /// stanza still waiting is answered (bounced, or its SIP transaction refused)
+    /// rather than lost. Drain the outputs afterwards, then stop.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.set_clock(now);
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(mut c) = self.conns.remove(&id) else {
+                continue;
+            };
+            if c.phase != Phase::Resolving && c.phase != Phase::Connecting {
+                // A stream error needs our header first; a peer that never sent
+                // its own just sees the connection close.
+                if c.header_sent {
+                    c.send_stream_error(
+                        "system-shutdown",
+                        "the gateway is shutting down",
+                        &mut self.out,
+                        now,
+                    );
+                }
+                self.out.push(Output::Close { conn: id });
+            }
+            c.phase = Phase::Closed;
+            self.finish_with(
+                c,
+                Some(("service-unavailable", "the gateway is shutting down".into())),
+                now,
+            );
+        }
+        let keys: Vec<(String, String)> = self.routes.keys().cloned().collect();
+        for (local, remote) in keys {
+            self.bounce_route(
+                &local,
+                &remote,
+                "service-unavailable",
+                "the gateway is shutting down",
+                now,
+            );
+        }
+        self.routes.clear();
+    }
+
     /// Replaces the configuration; established streams stay up.
     pub fn set_config(&mut self, config: Config) {
         self.config = config;
