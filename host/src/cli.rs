@@ -34,7 +34,13 @@ enum Command {
     /// Make the running gateway read its configuration again (like SIGHUP).
     Reload,
     /// Check the configuration, the certificate and partner DNS, and explain.
-    Check,
+    Check {
+        /// Also negotiate a real stream with this partner and report the method,
+        /// or exactly why it failed. Dialback needs `dialback_secret` set, so the
+        /// running gateway can confirm the key when the partner dials back.
+        #[arg(long)]
+        probe: Option<String>,
+    },
     /// List, add or remove XMPP partners (like *-CsXmppAllowedPartner).
     Partner {
         #[command(subcommand)]
@@ -209,7 +215,13 @@ pub fn main(run: impl FnOnce(Setup) -> Result<(), String>) -> ExitCode {
             .and_then(|c| setup(c, path.clone()))
             .and_then(run),
         Command::Reload => load(path.as_deref()).and_then(|c| reload(&c)),
-        Command::Check => load(path.as_deref()).map(|c| check(&c)),
+        Command::Check { probe } => load(path.as_deref()).and_then(|c| {
+            check(&c);
+            match probe {
+                Some(domain) => run_probe(&c, &domain),
+                None => Ok(()),
+            }
+        }),
         Command::Partner { action } => partner(path.as_deref(), action),
         Command::Dns {
             action: DnsAction::Records { target },
@@ -261,11 +273,82 @@ fn check(config: &Config) {
     }
     match cert_files(config) {
         Ok(files) => match std::fs::read_to_string(&files.certificate) {
-            Ok(pem) => check_certificate(config, &pem),
+            Ok(pem) => {
+                check_certificate(config, &pem);
+                check_chain(config, &files);
+            }
             Err(e) => println!("certificate {}: {e}", files.certificate.display()),
         },
         Err(e) => println!("certificate: {e}"),
     }
+    let resolver = Resolver::new(config, seed());
+    for d in &config.gateway.served_domains {
+        match resolver.resolve(d) {
+            Ok(addrs) if addrs.iter().any(|a| a.port() == config.gateway.s2s_listen.port()) => {
+                println!("DNS: partners find {d} at {addrs:?}")
+            }
+            Ok(addrs) => println!(
+                "DNS: partners find {d} at {addrs:?}, but this gateway listens on port {}; publish the records of `isthmus dns records`",
+                config.gateway.s2s_listen.port()
+            ),
+            Err(e) => println!("DNS: partners cannot find {d}: {e}; publish the records of `isthmus dns records`"),
+        }
+    }
+}
+
+/// The certificate as partners will judge it: chain to the configured CAs,
+/// validity now, purpose, and the private key matching it.
+fn check_chain(config: &Config, files: &crate::certs::CertFiles) {
+    let ctx = match tls_context(files, WallClock::new(unix_now())) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("certificate and key cannot be used together: {e}");
+            return;
+        }
+    };
+    let chain = std::fs::read_to_string(&files.certificate)
+        .ok()
+        .and_then(|pem| isthmus_core::s2s::tls::trust_anchors_from_pem(&pem).ok())
+        .unwrap_or_default();
+    for d in &config.gateway.served_domains {
+        match ctx.verify_peer(Some(&chain), d) {
+            isthmus_core::s2s::tls::CertCheck::Valid { identity } => {
+                println!("certificate for {d}: valid against the configured CAs ({identity})")
+            }
+            isthmus_core::s2s::tls::CertCheck::Invalid(fault) => {
+                println!("certificate for {d}: partners checking it against the configured CAs will refuse it: {}", fault.describe())
+            }
+        }
+    }
+}
+
+fn run_probe(config: &Config, domain: &str) -> Result<(), String> {
+    let remote =
+        isthmus_core::jid::normalize_domain(domain).map_err(|e| format!("{domain}: {e}"))?;
+    if config.partner_for(&remote).is_none() {
+        return Err(format!(
+            "{remote} is not a configured partner; add it first (isthmus partner add {remote})"
+        ));
+    }
+    let local = config
+        .gateway
+        .served_domains
+        .first()
+        .ok_or("no served domain")?
+        .clone();
+    let files = cert_files(config)?;
+    let tls = tls_context(&files, WallClock::new(unix_now()))?;
+    let gateway = Gateway::new(
+        config.clone(),
+        Some(tls),
+        seed(),
+        Instant::now(),
+        unix_now(),
+    );
+    let resolver = Resolver::new(config, seed());
+    let verdict = crate::probe::probe(gateway, &resolver, &local, &remote)?;
+    println!("probe: {verdict}");
+    Ok(())
 }
 
 fn check_certificate(config: &Config, pem: &str) {

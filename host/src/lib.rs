@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod cli;
 pub mod driver;
+pub mod probe;
 pub mod resolve;
 pub mod signals;
 pub mod store;

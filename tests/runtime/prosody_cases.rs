@@ -66,6 +66,18 @@ impl World {
     fn log(&self, file: &str) -> String {
         std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
     }
+
+    /// `check --probe xmpp.test`: (succeeded, everything it printed).
+    fn probe(&self) -> (bool, String) {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(self.dir.join("isthmus.toml"))
+            .args(["check", "--probe", "xmpp.test"])
+            .output()
+            .expect("check --probe");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
 }
 
 /// Starts dnsmasq, Prosody (serving xmpp.test) and isthmus-std (serving sip.test,
@@ -373,6 +385,13 @@ fn prosody_tls_and_sasl_external_both_ways() {
         "s2s_secure_auth = true",
     );
     messages_both_ways(&w);
+    let probe = w.probe();
+    assert!(probe.0, "{}", probe.1);
+    assert!(
+        probe.1.contains("sip.test -> xmpp.test: authenticated by sasl-external-over-tls"),
+        "{}",
+        probe.1
+    );
     let log = w.log("isthmus.log");
     assert!(
         log.contains("sip.test <- xmpp.test authenticated by sasl-external-over-tls"),
@@ -445,6 +464,9 @@ fn required_tls_against_a_plaintext_prosody_fails_with_a_reason() {
         "tls = \"required\"\nsasl = \"required\"\ndialback = false",
         plain,
     );
+    let probe = w.probe();
+    assert!(!probe.0, "the probe reports the failure: {}", probe.1);
+    assert!(probe.1.contains("does not offer STARTTLS"), "{}", probe.1);
     ua_message(&w, "sip:romeo@xmpp.test", "anyone there?");
     let answer = ua_response(&w);
     assert!(answer.starts_with("SIP/2.0 404"), "{answer}");

@@ -510,6 +510,25 @@ impl Gateway {
         self.conns.insert(c.id, c);
     }
 
+    /// Opens (or keeps) the outbound stream from `local` to `remote` without a
+    /// stanza to carry, for `check --probe`: its events say how it authenticated
+    /// or exactly why not.
+    pub fn probe(&mut self, now: Instant, local: &str, remote: &str) {
+        self.set_clock(now);
+        let key = (local.to_owned(), remote.to_owned());
+        if self.routes.get(&key).and_then(|r| r.conn).is_some() {
+            return;
+        }
+        self.routes.insert(
+            key,
+            Route {
+                conn: None,
+                queue: VecDeque::new(),
+            },
+        );
+        self.open_route(local, remote, now);
+    }
+
     /// Hands a stanza from a local user to the federation side.
     pub fn send_stanza(&mut self, now: Instant, stanza: Element) -> Result<(), RouteError> {
         self.set_clock(now);
