@@ -303,6 +303,9 @@ pub struct GatewaySettings {
     pub sip_next_hop: Option<std::net::SocketAddr>,
     /// Where partners connect for s2s.
     pub s2s_listen: std::net::SocketAddr,
+    /// SIP over TLS (5061 in production); off when absent. SIP over TCP shares
+    /// `sip_address` with UDP.
+    pub sip_tls_address: Option<std::net::SocketAddr>,
     /// Fixed s2s addresses for domains (tests, private networks), used before DNS.
     pub dns_overrides: std::collections::BTreeMap<String, Vec<std::net::SocketAddr>>,
     /// DNS servers to ask; `/etc/resolv.conf`'s when empty.
@@ -333,6 +336,7 @@ impl Default for GatewaySettings {
             sip_address: std::net::SocketAddr::from(([127, 0, 0, 1], 5060)),
             sip_next_hop: None,
             s2s_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 5269)),
+            sip_tls_address: None,
             dns_overrides: std::collections::BTreeMap::new(),
             dns_servers: Vec::new(),
             certificate: None,
@@ -529,6 +533,7 @@ struct RawGateway {
     sip_address: Option<Spanned<String>>,
     sip_next_hop: Option<Spanned<String>>,
     s2s_listen: Option<Spanned<String>>,
+    sip_tls_address: Option<Spanned<String>>,
     #[serde(default)]
     dns_overrides: std::collections::BTreeMap<String, Vec<Spanned<String>>>,
     #[serde(default)]
@@ -700,6 +705,10 @@ impl Config {
                 Some(a) => socket_addr(text, "s2s_listen", a)?,
                 None => d.s2s_listen,
             },
+            sip_tls_address: match &g.sip_tls_address {
+                Some(a) => Some(socket_addr(text, "sip_tls_address", a)?),
+                None => None,
+            },
             dns_overrides: {
                 let mut m = std::collections::BTreeMap::new();
                 for (domain, addrs) in &g.dns_overrides {
@@ -866,6 +875,9 @@ impl Config {
             out.push_str(&format!("sip_next_hop = \"{n}\"\n"));
         }
         out.push_str(&format!("s2s_listen = \"{}\"\n", g.s2s_listen));
+        if let Some(a) = g.sip_tls_address {
+            out.push_str(&format!("sip_tls_address = \"{a}\"\n"));
+        }
         if !g.dns_servers.is_empty() {
             let servers: Vec<String> = g.dns_servers.iter().map(|a| a.to_string()).collect();
             out.push_str(&format!("dns_servers = {}\n", list(&servers)));

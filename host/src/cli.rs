@@ -130,6 +130,7 @@ pub struct Setup {
 pub fn default_config() -> Config {
     let mut c = Config::default();
     c.gateway.served_domains = vec!["sip.localhost".into()];
+    c.gateway.sip_tls_address = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 5061)));
     c
 }
 

@@ -27,6 +27,9 @@ enum Input {
     Closed(ConnId),
     Resolved(u64, Result<Vec<SocketAddr>, String>),
     Datagram(SocketAddr, Vec<u8>),
+    SipAccepted(TcpStream, bool),
+    SipReceived(ConnId, Vec<u8>),
+    SipClosed(ConnId),
     Signal(Signal),
     Tick,
 }
@@ -41,6 +44,10 @@ struct SmolIo {
 
 impl SmolIo {
     fn adopt(&mut self, conn: ConnId, stream: TcpStream) {
+        self.adopt_as(conn, stream, false);
+    }
+
+    fn adopt_as(&mut self, conn: ConnId, stream: TcpStream, sip: bool) {
         // Small stanzas go out at once (DESIGN.md).
         let _ = stream.set_nodelay(true);
         let (wtx, wrx) = unbounded::<Vec<u8>>();
@@ -61,15 +68,22 @@ impl SmolIo {
             loop {
                 match reader.read(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = tx.send(Input::Closed(conn)).await;
+                        let closed = if sip {
+                            Input::SipClosed(conn)
+                        } else {
+                            Input::Closed(conn)
+                        };
+                        let _ = tx.send(closed).await;
                         return;
                     }
                     Ok(n) => {
-                        if tx
-                            .send(Input::Received(conn, buf[..n].to_vec()))
-                            .await
-                            .is_err()
-                        {
+                        let bytes = buf[..n].to_vec();
+                        let input = if sip {
+                            Input::SipReceived(conn, bytes)
+                        } else {
+                            Input::Received(conn, bytes)
+                        };
+                        if tx.send(input).await.is_err() {
                             return;
                         }
                     }
@@ -158,7 +172,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         .await
         .map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
     log(&format!(
-        "serving {} — XMPP s2s on {listen}, SIP on udp {sip_addr}",
+        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
         config.gateway.served_domains.join(", ")
     ));
     {
@@ -189,6 +203,29 @@ async fn run_async(setup: Setup) -> Result<(), String> {
                         }
                     }
                     Err(e) => log(&format!("SIP receive: {e}")),
+                }
+            }
+        })
+        .detach();
+    }
+    let mut sip_listeners = vec![(
+        TcpListener::bind(sip_addr)
+            .await
+            .map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?,
+        false,
+    )];
+    if let Some(tls_addr) = config.gateway.sip_tls_address {
+        let l = TcpListener::bind(tls_addr)
+            .await
+            .map_err(|e| format!("SIP on tls {tls_addr}: {e}"))?;
+        sip_listeners.push((l, true));
+    }
+    for (listener, tls) in sip_listeners {
+        let tx = tx.clone();
+        smol::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if tx.send(Input::SipAccepted(stream, tls)).await.is_err() {
+                    return;
                 }
             }
         })
@@ -250,6 +287,19 @@ async fn run_async(setup: Setup) -> Result<(), String> {
             }
             Input::Resolved(q, result) => host.gateway.resolved(now, q, result),
             Input::Datagram(from, bytes) => host.gateway.sip_datagram(now, from, &bytes),
+            Input::SipAccepted(stream, tls) => {
+                if io.writers.len() >= max_streams {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let conn = host.gateway.sip_accept(now, tls);
+                io.adopt_as(conn, stream, true);
+            }
+            Input::SipReceived(conn, bytes) => host.gateway.sip_received(now, conn, &bytes),
+            Input::SipClosed(conn) => {
+                io.writers.remove(&conn);
+                host.gateway.sip_closed(now, conn);
+            }
             Input::Signal(Signal::Reload) => host.reload(config_path.as_deref()),
             Input::Signal(Signal::Stop) => {
                 log("stopping: closing every stream and answering what waits");

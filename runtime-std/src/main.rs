@@ -26,6 +26,9 @@ enum Input {
     Closed(ConnId),
     Resolved(u64, Result<Vec<SocketAddr>, String>),
     Datagram(SocketAddr, Vec<u8>),
+    SipAccepted(TcpStream, bool),
+    SipReceived(ConnId, Vec<u8>),
+    SipClosed(ConnId),
     Signal(Signal),
 }
 
@@ -36,17 +39,27 @@ struct StdIo {
     resolver: std::sync::Arc<Resolver>,
 }
 
-fn spawn_reader(tx: Sender<Input>, conn: ConnId, mut stream: TcpStream) {
+fn spawn_reader(tx: Sender<Input>, conn: ConnId, mut stream: TcpStream, sip: bool) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match stream.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.send(Input::Closed(conn));
+                    let _ = tx.send(if sip {
+                        Input::SipClosed(conn)
+                    } else {
+                        Input::Closed(conn)
+                    });
                     return;
                 }
                 Ok(n) => {
-                    if tx.send(Input::Received(conn, buf[..n].to_vec())).is_err() {
+                    let bytes = buf[..n].to_vec();
+                    let input = if sip {
+                        Input::SipReceived(conn, bytes)
+                    } else {
+                        Input::Received(conn, bytes)
+                    };
+                    if tx.send(input).is_err() {
                         return;
                     }
                 }
@@ -55,14 +68,28 @@ fn spawn_reader(tx: Sender<Input>, conn: ConnId, mut stream: TcpStream) {
     });
 }
 
+fn spawn_listener(tx: Sender<Input>, listener: TcpListener, tls: bool) {
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if tx.send(Input::SipAccepted(stream, tls)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
 impl StdIo {
     fn adopt(&mut self, conn: ConnId, stream: TcpStream) {
+        self.adopt_as(conn, stream, false);
+    }
+
+    fn adopt_as(&mut self, conn: ConnId, stream: TcpStream, sip: bool) {
         // Small stanzas go out at once (DESIGN.md).
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
         match stream.try_clone() {
             Ok(reader) => {
-                spawn_reader(self.tx.clone(), conn, reader);
+                spawn_reader(self.tx.clone(), conn, reader, sip);
                 self.streams.insert(conn, stream);
             }
             Err(e) => {
@@ -139,8 +166,14 @@ fn run(setup: Setup) -> Result<(), String> {
     let sip_addr = config.gateway.sip_address;
     let sip = UdpSocket::bind(sip_addr).map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
     let sip_reader = sip.try_clone().map_err(|e| e.to_string())?;
+    let sip_tcp = TcpListener::bind(sip_addr).map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?;
+    spawn_listener(tx.clone(), sip_tcp, false);
+    if let Some(tls_addr) = config.gateway.sip_tls_address {
+        let l = TcpListener::bind(tls_addr).map_err(|e| format!("SIP on tls {tls_addr}: {e}"))?;
+        spawn_listener(tx.clone(), l, true);
+    }
     log(&format!(
-        "serving {} — XMPP s2s on {listen}, SIP on udp {sip_addr}",
+        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
         config.gateway.served_domains.join(", ")
     ));
     {
@@ -217,6 +250,19 @@ fn run(setup: Setup) -> Result<(), String> {
             }
             Input::Resolved(q, result) => host.gateway.resolved(now, q, result),
             Input::Datagram(from, bytes) => host.gateway.sip_datagram(now, from, &bytes),
+            Input::SipAccepted(stream, tls) => {
+                if io.streams.len() >= max_streams {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let conn = host.gateway.sip_accept(now, tls);
+                io.adopt_as(conn, stream, true);
+            }
+            Input::SipReceived(conn, bytes) => host.gateway.sip_received(now, conn, &bytes),
+            Input::SipClosed(conn) => {
+                io.streams.remove(&conn);
+                host.gateway.sip_closed(now, conn);
+            }
             Input::Signal(Signal::Reload) => host.reload(config_path.as_deref()),
             Input::Signal(Signal::Stop) => {
                 log("stopping: closing every stream and answering what waits");

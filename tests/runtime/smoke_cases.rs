@@ -33,11 +33,15 @@ impl Drop for Running {
 }
 
 fn start(dir: &Path, s2s: u16, sip: u16) -> Running {
+    start_with(dir, s2s, sip, "")
+}
+
+fn start_with(dir: &Path, s2s: u16, sip: u16, extra: &str) -> Running {
     let config = dir.join("isthmus.toml");
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nserved_domains = [\"sip.test\"]\ns2s_listen = \"127.0.0.1:{s2s}\"\nsip_address = \"127.0.0.1:{sip}\"\ndata_dir = \"{}\"\n\n[[partner]]\ndomain = \"xmpp.test\"\ntls = \"optional\"\nsasl = \"not_supported\"\n",
+            "[gateway]\nserved_domains = [\"sip.test\"]\ns2s_listen = \"127.0.0.1:{s2s}\"\nsip_address = \"127.0.0.1:{sip}\"\ndata_dir = \"{}\"\n{extra}\n[[partner]]\ndomain = \"xmpp.test\"\ntls = \"optional\"\nsasl = \"not_supported\"\n",
             dir.join("data").display()
         ),
     )
@@ -273,4 +277,65 @@ fn reload_adds_a_partner_without_a_restart() {
     // The stream opened before the reload is still there.
     partner.write_all(b" ").expect("the old stream is still open");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn options(port: u16, transport: &str) -> String {
+    format!(
+        "OPTIONS sip:sip.test SIP/2.0\r\nVia: SIP/2.0/{transport} 127.0.0.1:{port};branch=z9hG4bK{transport}\r\nFrom: <sip:alice@sip.test>;tag=1\r\nTo: <sip:sip.test>\r\nCall-ID: {transport}-smoke\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn sip_over_tcp_and_tls() {
+    let dir = temp_dir("siptcp");
+    let (s2s, sip, sips) = (free_port(), free_port(), free_port());
+    let _gw = start_with(&dir, s2s, sip, &format!("sip_tls_address = \"127.0.0.1:{sips}\""));
+    // TCP: two requests in one write, framed by Content-Length.
+    let mut tcp = TcpStream::connect(("127.0.0.1", sip)).expect("SIP over TCP");
+    let both = format!("{}{}", options(1, "TCP"), options(2, "TCP").replace("TCP-smoke", "TCP-smoke-2"));
+    tcp.write_all(both.as_bytes()).expect("write");
+    let answers = read_until(&mut tcp, "TCP-smoke-2");
+    assert_eq!(answers.matches("SIP/2.0 200 OK").count(), 2, "{answers}");
+    // TLS, with the development certificate made on first start.
+    wait_port(sips);
+    let ca = std::fs::read_to_string(dir.join("data/dev-certs/ca.pem")).expect("dev CA");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in isthmus_core::s2s::tls::trust_anchors_from_pem(&ca).expect("ca") {
+        roots.add(c).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), "sip.test".try_into().expect("name")).expect("tls");
+    let sock = TcpStream::connect(("127.0.0.1", sips)).expect("SIP over TLS");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(options(3, "TLS").as_bytes()).expect("write over TLS");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("SIP/2.0 200 OK"), "{text}");
+    // A broken stream is closed, not guessed at.
+    let mut bad = TcpStream::connect(("127.0.0.1", sip)).expect("SIP over TCP");
+    bad.write_all(b"OPTIONS sip:sip.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bKx\r\nFrom: <sip:a@sip.test>;tag=1\r\nTo: <sip:sip.test>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n\r\n").expect("write");
+    bad.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut rest = [0u8; 64];
+    assert!(matches!(bad.read(&mut rest), Ok(0)), "no Content-Length on a stream: the connection is closed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

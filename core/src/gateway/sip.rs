@@ -26,12 +26,27 @@ const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 pub(super) struct SipState {
     server: HashMap<String, ServerTx>,
     pub(super) client: HashMap<String, ClientTx>,
+    /// SIP over TCP or TLS: each accepted connection's framing and TLS state.
+    streams: HashMap<super::ConnId, SipStream>,
+}
+
+struct SipStream {
+    decoder: crate::sip::StreamDecoder,
+    tls: Option<rustls::Connection>,
+}
+
+/// Where a SIP request came from, and so where its responses go (RFC 3261 §18.2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SipPeer {
+    Udp(SocketAddr),
+    /// The same TCP or TLS connection.
+    Stream(super::ConnId),
 }
 
 struct ServerTx {
     tx: ServerTransaction,
     request: SipMessage,
-    peer: SocketAddr,
+    peer: SipPeer,
     to_tag: String,
 }
 
@@ -137,6 +152,152 @@ impl Gateway {
         }
     }
 
+    /// Sends to where a request came from: the datagram's source, or its connection.
+    fn sip_reply(&mut self, peer: SipPeer, msg: &SipMessage) {
+        match peer {
+            SipPeer::Udp(addr) => self.sip_send(addr, msg),
+            SipPeer::Stream(conn) => {
+                let bytes = msg.to_bytes();
+                match self.sip.streams.get_mut(&conn).and_then(|s| s.tls.as_mut()) {
+                    Some(tls) => {
+                        use std::io::Write;
+                        let _ = tls.writer().write_all(&bytes);
+                        let mut out = Vec::new();
+                        while tls.wants_write() {
+                            if tls.write_tls(&mut out).is_err() {
+                                break;
+                            }
+                        }
+                        self.out.push(Output::Transmit { conn, bytes: out });
+                    }
+                    None => self.out.push(Output::Transmit { conn, bytes }),
+                }
+            }
+        }
+    }
+
+    fn sip_reply_actions(&mut self, peer: SipPeer, actions: Vec<TxAction>) {
+        for a in actions {
+            if let TxAction::Transmit(m) = a {
+                self.sip_reply(peer, &m);
+            }
+        }
+    }
+
+    /// A SIP client connected to our SIP port over TCP (`tls` false) or TLS.
+    pub fn sip_accept(&mut self, now: Instant, tls: bool) -> super::ConnId {
+        self.set_clock(now);
+        let conn = self.alloc();
+        let tls = if tls {
+            self.tls
+                .as_ref()
+                .and_then(|t| t.server().ok())
+                .map(rustls::Connection::from)
+        } else {
+            None
+        };
+        self.sip.streams.insert(
+            conn,
+            SipStream {
+                decoder: crate::sip::StreamDecoder::new(SipLimits::default()),
+                tls,
+            },
+        );
+        conn
+    }
+
+    /// Bytes on a SIP stream connection.
+    pub fn sip_received(&mut self, now: Instant, conn: super::ConnId, bytes: &[u8]) {
+        self.set_clock(now);
+        let Some(stream) = self.sip.streams.get_mut(&conn) else {
+            return;
+        };
+        let mut plain = Vec::new();
+        if let Some(tls) = stream.tls.as_mut() {
+            use std::io::Read;
+            let mut rest = bytes;
+            let mut failed = None;
+            while !rest.is_empty() {
+                match tls.read_tls(&mut rest) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+                if let Err(e) = tls.process_new_packets() {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tls.reader().read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    plain.extend_from_slice(buf.get(..n).unwrap_or_default());
+                }
+            }
+            let mut out = Vec::new();
+            while tls.wants_write() {
+                if tls.write_tls(&mut out).is_err() {
+                    break;
+                }
+            }
+            if !out.is_empty() {
+                self.out.push(Output::Transmit { conn, bytes: out });
+            }
+            if let Some(e) = failed {
+                self.sip_stream_failed(conn, &format!("TLS: {e}"));
+                return;
+            }
+        } else {
+            plain.extend_from_slice(bytes);
+        }
+        let Some(stream) = self.sip.streams.get_mut(&conn) else {
+            return;
+        };
+        stream.decoder.push(&plain);
+        loop {
+            let next = match self.sip.streams.get_mut(&conn) {
+                Some(s) => s.decoder.next_message(),
+                None => return,
+            };
+            match next {
+                Ok(Some(msg)) => match msg.start {
+                    StartLine::Response { .. } => self.sip_response(msg, now),
+                    StartLine::Request { .. } => self.sip_request(msg, SipPeer::Stream(conn), now),
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    // The framing is lost: answer if we can, then close (RFC 3261 §18.3).
+                    let (code, reason) = e.response();
+                    self.event(Event::Ignored {
+                        conn,
+                        what: format!("SIP stream: {e} (would answer {code} {reason}); closing"),
+                    });
+                    self.sip_stream_failed(conn, &e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn sip_stream_failed(&mut self, conn: super::ConnId, why: &str) {
+        self.event(Event::Ignored {
+            conn,
+            what: format!("SIP connection closed: {why}"),
+        });
+        self.sip.streams.remove(&conn);
+        self.out.push(Output::Close { conn });
+    }
+
+    /// A SIP stream connection closed.
+    pub fn sip_closed(&mut self, now: Instant, conn: super::ConnId) {
+        self.set_clock(now);
+        self.sip.streams.remove(&conn);
+    }
+
     /// A UDP datagram arrived on the SIP port.
     pub fn sip_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.set_clock(now);
@@ -149,7 +310,7 @@ impl Gateway {
         };
         match msg.start {
             StartLine::Response { .. } => self.sip_response(msg, now),
-            StartLine::Request { .. } => self.sip_request(msg, from, now),
+            StartLine::Request { .. } => self.sip_request(msg, SipPeer::Udp(from), now),
         }
     }
 
@@ -186,7 +347,7 @@ impl Gateway {
         }
     }
 
-    fn sip_request(&mut self, msg: SipMessage, from: SocketAddr, now: Instant) {
+    fn sip_request(&mut self, msg: SipMessage, from: SipPeer, now: Instant) {
         let method = msg.method().unwrap_or_default().to_owned();
         if method == "ACK" {
             // ACKs for our final responses to INVITE end there (hop by hop).
@@ -194,13 +355,13 @@ impl Gateway {
         }
         let Some(key) = server_key(&msg) else {
             let reply = msg.reply(400, "Bad Request (Via without branch)", None);
-            self.sip_send(from, &reply);
+            self.sip_reply(from, &reply);
             return;
         };
         if let Some(st) = self.sip.server.get(&key) {
             let actions = st.tx.on_retransmission();
             let peer = st.peer;
-            self.sip_transmit(peer, actions);
+            self.sip_reply_actions(peer, actions);
             return;
         }
         if self.sip.server.len() >= MAX_SIP_STATE {
@@ -210,14 +371,15 @@ impl Gateway {
                 None,
             );
             reply.push_header("Retry-After", "5");
-            self.sip_send(from, &reply);
+            self.sip_reply(from, &reply);
             return;
         }
         let to_tag = self.rng.hex(6);
         self.sip.server.insert(
             key.clone(),
             ServerTx {
-                tx: ServerTransaction::new(false, Timers::default()),
+                // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
+                tx: ServerTransaction::new(matches!(from, SipPeer::Stream(_)), Timers::default()),
                 request: msg.clone(),
                 peer: from,
                 to_tag,
@@ -280,7 +442,7 @@ impl Gateway {
         };
         let actions = st.tx.respond(resp, now);
         let peer = st.peer;
-        self.sip_transmit(peer, actions);
+        self.sip_reply_actions(peer, actions);
     }
 
     /// Our To tag on a server transaction (the dialog's local tag).
