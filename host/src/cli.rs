@@ -83,23 +83,89 @@ enum CertAction {
 
 #[derive(Subcommand, Debug)]
 enum PartnerAction {
+    /// Like Get-CsXmppAllowedPartner.
     List,
+    /// Like New-CsXmppAllowedPartner: unset options take Lync's defaults
+    /// (public_unverified, tls and sasl required, dialback true, keep-alive on).
     Add {
         domain: String,
-        #[arg(long, value_enum, default_value = "public-unverified")]
-        partner_type: Type,
-        #[arg(long, value_enum, default_value = "required")]
-        tls: Mode,
-        #[arg(long, value_enum, default_value = "required")]
-        sasl: Mode,
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        dialback: bool,
-        #[arg(long, value_delimiter = ',')]
-        additional_domains: Vec<String>,
+        #[command(flatten)]
+        settings: PartnerSettings,
     },
-    Remove {
+    /// Like Set-CsXmppAllowedPartner: only the options given change.
+    Set {
         domain: String,
+        #[command(flatten)]
+        settings: PartnerSettings,
     },
+    /// Like Remove-CsXmppAllowedPartner.
+    Remove { domain: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct PartnerSettings {
+    #[arg(long, value_enum)]
+    partner_type: Option<Type>,
+    #[arg(long, value_enum)]
+    tls: Option<Mode>,
+    #[arg(long, value_enum)]
+    sasl: Option<Mode>,
+    #[arg(long, action = clap::ArgAction::Set)]
+    dialback: Option<bool>,
+    #[arg(long, action = clap::ArgAction::Set)]
+    enable_keep_alive: Option<bool>,
+    #[arg(long, value_delimiter = ',')]
+    additional_domains: Option<Vec<String>>,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    connection_limit: Option<u32>,
+    #[arg(long)]
+    proxy_fqdn: Option<String>,
+}
+
+impl PartnerSettings {
+    fn apply(self, p: &mut Partner) {
+        if let Some(t) = self.partner_type {
+            p.partner_type = match t {
+                Type::Federated => PartnerType::Federated,
+                Type::PublicVerified => PartnerType::PublicVerified,
+                Type::PublicUnverified => PartnerType::PublicUnverified,
+            };
+        }
+        if let Some(m) = self.tls {
+            p.negotiation.tls = match m {
+                Mode::Required => TlsMode::Required,
+                Mode::Optional => TlsMode::Optional,
+                Mode::NotSupported => TlsMode::NotSupported,
+            };
+        }
+        if let Some(m) = self.sasl {
+            p.negotiation.sasl = match m {
+                Mode::Required => SaslMode::Required,
+                Mode::Optional => SaslMode::Optional,
+                Mode::NotSupported => SaslMode::NotSupported,
+            };
+        }
+        if let Some(d) = self.dialback {
+            p.negotiation.dialback = d;
+        }
+        if let Some(k) = self.enable_keep_alive {
+            p.enable_keep_alive = k;
+        }
+        if let Some(a) = self.additional_domains {
+            p.additional_domains = a.into_iter().filter(|d| !d.trim().is_empty()).collect();
+        }
+        if let Some(d) = self.description {
+            p.description = Some(d);
+        }
+        if let Some(l) = self.connection_limit {
+            p.connection_limit = Some(l);
+        }
+        if let Some(f) = self.proxy_fqdn {
+            p.proxy_fqdn = Some(f);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -445,34 +511,28 @@ fn partner(path: Option<&Path>, action: PartnerAction) -> Result<(), String> {
             }
             return Ok(());
         }
-        PartnerAction::Add {
-            domain,
-            partner_type,
-            tls,
-            sasl,
-            dialback,
-            additional_domains,
-        } => {
+        PartnerAction::Add { domain, settings } => {
             let mut p = Partner::new(domain.trim());
-            p.partner_type = match partner_type {
-                Type::Federated => PartnerType::Federated,
-                Type::PublicVerified => PartnerType::PublicVerified,
-                Type::PublicUnverified => PartnerType::PublicUnverified,
-            };
-            p.negotiation.tls = match tls {
-                Mode::Required => TlsMode::Required,
-                Mode::Optional => TlsMode::Optional,
-                Mode::NotSupported => TlsMode::NotSupported,
-            };
-            p.negotiation.sasl = match sasl {
-                Mode::Required => SaslMode::Required,
-                Mode::Optional => SaslMode::Optional,
-                Mode::NotSupported => SaslMode::NotSupported,
-            };
-            p.negotiation.dialback = dialback;
-            p.additional_domains = additional_domains;
-            config.partners.retain(|q| q.domain != p.domain);
+            settings.apply(&mut p);
+            if config.partners.iter().any(|q| q.domain == p.domain) {
+                return Err(format!(
+                    "{} is already a partner; change it with `partner set`",
+                    p.domain
+                ));
+            }
             config.partners.push(p);
+        }
+        PartnerAction::Set { domain, settings } => {
+            let Some(p) = config
+                .partners
+                .iter_mut()
+                .find(|q| q.domain == domain.trim())
+            else {
+                return Err(format!(
+                    "{domain} is not a configured partner; add it with `partner add`"
+                ));
+            };
+            settings.apply(p);
         }
         PartnerAction::Remove { domain } => {
             let before = config.partners.len();

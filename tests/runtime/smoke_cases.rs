@@ -173,6 +173,14 @@ fn partner_command_edits_and_validates_the_file() {
     assert!(!std::fs::read_to_string(&config)
         .expect("file")
         .contains("bad.example"));
+    // Set changes only what it is given.
+    let set = run(&["partner", "set", "gmail.com", "--partner-type", "federated", "--enable-keep-alive", "false"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let text = std::fs::read_to_string(&config).expect("file");
+    assert!(text.contains("partner_type = \"federated\"") && text.contains("enable_keep_alive = false"), "{text}");
+    assert!(text.contains("tls = \"not_supported\""), "the row stays: {text}");
+    let twice = run(&["partner", "add", "gmail.com"]);
+    assert!(!twice.status.success(), "add does not overwrite an existing partner");
     let removed = run(&["partner", "remove", "gmail.com"]);
     assert!(removed.status.success());
     let _ = std::fs::remove_dir_all(&dir);
