@@ -219,7 +219,7 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let loaded = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     for w in &loaded.warnings {
-        log(&format!("warning: {}: {w}", path.display()));
+        tracing::warn!("{}: {w}", path.display());
     }
     Ok(loaded.config)
 }
@@ -276,6 +276,7 @@ fn setup(config: Config, config_path: Option<PathBuf>) -> Result<Setup, String> 
 /// The shared entry point of both binaries.
 pub fn main(run: impl FnOnce(Setup) -> Result<(), String>) -> ExitCode {
     let cli = Cli::parse();
+    crate::driver::init_logging();
     let path = config_path(&cli);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => load(path.as_deref())
@@ -300,7 +301,7 @@ pub fn main(run: impl FnOnce(Setup) -> Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("error: {e}"));
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
@@ -546,7 +547,7 @@ fn partner(path: Option<&Path>, action: PartnerAction) -> Result<(), String> {
     let text = config.to_toml();
     let loaded = Config::from_toml(&text).map_err(|e| e.to_string())?;
     for w in &loaded.warnings {
-        log(&format!("warning: {w}"));
+        tracing::warn!("{w}");
     }
     let target = path.map_or_else(|| PathBuf::from("isthmus.toml"), Path::to_path_buf);
     std::fs::write(&target, text).map_err(|e| format!("writing {}: {e}", target.display()))?;

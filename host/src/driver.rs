@@ -52,7 +52,7 @@ impl Host {
         {
             Ok(loaded) => {
                 for w in &loaded.warnings {
-                    log(&format!("warning: {w}"));
+                    tracing::warn!("{w}");
                 }
                 let partners = loaded.config.partners.len();
                 self.log_bodies = loaded.config.gateway.log_message_bodies;
@@ -87,7 +87,11 @@ impl Host {
                 Output::Close { conn } => io.close(conn),
                 Output::Resolve { query, domain } => io.resolve(query, domain),
                 Output::SipSend { to, bytes } => io.sip_send(to, &bytes),
-                Output::Event(e) => log(&describe(&e)),
+                Output::Event(e) => match &e {
+                    Event::Authenticated { .. } => tracing::info!("{e}"),
+                    Event::Failed { .. } | Event::Bounced { .. } => tracing::warn!("{e}"),
+                    Event::Ignored { .. } | Event::Closed { .. } => tracing::debug!("{e}"),
+                },
                 Output::Deliver(el) => {
                     let shown = if self.log_bodies {
                         el.to_xml(ns::SERVER)
@@ -102,10 +106,6 @@ impl Host {
             }
         }
     }
-}
-
-fn describe(e: &Event) -> String {
-    e.to_string()
 }
 
 /// Message bodies are private unless `log_message_bodies` says otherwise (Lync's
@@ -129,8 +129,30 @@ pub fn redact(xml: &str) -> String {
     out
 }
 
+/// One line in the log (tracing, INFO).
 pub fn log(line: &str) {
-    eprintln!("isthmus: {line}");
+    tracing::info!("{line}");
+}
+
+/// Logging to standard error; `ISTHMUS_LOG` picks the level (error, warn, info,
+/// debug, trace; info by default).
+pub fn init_logging() {
+    let level = match std::env::var("ISTHMUS_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 #[cfg(test)]
