@@ -166,7 +166,12 @@ fn normalize_local(l: &str) -> Result<String, JidError> {
             return Err(JidError::LocalInvalidChar(c));
         }
     }
-    let lower: String = l.to_lowercase().nfc().collect();
+    // ASCII is already in NFC: skip the Unicode passes on the common path.
+    let lower: String = if l.is_ascii() {
+        l.to_ascii_lowercase()
+    } else {
+        l.to_lowercase().nfc().collect()
+    };
     if lower.len() > MAX_PART {
         return Err(JidError::LocalTooLong);
     }
@@ -182,6 +187,9 @@ fn check_resource(r: &str) -> Result<String, JidError> {
     }
     if let Some(c) = r.chars().find(|c| c.is_control()) {
         return Err(JidError::ResourceInvalidChar(c));
+    }
+    if r.is_ascii() {
+        return Ok(r.to_owned());
     }
     Ok(r.nfc().collect())
 }
@@ -201,6 +209,27 @@ pub fn normalize_domain(s: &str) -> Result<String, JidError> {
     }
     if s.parse::<std::net::Ipv4Addr>().is_ok() {
         return Ok(s.to_owned());
+    }
+    if s.is_ascii() {
+        // The common case: check the labels in place and lower-case once.
+        for label in s.split('.') {
+            if label.is_empty() {
+                return Err(JidError::LabelEmpty);
+            }
+            if label.len() > 63 {
+                return Err(JidError::LabelTooLong(label.to_owned()));
+            }
+            let ldh = label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ldh || label.starts_with('-') || label.ends_with('-') {
+                return Err(JidError::LabelInvalid(label.to_owned()));
+            }
+        }
+        if s.len() > MAX_PART {
+            return Err(JidError::DomainTooLong);
+        }
+        return Ok(s.to_ascii_lowercase());
     }
     let mut labels = Vec::new();
     for label in s.split('.') {

@@ -278,6 +278,29 @@ impl StreamReader {
                     self.limits.max_stanza_bytes
                 )));
             }
+            // Character data and quoted attribute values hold nothing the scanner
+            // acts on but their end: skip to it in one search.
+            let skip_to = match scan.lex {
+                Lex::Content => Some(b'<'),
+                Lex::StartTag { quote, .. } | Lex::EndTag { quote } if quote != 0 => Some(quote),
+                _ => None,
+            };
+            if let Some(stop) = skip_to {
+                let rest = self.buf.get(scan.at..).unwrap_or_default();
+                match rest.iter().position(|&c| c == stop) {
+                    Some(i) => scan.at += i,
+                    None => {
+                        scan.at += rest.len();
+                        if scan.at - scan.start > self.limits.max_stanza_bytes {
+                            continue;
+                        }
+                        break Ok(None);
+                    }
+                }
+                if scan.at - scan.start > self.limits.max_stanza_bytes {
+                    continue;
+                }
+            }
             let Some(&b) = self.buf.get(scan.at) else {
                 break Ok(None);
             };
@@ -505,7 +528,8 @@ impl StreamReader {
     fn parse_element(&self, bytes: &[u8]) -> Result<Element, XmlError> {
         let mut reader = quick_xml::Reader::from_reader(bytes);
         reader.config_mut().check_end_names = true;
-        let mut scope = self.scope.clone();
+        // Declarations made inside the stanza; the header's stay in `self.scope`.
+        let mut scope: Vec<(String, String)> = Vec::new();
         // Open elements with the scope length to restore when each closes.
         let mut stack: Vec<(Element, usize)> = Vec::new();
         loop {
@@ -515,12 +539,12 @@ impl StreamReader {
             match event {
                 Event::Start(s) => {
                     let mark = scope.len();
-                    let el = element(&s, &mut scope, &self.limits)?;
+                    let el = element(&s, &mut scope, &self.scope, &self.limits)?;
                     stack.push((el, mark));
                 }
                 Event::Empty(s) => {
                     let mark = scope.len();
-                    let el = element(&s, &mut scope, &self.limits)?;
+                    let el = element(&s, &mut scope, &self.scope, &self.limits)?;
                     scope.truncate(mark);
                     match stack.last_mut() {
                         Some((parent, _)) => parent.children.push(Node::Element(el)),
@@ -648,9 +672,10 @@ fn append_text(stack: &mut [(Element, usize)], text: &str) -> Result<(), XmlErro
 fn element(
     s: &BytesStart<'_>,
     scope: &mut Vec<(String, String)>,
+    outer: &[(String, String)],
     limits: &Limits,
 ) -> Result<Element, XmlError> {
-    let (ns_uri, name, attrs) = open_tag(s, scope, limits)?;
+    let (ns_uri, name, attrs) = open_tag_in(s, scope, outer, limits)?;
     Ok(Element {
         ns: ns_uri,
         name,
@@ -664,6 +689,17 @@ fn element(
 fn open_tag(
     s: &BytesStart<'_>,
     scope: &mut Vec<(String, String)>,
+    limits: &Limits,
+) -> Result<(String, String, Vec<Attribute>), XmlError> {
+    open_tag_in(s, scope, &[], limits)
+}
+
+/// As `open_tag`, with `outer` declarations (the stream header's) consulted after
+/// those in `scope`.
+fn open_tag_in(
+    s: &BytesStart<'_>,
+    scope: &mut Vec<(String, String)>,
+    outer: &[(String, String)],
     limits: &Limits,
 ) -> Result<(String, String, Vec<Attribute>), XmlError> {
     let qname = utf8(s.name().as_ref())?;
@@ -701,6 +737,7 @@ fn open_tag(
         scope
             .iter()
             .rev()
+            .chain(outer.iter().rev())
             .find(|(p, _)| p == prefix)
             .map(|(_, u)| u.clone())
     };
