@@ -1,5 +1,6 @@
 //! Test support for isthmus: the in-memory simulation network and the test PKI.
 
+pub mod fuzzing;
 pub mod pki;
 pub mod scenario;
 pub mod sim;

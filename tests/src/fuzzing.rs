@@ -1,0 +1,157 @@
+//! Fuzz harnesses, shared by the cargo-fuzz targets in `fuzz/` (libFuzzer, run
+//! with `cargo fuzz run <target>`) and by the stable tests that replay each
+//! target's corpus in CI. Each harness panics only when an invariant breaks.
+
+use std::time::{Duration, Instant};
+
+use isthmus_core::config::XmlLimits;
+use isthmus_core::gateway::{Gateway, Output};
+use isthmus_core::sip::{SipLimits, SipMessage, StreamDecoder};
+use isthmus_core::xml::{StreamEvent, StreamReader};
+
+/// Chunk sizes come from the data itself, so the fuzzer explores splits too.
+fn chunks(data: &[u8]) -> (Vec<usize>, &[u8]) {
+    let (head, rest) = data.split_at(data.len().min(8));
+    let sizes = head.iter().map(|b| usize::from(*b % 64) + 1).collect();
+    (sizes, rest)
+}
+
+/// The XML reader on arbitrary bytes in arbitrary chunks: no panic, and memory
+/// bounded by the stanza limit plus one chunk.
+pub fn xml_reader(data: &[u8]) {
+    let limits = XmlLimits {
+        max_stanza_bytes: 4096,
+        ..XmlLimits::default()
+    };
+    let (sizes, mut rest) = chunks(data);
+    let mut r = StreamReader::new(limits);
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes
+            .get(i % sizes.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .min(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        i += 1;
+        r.push(chunk);
+        loop {
+            match r.next_event() {
+                Ok(Some(StreamEvent::Element(e))) => {
+                    if e.name == "proceed" || e.name == "success" {
+                        r.restart();
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        assert!(
+            r.buffered_len() <= limits.max_stanza_bytes + 64 + 8192,
+            "the reader holds {} bytes",
+            r.buffered_len()
+        );
+    }
+}
+
+/// The SIP codec: datagram parsing and stream framing never panic, and whatever
+/// parses re-serialises to a message that parses to the same thing.
+pub fn sip_codec(data: &[u8]) {
+    let limits = SipLimits::default();
+    if let Ok(m) = SipMessage::parse(data, &limits) {
+        let again = SipMessage::parse(&m.to_bytes(), &limits).expect("a parsed message re-parses");
+        assert_eq!(again.start, m.start);
+        assert_eq!(again.body, m.body);
+    }
+    let (sizes, mut rest) = chunks(data);
+    let mut d = StreamDecoder::new(limits);
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes
+            .get(i % sizes.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .min(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        i += 1;
+        d.push(chunk);
+        while let Ok(Some(_)) = d.next_message() {}
+    }
+}
+
+/// The whole gateway driven by an arbitrary sequence of inputs over virtual time:
+/// no panic; every stanza the gateway accepted is, by the end (after a shutdown),
+/// either written to a stream or returned to its sender.
+pub fn gateway(data: &[u8]) {
+    let mut config = isthmus_core::config::Config::default();
+    config.gateway.served_domains = vec!["a.test".into()];
+    config.gateway.dialback_secret = Some("fuzz".into());
+    let mut p = isthmus_core::config::Partner::new("b.test");
+    p.negotiation.tls = isthmus_core::config::TlsMode::NotSupported;
+    p.negotiation.sasl = isthmus_core::config::SaslMode::NotSupported;
+    config.partners.push(p);
+    let start = Instant::now();
+    let mut now = start;
+    let mut gw = Gateway::new(config, None, 7, now, 1_780_272_000);
+    gw.set_trace(true);
+    let mut conns = Vec::new();
+    let mut accepted = 0usize;
+    let mut answered = 0usize;
+    let count = |gw: &mut Gateway, answered: &mut usize| {
+        while let Some(out) = gw.poll_output() {
+            match out {
+                Output::Deliver(el) if el.get_attr("type") == Some("error") => *answered += 1,
+                Output::Trace {
+                    trace: isthmus_core::gateway::Trace::Xml(x),
+                    ..
+                } if x.starts_with("<message") => *answered += 1,
+                _ => {}
+            }
+        }
+    };
+    let mut i = 0;
+    while i < data.len() {
+        let op = data.get(i).copied().unwrap_or(0);
+        let arg = data.get(i + 1).copied().unwrap_or(0);
+        i += 2;
+        match op % 6 {
+            0 => conns.push(gw.accept(now)),
+            1 => {
+                let len = usize::from(arg % 64);
+                let bytes = data.get(i..(i + len).min(data.len())).unwrap_or_default();
+                i += len;
+                if let Some(c) = conns.get(usize::from(arg) % conns.len().max(1)) {
+                    gw.received(now, *c, bytes);
+                }
+            }
+            2 => {
+                now += Duration::from_secs(u64::from(arg));
+                gw.handle_timeout(now);
+            }
+            3 => {
+                let stanza = isthmus_core::xml::Element::new("jabber:server", "message")
+                    .attr("from", "u@a.test")
+                    .attr("to", if arg % 2 == 0 { "v@b.test" } else { "v@c.test" })
+                    .attr("id", &format!("f{i}"));
+                if gw.send_stanza(now, stanza).is_ok() {
+                    accepted += 1;
+                }
+            }
+            4 => {
+                if let Some(c) = conns.get(usize::from(arg) % conns.len().max(1)) {
+                    gw.peer_closed(now, *c);
+                }
+            }
+            _ => gw.resolved(now, u64::from(arg), Err("fuzz".into())),
+        }
+        count(&mut gw, &mut answered);
+    }
+    gw.shutdown(now);
+    count(&mut gw, &mut answered);
+    assert_eq!(
+        answered, accepted,
+        "every accepted stanza is written or returned"
+    );
+}
