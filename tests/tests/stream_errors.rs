@@ -297,3 +297,46 @@ fn random_input_never_panics_and_always_ends_in_an_error_or_waits() {
         assert!(net.delivered.is_empty());
     }
 }
+
+#[test]
+fn sasl_or_dialback_before_required_tls_is_refused() {
+    let pki = Pki::new();
+    for (name, attempt) in [
+        (
+            "sasl_before_tls",
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>YS50ZXN0</auth>",
+        ),
+        (
+            "dialback_before_tls",
+            "<db:result from='a.test' to='b.test'>abcd</db:result>",
+        ),
+    ] {
+        let mut net = Net::new();
+        let row = Negotiation {
+            tls: TlsMode::Required,
+            sasl: SaslMode::Optional,
+            dialback: true,
+        };
+        net.add_gateway("B", config(B, A, row), Some(pki.context(B, &Cert::Good)), 2);
+        let raw = net.raw_connect(0);
+        net.raw_send(raw, &header(A, B));
+        net.settle();
+        assert!(
+            net.raw_received(raw).contains("<required/>"),
+            "TLS is offered as required"
+        );
+        net.raw_send(raw, attempt);
+        net.settle();
+        assert_eq!(
+            condition_sent(&net, raw).as_deref(),
+            Some("policy-violation"),
+            "{name}"
+        );
+        assert!(
+            net.raw_received(raw).contains("TLS is required for a.test"),
+            "{name}"
+        );
+        let _guard = snapshots_in("stream_errors");
+        insta::assert_snapshot!(name, net.transcript_text());
+    }
+}
