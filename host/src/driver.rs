@@ -14,11 +14,38 @@ use crate::store::Store;
 /// work (connecting, resolving) happens on the runtime's own threads or tasks,
 /// which report back as core inputs.
 pub trait Io {
+    /// The runtime's TCP stream type.
+    type Stream;
+    /// Starts reading `stream` as connection `conn` (`sip`: a SIP stream, not s2s).
+    fn adopt(&mut self, conn: ConnId, stream: Self::Stream, sip: bool);
+    /// The connection closed under us: stop writing to it.
+    fn forget(&mut self, conn: ConnId);
+    /// Connections open now, for the thread/task budget.
+    fn open_streams(&self) -> usize;
+    /// Turns away a connection past the budget.
+    fn refuse(&mut self, stream: Self::Stream);
     fn transmit(&mut self, conn: ConnId, bytes: &[u8]);
     fn connect(&mut self, conn: ConnId, addr: SocketAddr);
     fn close(&mut self, conn: ConnId);
     fn resolve(&mut self, query: u64, domain: String);
     fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]);
+}
+
+/// What the runtime's I/O reports to the core's loop.
+pub enum Input<S> {
+    Accepted(S),
+    Connected(ConnId, S),
+    ConnectFailed(ConnId, String),
+    Received(ConnId, Vec<u8>),
+    Closed(ConnId),
+    Resolved(u64, Result<Vec<SocketAddr>, String>),
+    Datagram(SocketAddr, Vec<u8>),
+    SipAccepted(S, bool),
+    SipReceived(ConnId, Vec<u8>),
+    SipClosed(ConnId),
+    Signal(crate::signals::Signal),
+    /// A timer may be due.
+    Tick,
 }
 
 /// The gateway with its durable store.
@@ -69,8 +96,78 @@ impl Host {
         }
     }
 
+    /// Feeds one input to the core, fires due timers and applies the outputs.
+    /// Returns false once the gateway has stopped (SIGTERM): the runtime flushes
+    /// and exits.
+    pub fn handle<I: Io>(
+        &mut self,
+        input: Input<I::Stream>,
+        io: &mut I,
+        config_path: Option<&std::path::Path>,
+    ) -> bool {
+        let now = std::time::Instant::now();
+        // The thread/task budget follows the connection limit.
+        let max_streams = self.gateway.config().gateway.connection_limit as usize + 16;
+        let gw = &mut self.gateway;
+        match input {
+            Input::Tick => {}
+            Input::Accepted(stream) | Input::SipAccepted(stream, _)
+                if io.open_streams() >= max_streams =>
+            {
+                io.refuse(stream);
+            }
+            Input::Accepted(stream) => {
+                let conn = gw.accept(now);
+                io.adopt(conn, stream, false);
+            }
+            Input::SipAccepted(stream, tls) => {
+                let conn = gw.sip_accept(now, tls);
+                io.adopt(conn, stream, true);
+            }
+            Input::Connected(conn, stream) => {
+                io.adopt(conn, stream, false);
+                gw.connected(now, conn);
+            }
+            Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
+            Input::Received(conn, bytes) => gw.received(now, conn, &bytes),
+            Input::Closed(conn) => {
+                io.forget(conn);
+                gw.peer_closed(now, conn);
+            }
+            Input::SipReceived(conn, bytes) => gw.sip_received(now, conn, &bytes),
+            Input::SipClosed(conn) => {
+                io.forget(conn);
+                gw.sip_closed(now, conn);
+            }
+            Input::Resolved(q, result) => gw.resolved(now, q, result),
+            Input::Datagram(from, bytes) => gw.sip_datagram(now, from, &bytes),
+            Input::Signal(crate::signals::Signal::Reload) => self.reload(config_path),
+            Input::Signal(crate::signals::Signal::Stop) => {
+                log("stopping: closing every stream and answering what waits");
+                self.gateway.shutdown(now);
+                self.drain(io);
+                return false;
+            }
+        }
+        if self.gateway.poll_timeout().is_some_and(|t| t <= now) {
+            self.gateway.handle_timeout(now);
+        }
+        self.drain(io);
+        true
+    }
+
+    /// How long the runtime may wait for input before a timer is due.
+    pub fn wait(&self) -> std::time::Duration {
+        let now = std::time::Instant::now();
+        self.gateway
+            .poll_timeout()
+            .map_or(std::time::Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(now)
+            })
+    }
+
     /// Drains every pending output into `io`.
-    pub fn drain(&mut self, io: &mut dyn Io) {
+    pub fn drain<I: Io>(&mut self, io: &mut I) {
         while let Some(out) = self.gateway.poll_output() {
             match out {
                 Output::Persist(p) => {

@@ -1,53 +1,40 @@
-//! `isthmus-smol`: the gateway on smol. One task owns the core and applies its
-//! outputs; accept, read, write, connect and resolve tasks only move bytes and
-//! report back through one channel. Every decision is the core's.
+//! `isthmus-smol`: the gateway on smol. One task owns the core; accept, read,
+//! write, connect and resolve tasks only move bytes and report back through one
+//! channel. Every decision is the core's, every input is dispatched by the shared
+//! host layer.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, Io};
+use isthmus_host::driver::{log, Input, Io};
 use isthmus_host::resolve::Resolver;
-use isthmus_host::signals::{self, Signal};
+use isthmus_host::signals;
 use smol::channel::{unbounded, Receiver, Sender};
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream, UdpSocket};
 use smol::Timer;
 
-enum Input {
-    Accepted(TcpStream),
-    Connected(ConnId, TcpStream),
-    ConnectFailed(ConnId, String),
-    Received(ConnId, Vec<u8>),
-    Closed(ConnId),
-    Resolved(u64, Result<Vec<SocketAddr>, String>),
-    Datagram(SocketAddr, Vec<u8>),
-    SipAccepted(TcpStream, bool),
-    SipReceived(ConnId, Vec<u8>),
-    SipClosed(ConnId),
-    Signal(Signal),
-    Tick,
-}
+type In = Input<TcpStream>;
 
 struct SmolIo {
-    tx: Sender<Input>,
+    tx: Sender<In>,
     /// Per connection: the queue its writer task drains, and the stream to shut down.
     writers: HashMap<ConnId, (Sender<Vec<u8>>, TcpStream)>,
     sip_out: Sender<(SocketAddr, Vec<u8>)>,
-    resolver: std::sync::Arc<Resolver>,
+    resolver: Arc<Resolver>,
 }
 
-impl SmolIo {
-    fn adopt(&mut self, conn: ConnId, stream: TcpStream) {
-        self.adopt_as(conn, stream, false);
-    }
+impl Io for SmolIo {
+    type Stream = TcpStream;
 
-    fn adopt_as(&mut self, conn: ConnId, stream: TcpStream, sip: bool) {
+    fn adopt(&mut self, conn: ConnId, stream: TcpStream, sip: bool) {
         // Small stanzas go out at once (DESIGN.md).
         let _ = stream.set_nodelay(true);
         let (wtx, wrx) = unbounded::<Vec<u8>>();
@@ -93,9 +80,19 @@ impl SmolIo {
         .detach();
         self.writers.insert(conn, (wtx, stream));
     }
-}
 
-impl Io for SmolIo {
+    fn forget(&mut self, conn: ConnId) {
+        self.writers.remove(&conn);
+    }
+
+    fn open_streams(&self) -> usize {
+        self.writers.len()
+    }
+
+    fn refuse(&mut self, stream: TcpStream) {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+
     fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
         if let Some((w, _)) = self.writers.get(&conn) {
             let _ = w.try_send(bytes.to_vec());
@@ -148,6 +145,21 @@ impl Io for SmolIo {
     }
 }
 
+fn accept_loop(tx: Sender<In>, listener: TcpListener, sip: Option<bool>) {
+    smol::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let input = match sip {
+                Some(tls) => Input::SipAccepted(stream, tls),
+                None => Input::Accepted(stream),
+            };
+            if tx.send(input).await.is_err() {
+                return;
+            }
+        }
+    })
+    .detach();
+}
+
 async fn run_async(setup: Setup) -> Result<(), String> {
     let Setup {
         mut host,
@@ -156,35 +168,32 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         config_path,
         ..
     } = setup;
-    let (tx, rx): (Sender<Input>, Receiver<Input>) = unbounded();
+    let (tx, rx): (Sender<In>, Receiver<In>) = unbounded();
     {
         let tx = tx.clone();
         signals::watch(move |sig| {
             let _ = tx.send_blocking(Input::Signal(sig));
         })?;
     }
-    let listen = config.gateway.s2s_listen;
+    let g = &config.gateway;
+    let listen = g.s2s_listen;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("s2s listener on {listen}: {e}"))?;
-    let sip_addr = config.gateway.sip_address;
+    accept_loop(tx.clone(), listener, None);
+    let sip_addr = g.sip_address;
     let sip = UdpSocket::bind(sip_addr)
         .await
         .map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
-    log(&format!(
-        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
-        config.gateway.served_domains.join(", ")
-    ));
-    {
-        let tx = tx.clone();
-        smol::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                if tx.send(Input::Accepted(stream)).await.is_err() {
-                    return;
-                }
-            }
-        })
-        .detach();
+    let sip_tcp = TcpListener::bind(sip_addr)
+        .await
+        .map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?;
+    accept_loop(tx.clone(), sip_tcp, Some(false));
+    if let Some(tls_addr) = g.sip_tls_address {
+        let l = TcpListener::bind(tls_addr)
+            .await
+            .map_err(|e| format!("SIP on tls {tls_addr}: {e}"))?;
+        accept_loop(tx.clone(), l, Some(true));
     }
     {
         let tx = tx.clone();
@@ -208,29 +217,6 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         })
         .detach();
     }
-    let mut sip_listeners = vec![(
-        TcpListener::bind(sip_addr)
-            .await
-            .map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?,
-        false,
-    )];
-    if let Some(tls_addr) = config.gateway.sip_tls_address {
-        let l = TcpListener::bind(tls_addr)
-            .await
-            .map_err(|e| format!("SIP on tls {tls_addr}: {e}"))?;
-        sip_listeners.push((l, true));
-    }
-    for (listener, tls) in sip_listeners {
-        let tx = tx.clone();
-        smol::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                if tx.send(Input::SipAccepted(stream, tls)).await.is_err() {
-                    return;
-                }
-            }
-        })
-        .detach();
-    }
     let (sip_out, sip_rx) = unbounded::<(SocketAddr, Vec<u8>)>();
     smol::spawn(async move {
         while let Ok((to, bytes)) = sip_rx.recv().await {
@@ -240,22 +226,19 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         }
     })
     .detach();
-    let max_streams = config.gateway.connection_limit as usize + 16;
+    log(&format!(
+        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
+        g.served_domains.join(", ")
+    ));
     let mut io = SmolIo {
         tx,
         writers: HashMap::new(),
         sip_out,
         resolver,
     };
+    host.drain(&mut io);
     loop {
-        host.drain(&mut io);
-        let now = Instant::now();
-        let wait = host
-            .gateway
-            .poll_timeout()
-            .map_or(Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(now)
-            });
+        let wait = host.wait();
         let input = rx
             .recv()
             .or(async {
@@ -264,54 +247,10 @@ async fn run_async(setup: Setup) -> Result<(), String> {
             })
             .await
             .map_err(|_| "the input channel closed".to_owned())?;
-        let now = Instant::now();
-        match input {
-            Input::Tick => {}
-            Input::Accepted(stream) => {
-                if io.writers.len() >= max_streams {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let conn = host.gateway.accept(now);
-                io.adopt(conn, stream);
-            }
-            Input::Connected(conn, stream) => {
-                io.adopt(conn, stream);
-                host.gateway.connected(now, conn);
-            }
-            Input::ConnectFailed(conn, why) => host.gateway.connect_failed(now, conn, &why),
-            Input::Received(conn, bytes) => host.gateway.received(now, conn, &bytes),
-            Input::Closed(conn) => {
-                io.writers.remove(&conn);
-                host.gateway.peer_closed(now, conn);
-            }
-            Input::Resolved(q, result) => host.gateway.resolved(now, q, result),
-            Input::Datagram(from, bytes) => host.gateway.sip_datagram(now, from, &bytes),
-            Input::SipAccepted(stream, tls) => {
-                if io.writers.len() >= max_streams {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let conn = host.gateway.sip_accept(now, tls);
-                io.adopt_as(conn, stream, true);
-            }
-            Input::SipReceived(conn, bytes) => host.gateway.sip_received(now, conn, &bytes),
-            Input::SipClosed(conn) => {
-                io.writers.remove(&conn);
-                host.gateway.sip_closed(now, conn);
-            }
-            Input::Signal(Signal::Reload) => host.reload(config_path.as_deref()),
-            Input::Signal(Signal::Stop) => {
-                log("stopping: closing every stream and answering what waits");
-                host.gateway.shutdown(now);
-                host.drain(&mut io);
-                // Let the writer tasks put the closing bytes on the wire.
-                Timer::after(Duration::from_millis(300)).await;
-                return Ok(());
-            }
-        }
-        if host.gateway.poll_timeout().is_some_and(|t| t <= now) {
-            host.gateway.handle_timeout(now);
+        if !host.handle(input, &mut io, config_path.as_deref()) {
+            // Let the writer tasks put the closing bytes on the wire.
+            Timer::after(Duration::from_millis(300)).await;
+            return Ok(());
         }
     }
 }

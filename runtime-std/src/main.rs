@@ -1,6 +1,7 @@
-//! `isthmus-std`: the gateway on blocking sockets. One thread owns the core and
-//! applies its outputs; listener, reader, connect and resolve threads only move
-//! bytes and report back through one channel. Every decision is the core's.
+//! `isthmus-std`: the gateway on blocking sockets. One thread owns the core;
+//! listener, reader, connect and resolve threads only move bytes and report back
+//! through one channel. Every decision is the core's, every input is dispatched by
+//! the shared host layer.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -8,38 +9,26 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, Io};
+use isthmus_host::driver::{log, Input, Io};
 use isthmus_host::resolve::Resolver;
-use isthmus_host::signals::{self, Signal};
+use isthmus_host::signals;
 
-/// What the I/O threads report to the core thread.
-enum Input {
-    Accepted(TcpStream),
-    Connected(ConnId, TcpStream),
-    ConnectFailed(ConnId, String),
-    Received(ConnId, Vec<u8>),
-    Closed(ConnId),
-    Resolved(u64, Result<Vec<SocketAddr>, String>),
-    Datagram(SocketAddr, Vec<u8>),
-    SipAccepted(TcpStream, bool),
-    SipReceived(ConnId, Vec<u8>),
-    SipClosed(ConnId),
-    Signal(Signal),
-}
+type In = Input<TcpStream>;
 
 struct StdIo {
-    tx: Sender<Input>,
+    tx: Sender<In>,
     streams: HashMap<ConnId, TcpStream>,
     sip: UdpSocket,
-    resolver: std::sync::Arc<Resolver>,
+    resolver: Arc<Resolver>,
 }
 
-fn spawn_reader(tx: Sender<Input>, conn: ConnId, mut stream: TcpStream, sip: bool) {
+fn spawn_reader(tx: Sender<In>, conn: ConnId, mut stream: TcpStream, sip: bool) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -68,22 +57,24 @@ fn spawn_reader(tx: Sender<Input>, conn: ConnId, mut stream: TcpStream, sip: boo
     });
 }
 
-fn spawn_listener(tx: Sender<Input>, listener: TcpListener, tls: bool) {
+fn spawn_listener(tx: Sender<In>, listener: TcpListener, sip: Option<bool>) {
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            if tx.send(Input::SipAccepted(stream, tls)).is_err() {
+            let input = match sip {
+                Some(tls) => Input::SipAccepted(stream, tls),
+                None => Input::Accepted(stream),
+            };
+            if tx.send(input).is_err() {
                 return;
             }
         }
     });
 }
 
-impl StdIo {
-    fn adopt(&mut self, conn: ConnId, stream: TcpStream) {
-        self.adopt_as(conn, stream, false);
-    }
+impl Io for StdIo {
+    type Stream = TcpStream;
 
-    fn adopt_as(&mut self, conn: ConnId, stream: TcpStream, sip: bool) {
+    fn adopt(&mut self, conn: ConnId, stream: TcpStream, sip: bool) {
         // Small stanzas go out at once (DESIGN.md).
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
@@ -94,13 +85,27 @@ impl StdIo {
             }
             Err(e) => {
                 log(&format!("{conn}: cannot use the connection: {e}"));
-                let _ = self.tx.send(Input::Closed(conn));
+                let _ = self.tx.send(if sip {
+                    Input::SipClosed(conn)
+                } else {
+                    Input::Closed(conn)
+                });
             }
         }
     }
-}
 
-impl Io for StdIo {
+    fn forget(&mut self, conn: ConnId) {
+        self.streams.remove(&conn);
+    }
+
+    fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn refuse(&mut self, stream: TcpStream) {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+
     fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
         if let Some(s) = self.streams.get_mut(&conn) {
             if let Err(e) = s.write_all(bytes) {
@@ -112,16 +117,13 @@ impl Io for StdIo {
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
         let tx = self.tx.clone();
-        thread::spawn(
-            move || match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-                Ok(s) => {
-                    let _ = tx.send(Input::Connected(conn, s));
-                }
-                Err(e) => {
-                    let _ = tx.send(Input::ConnectFailed(conn, format!("{addr}: {e}")));
-                }
-            },
-        );
+        thread::spawn(move || {
+            let input = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+                Ok(s) => Input::Connected(conn, s),
+                Err(e) => Input::ConnectFailed(conn, format!("{addr}: {e}")),
+            };
+            let _ = tx.send(input);
+        });
     }
 
     fn close(&mut self, conn: ConnId) {
@@ -160,32 +162,20 @@ fn run(setup: Setup) -> Result<(), String> {
             let _ = tx.send(Input::Signal(sig));
         })?;
     }
-    let listen = config.gateway.s2s_listen;
+    let g = &config.gateway;
+    let listen = g.s2s_listen;
     let listener =
         TcpListener::bind(listen).map_err(|e| format!("s2s listener on {listen}: {e}"))?;
-    let sip_addr = config.gateway.sip_address;
+    spawn_listener(tx.clone(), listener, None);
+    let sip_addr = g.sip_address;
     let sip = UdpSocket::bind(sip_addr).map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
-    let sip_reader = sip.try_clone().map_err(|e| e.to_string())?;
     let sip_tcp = TcpListener::bind(sip_addr).map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?;
-    spawn_listener(tx.clone(), sip_tcp, false);
-    if let Some(tls_addr) = config.gateway.sip_tls_address {
+    spawn_listener(tx.clone(), sip_tcp, Some(false));
+    if let Some(tls_addr) = g.sip_tls_address {
         let l = TcpListener::bind(tls_addr).map_err(|e| format!("SIP on tls {tls_addr}: {e}"))?;
-        spawn_listener(tx.clone(), l, true);
+        spawn_listener(tx.clone(), l, Some(true));
     }
-    log(&format!(
-        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
-        config.gateway.served_domains.join(", ")
-    ));
-    {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if tx.send(Input::Accepted(stream)).is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let sip_reader = sip.try_clone().map_err(|e| e.to_string())?;
     {
         let tx = tx.clone();
         thread::spawn(move || {
@@ -202,77 +192,25 @@ fn run(setup: Setup) -> Result<(), String> {
             }
         });
     }
-    // The thread budget follows the connection limit: beyond it, new TCP
-    // connections are dropped before a reader thread is spent on them.
-    let max_streams = config.gateway.connection_limit as usize + 16;
+    log(&format!(
+        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
+        g.served_domains.join(", ")
+    ));
     let mut io = StdIo {
         tx,
         streams: HashMap::new(),
         sip,
         resolver,
     };
+    host.drain(&mut io);
     loop {
-        host.drain(&mut io);
-        let now = Instant::now();
-        let wait = host
-            .gateway
-            .poll_timeout()
-            .map_or(Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(now)
-            });
-        let input = match rx.recv_timeout(wait) {
+        let input = match rx.recv_timeout(host.wait()) {
             Ok(i) => i,
-            Err(RecvTimeoutError::Timeout) => {
-                host.gateway.handle_timeout(Instant::now());
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => Input::Tick,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        let now = Instant::now();
-        match input {
-            Input::Accepted(stream) => {
-                if io.streams.len() >= max_streams {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let conn = host.gateway.accept(now);
-                io.adopt(conn, stream);
-            }
-            Input::Connected(conn, stream) => {
-                io.adopt(conn, stream);
-                host.gateway.connected(now, conn);
-            }
-            Input::ConnectFailed(conn, why) => host.gateway.connect_failed(now, conn, &why),
-            Input::Received(conn, bytes) => host.gateway.received(now, conn, &bytes),
-            Input::Closed(conn) => {
-                io.streams.remove(&conn);
-                host.gateway.peer_closed(now, conn);
-            }
-            Input::Resolved(q, result) => host.gateway.resolved(now, q, result),
-            Input::Datagram(from, bytes) => host.gateway.sip_datagram(now, from, &bytes),
-            Input::SipAccepted(stream, tls) => {
-                if io.streams.len() >= max_streams {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let conn = host.gateway.sip_accept(now, tls);
-                io.adopt_as(conn, stream, true);
-            }
-            Input::SipReceived(conn, bytes) => host.gateway.sip_received(now, conn, &bytes),
-            Input::SipClosed(conn) => {
-                io.streams.remove(&conn);
-                host.gateway.sip_closed(now, conn);
-            }
-            Input::Signal(Signal::Reload) => host.reload(config_path.as_deref()),
-            Input::Signal(Signal::Stop) => {
-                log("stopping: closing every stream and answering what waits");
-                host.gateway.shutdown(now);
-                host.drain(&mut io);
-                return Ok(());
-            }
-        }
-        if host.gateway.poll_timeout().is_some_and(|t| t <= now) {
-            host.gateway.handle_timeout(now);
+        if !host.handle(input, &mut io, config_path.as_deref()) {
+            return Ok(());
         }
     }
 }
