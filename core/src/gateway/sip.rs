@@ -28,6 +28,10 @@ pub(super) struct SipState {
     pub(super) client: HashMap<String, ClientTx>,
     /// SIP over TCP or TLS: each accepted connection's framing and TLS state.
     streams: HashMap<super::ConnId, SipStream>,
+    /// Transaction deadlines, earliest first: (when, client?, key). An entry may be
+    /// stale (its transaction moved on or ended); that costs one empty wakeup, and
+    /// keeps `poll_timeout` from walking every transaction.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, bool, String)>>,
 }
 
 struct SipStream {
@@ -133,8 +137,28 @@ impl Gateway {
             request.push_header("Max-Forwards", "70");
         }
         let (tx, actions) = ClientTransaction::start(request, false, Timers::default(), now);
-        self.sip.client.insert(branch, ClientTx { tx, purpose });
+        self.sip
+            .client
+            .insert(branch.clone(), ClientTx { tx, purpose });
+        self.sip_schedule(true, &branch);
         self.sip_transmit(next_hop, actions);
+    }
+
+    /// Puts a transaction's next deadline on the timer heap.
+    fn sip_schedule(&mut self, client: bool, key: &str) {
+        let deadline = if client {
+            self.sip.client.get(key).and_then(|c| c.tx.next_deadline())
+        } else {
+            self.sip
+                .server
+                .get(key)
+                .map(|s| s.tx.next_deadline().unwrap_or(self.start))
+        };
+        if let Some(d) = deadline {
+            self.sip
+                .timers
+                .push(std::cmp::Reverse((d, client, key.to_owned())));
+        }
     }
 
     fn sip_send(&mut self, to: SocketAddr, msg: &SipMessage) {
@@ -443,6 +467,8 @@ impl Gateway {
         let actions = st.tx.respond(resp, now);
         let peer = st.peer;
         self.sip_reply_actions(peer, actions);
+        // Timer J, or (ended at once on TCP/TLS) a sweep at the next wakeup.
+        self.sip_schedule(false, key);
     }
 
     /// Our To tag on a server transaction (the dialog's local tag).
@@ -560,6 +586,7 @@ impl Gateway {
             return;
         };
         let actions = ct.tx.on_response(msg, now);
+        self.sip_schedule(true, &branch);
         for a in actions {
             if let TxAction::Response(r) = a {
                 let code = r.status().unwrap_or(0);
@@ -616,32 +643,48 @@ impl Gateway {
     }
 
     pub(super) fn sip_next_deadline(&self) -> Option<Instant> {
-        let client = self
+        let sip = self
             .sip
-            .client
-            .values()
-            .filter_map(|c| c.tx.next_deadline());
-        let server = self
-            .sip
-            .server
-            .values()
-            .filter_map(|s| s.tx.next_deadline());
-        client
-            .chain(server)
-            .chain(self.presence_next_deadline())
-            .min()
+            .timers
+            .peek()
+            .map(|std::cmp::Reverse((t, _, _))| *t);
+        sip.into_iter().chain(self.presence_next_deadline()).min()
     }
 
     pub(super) fn sip_timeouts(&mut self, now: Instant) {
-        let due: Vec<String> = self
-            .sip
-            .client
-            .iter()
-            .filter(|(_, c)| c.tx.next_deadline().is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for branch in due {
-            let actions = match self.sip.client.get_mut(&branch) {
+        use crate::sip::transaction::State;
+        while let Some(std::cmp::Reverse((at, client, key))) = self.sip.timers.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.sip.timers.pop();
+            if !client {
+                if let Some(st) = self.sip.server.get_mut(&key) {
+                    st.tx.on_timeout(now);
+                    if st.tx.state == State::Terminated {
+                        self.sip.server.remove(&key);
+                    }
+                }
+                continue;
+            }
+            let due = self
+                .sip
+                .client
+                .get(&key)
+                .is_some_and(|c| c.tx.next_deadline().is_some_and(|d| d <= now));
+            if !due {
+                // Stale: the transaction moved on (its new deadline is queued) or ended.
+                if self
+                    .sip
+                    .client
+                    .get(&key)
+                    .is_some_and(|c| c.tx.state == State::Terminated)
+                {
+                    self.sip.client.remove(&key);
+                }
+                continue;
+            }
+            let actions = match self.sip.client.get_mut(&key) {
                 Some(c) => c.tx.on_timeout(now),
                 None => continue,
             };
@@ -658,19 +701,19 @@ impl Gateway {
                 }
             }
             if timed_out {
-                self.sip_failed(&branch, 0, "the SIP side did not answer within 32 s", now);
+                self.sip_failed(&key, 0, "the SIP side did not answer within 32 s", now);
+            }
+            if self
+                .sip
+                .client
+                .get(&key)
+                .is_some_and(|c| c.tx.state == State::Terminated)
+            {
+                self.sip.client.remove(&key);
+            } else {
+                self.sip_schedule(true, &key);
             }
         }
-        self.sip
-            .client
-            .retain(|_, c| c.tx.state != crate::sip::transaction::State::Terminated);
-        for st in self.sip.server.values_mut() {
-            st.tx.on_timeout(now);
-        }
         self.presence_timeouts(now);
-        self.sip.server.retain(|_, s| {
-            s.tx.state != crate::sip::transaction::State::Terminated
-                || s.tx.next_deadline().is_some()
-        });
     }
 }
