@@ -28,10 +28,13 @@ pub(super) struct SipState {
     pub(super) client: HashMap<String, ClientTx>,
     /// SIP over TCP or TLS: each accepted connection's framing and TLS state.
     streams: HashMap<super::ConnId, SipStream>,
-    /// Transaction deadlines, earliest first: (when, client?, key). An entry may be
-    /// stale (its transaction moved on or ended); that costs one empty wakeup, and
-    /// keeps `poll_timeout` from walking every transaction.
-    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, bool, String)>>,
+    /// Transaction deadlines, earliest first: (when, sequence, client?, key). The
+    /// sequence number makes deadlines that fall together fire in the order they
+    /// were set, so simultaneous timeouts are reported in the order the requests
+    /// went out. An entry may be stale (its transaction moved on or ended); that
+    /// costs one empty wakeup, and keeps `poll_timeout` from walking every transaction.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, bool, String)>>,
+    timer_seq: u64,
 }
 
 struct SipStream {
@@ -155,9 +158,11 @@ impl Gateway {
                 .map(|s| s.tx.next_deadline().unwrap_or(self.start))
         };
         if let Some(d) = deadline {
+            self.sip.timer_seq += 1;
+            let seq = self.sip.timer_seq;
             self.sip
                 .timers
-                .push(std::cmp::Reverse((d, client, key.to_owned())));
+                .push(std::cmp::Reverse((d, seq, client, key.to_owned())));
         }
     }
 
@@ -643,17 +648,13 @@ impl Gateway {
     }
 
     pub(super) fn sip_next_deadline(&self) -> Option<Instant> {
-        let sip = self
-            .sip
-            .timers
-            .peek()
-            .map(|std::cmp::Reverse((t, _, _))| *t);
+        let sip = self.sip.timers.peek().map(|std::cmp::Reverse((t, ..))| *t);
         sip.into_iter().chain(self.presence_next_deadline()).min()
     }
 
     pub(super) fn sip_timeouts(&mut self, now: Instant) {
         use crate::sip::transaction::State;
-        while let Some(std::cmp::Reverse((at, client, key))) = self.sip.timers.peek().cloned() {
+        while let Some(std::cmp::Reverse((at, _, client, key))) = self.sip.timers.peek().cloned() {
             if at > now {
                 break;
             }
