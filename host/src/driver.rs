@@ -43,9 +43,29 @@ pub enum Input<S> {
     SipAccepted(S, bool),
     SipReceived(ConnId, Vec<u8>),
     SipClosed(ConnId),
+    /// A connection's writer put this many bytes on the wire.
+    Written(ConnId, usize),
     Signal(crate::signals::Signal),
     /// A timer may be due.
     Tick,
+}
+
+/// Past this many unwritten bytes on a stream the core holds its stanzas back.
+pub const SEND_HIGH_WATER: usize = 256 * 1024;
+/// Below this many the core may send again.
+pub const SEND_LOW_WATER: usize = 64 * 1024;
+/// A peer that lets this much pile up is not reading: the connection is closed.
+pub const SEND_QUEUE_LIMIT: usize = 2 * 1024 * 1024;
+/// Inputs a runtime buffers for the core. When full, stream readers wait (TCP
+/// pushes back on the peer) and SIP requests over UDP are refused with 503.
+pub const INPUT_QUEUE: usize = 4096;
+
+/// Bytes handed to the runtime for one connection and not yet written.
+struct Backlog {
+    pending: usize,
+    /// The core holds stanzas for this stream until told it drained.
+    congested: bool,
+    sip: bool,
 }
 
 /// The gateway with its durable store.
@@ -53,6 +73,7 @@ pub struct Host {
     pub gateway: Gateway,
     store: Store,
     log_bodies: bool,
+    backlog: std::collections::HashMap<ConnId, Backlog>,
 }
 
 impl Host {
@@ -62,6 +83,7 @@ impl Host {
             gateway,
             store,
             log_bodies,
+            backlog: std::collections::HashMap::new(),
         }
     }
 
@@ -118,26 +140,39 @@ impl Host {
             }
             Input::Accepted(stream) => {
                 let conn = gw.accept(now);
+                self.backlog.insert(conn, Backlog::new(false));
                 io.adopt(conn, stream, false);
             }
             Input::SipAccepted(stream, tls) => {
                 let conn = gw.sip_accept(now, tls);
+                self.backlog.insert(conn, Backlog::new(true));
                 io.adopt(conn, stream, true);
             }
             Input::Connected(conn, stream) => {
+                self.backlog.insert(conn, Backlog::new(false));
                 io.adopt(conn, stream, false);
                 gw.connected(now, conn);
             }
             Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
             Input::Received(conn, bytes) => gw.received(now, conn, &bytes),
             Input::Closed(conn) => {
+                self.backlog.remove(&conn);
                 io.forget(conn);
                 gw.peer_closed(now, conn);
             }
             Input::SipReceived(conn, bytes) => gw.sip_received(now, conn, &bytes),
             Input::SipClosed(conn) => {
+                self.backlog.remove(&conn);
                 io.forget(conn);
                 gw.sip_closed(now, conn);
+            }
+            Input::Written(conn, n) => {
+                if let Some(b) = self.backlog.get_mut(&conn) {
+                    b.pending = b.pending.saturating_sub(n);
+                    if b.congested && b.pending <= SEND_LOW_WATER {
+                        b.congested = gw.set_congested(now, conn, false);
+                    }
+                }
             }
             Input::Resolved(q, result) => gw.resolved(now, q, result),
             Input::Datagram(from, bytes) => gw.sip_datagram(now, from, &bytes),
@@ -179,9 +214,15 @@ impl Host {
                         std::process::exit(70);
                     }
                 }
-                Output::Transmit { conn, bytes } => io.transmit(conn, &bytes),
+                Output::Transmit { conn, bytes } => {
+                    io.transmit(conn, &bytes);
+                    self.account(io, conn, bytes.len());
+                }
                 Output::Connect { conn, addr, .. } => io.connect(conn, addr),
-                Output::Close { conn } => io.close(conn),
+                Output::Close { conn } => {
+                    self.backlog.remove(&conn);
+                    io.close(conn);
+                }
                 Output::Resolve { query, domain } => io.resolve(query, domain),
                 Output::SipSend { to, bytes } => io.sip_send(to, &bytes),
                 Output::Event(e) => match &e {
@@ -201,6 +242,46 @@ impl Host {
                 }
                 Output::Trace { .. } => {}
             }
+        }
+    }
+}
+
+impl Backlog {
+    fn new(sip: bool) -> Self {
+        Backlog {
+            pending: 0,
+            congested: false,
+            sip,
+        }
+    }
+}
+
+impl Host {
+    /// Counts bytes handed to the runtime for `conn`: past the high-water mark the
+    /// core holds its stanzas back; past the limit the peer is not reading and the
+    /// connection is closed, so one stalled peer cannot take the gateway's memory.
+    fn account<I: Io>(&mut self, io: &mut I, conn: ConnId, len: usize) {
+        let Some(b) = self.backlog.get_mut(&conn) else {
+            return;
+        };
+        b.pending += len;
+        let now = std::time::Instant::now();
+        if b.pending > SEND_QUEUE_LIMIT {
+            let sip = b.sip;
+            tracing::warn!(
+                "{conn}: closed: the peer left {} bytes unread (limit {SEND_QUEUE_LIMIT})",
+                b.pending
+            );
+            self.backlog.remove(&conn);
+            io.close(conn);
+            if sip {
+                self.gateway.sip_closed(now, conn);
+            } else {
+                self.gateway.peer_closed(now, conn);
+            }
+        } else if !b.sip && !b.congested && b.pending > SEND_HIGH_WATER {
+            b.congested = true;
+            self.gateway.set_congested(now, conn, true);
         }
     }
 }
@@ -255,6 +336,88 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records what the driver asks of the runtime; streams are unit values.
+    #[derive(Default)]
+    struct FakeIo {
+        transmitted: std::collections::HashMap<ConnId, usize>,
+        closed: Vec<ConnId>,
+    }
+
+    impl Io for FakeIo {
+        type Stream = ();
+        fn adopt(&mut self, _: ConnId, _: (), _: bool) {}
+        fn forget(&mut self, _: ConnId) {}
+        fn open_streams(&self) -> usize {
+            0
+        }
+        fn refuse(&mut self, _: ()) {}
+        fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
+            *self.transmitted.entry(conn).or_default() += bytes.len();
+        }
+        fn connect(&mut self, _: ConnId, _: SocketAddr) {}
+        fn close(&mut self, conn: ConnId) {
+            self.closed.push(conn);
+        }
+        fn resolve(&mut self, _: u64, _: String) {}
+        fn sip_send(&mut self, _: SocketAddr, _: &[u8]) {}
+    }
+
+    fn host(name: &str) -> Host {
+        let dir =
+            std::env::temp_dir().join(format!("isthmus-driver-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = Store::open(&dir.join("state.sqlite")).expect("store");
+        let mut config = isthmus_core::config::Config::default();
+        config.gateway.served_domains = vec!["sip.test".into()];
+        let now = std::time::Instant::now();
+        Host::new(Gateway::new(config, None, 1, now, 1_780_272_000), store)
+    }
+
+    /// One OPTIONS request on a SIP stream; each gets a response of a few hundred bytes.
+    fn options(i: usize) -> Vec<u8> {
+        format!(
+            "OPTIONS sip:sip.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.9:5070;branch=z9hG4bKopt{i}\r\n\
+             From: <sip:a@sip.test>;tag=1\r\nTo: <sip:sip.test>\r\nCall-ID: opt{i}\r\nCSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_is_closed_at_the_send_queue_limit() {
+        let mut h = host("unread");
+        let mut io = FakeIo::default();
+        h.handle(Input::SipAccepted((), false), &mut io, None);
+        let conn = h.backlog.keys().next().copied().expect("the stream");
+        let mut i = 0;
+        while io.closed.is_empty() {
+            h.handle(Input::SipReceived(conn, options(i)), &mut io, None);
+            i += 1;
+            assert!(i < 100_000, "never closed");
+        }
+        assert_eq!(io.closed, [conn]);
+        let queued = io.transmitted.get(&conn).copied().unwrap_or(0);
+        assert!(queued > SEND_QUEUE_LIMIT && queued < SEND_QUEUE_LIMIT + 4096);
+    }
+
+    #[test]
+    fn a_peer_that_reads_is_never_closed() {
+        let mut h = host("reads");
+        let mut io = FakeIo::default();
+        h.handle(Input::SipAccepted((), false), &mut io, None);
+        let conn = h.backlog.keys().next().copied().expect("the stream");
+        for i in 0..20_000 {
+            h.handle(Input::SipReceived(conn, options(i)), &mut io, None);
+            let sent = io.transmitted.get(&conn).copied().unwrap_or(0);
+            let pending = h.backlog.get(&conn).map_or(0, |b| b.pending);
+            // The writer reports what was queued as written.
+            h.handle(Input::Written(conn, pending.min(sent)), &mut io, None);
+        }
+        assert!(io.closed.is_empty());
+        assert!(io.transmitted.get(&conn).copied().unwrap_or(0) > SEND_QUEUE_LIMIT);
+    }
 
     #[test]
     fn bodies_are_redacted() {

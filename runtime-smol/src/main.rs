@@ -10,12 +10,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_core::gateway::ConnId;
+use isthmus_core::gateway::{overloaded_reply, ConnId};
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, Input, Io};
+use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
 use isthmus_host::resolve::Resolver;
 use isthmus_host::signals;
-use smol::channel::{unbounded, Receiver, Sender};
+use smol::channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream, UdpSocket};
@@ -39,10 +39,29 @@ impl Io for SmolIo {
         let _ = stream.set_nodelay(true);
         let (wtx, wrx) = unbounded::<Vec<u8>>();
         let mut writer = stream.clone();
+        let written = self.tx.clone();
+        // The host counts what is queued here (`Input::Written`) to hold stanzas
+        // back from a slow reader or close a peer that never reads.
         smol::spawn(async move {
-            while let Ok(bytes) = wrx.recv().await {
-                if writer.write_all(&bytes).await.is_err() {
+            let mut batch = Vec::new();
+            while let Ok(first) = wrx.recv().await {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                while batch.len() < 64 * 1024 {
+                    match wrx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&batch).await.is_err() {
                     let _ = writer.shutdown(Shutdown::Both);
+                    return;
+                }
+                if written
+                    .send(Input::Written(conn, batch.len()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -168,7 +187,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         config_path,
         ..
     } = setup;
-    let (tx, rx): (Sender<In>, Receiver<In>) = unbounded();
+    let (tx, rx): (Sender<In>, Receiver<In>) = bounded(INPUT_QUEUE);
     {
         let tx = tx.clone();
         signals::watch(move |sig| {
@@ -202,15 +221,22 @@ async fn run_async(setup: Setup) -> Result<(), String> {
             let mut buf = vec![0u8; 65536];
             loop {
                 match sip.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        if tx
-                            .send(Input::Datagram(from, buf[..n].to_vec()))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+                    Ok((n, from)) => match tx.try_send(Input::Datagram(from, buf[..n].to_vec())) {
+                        Ok(()) => {}
+                        // The core is behind: refuse requests at once rather than
+                        // let them wait into the client's retransmissions.
+                        Err(TrySendError::Full(input)) => match overloaded_reply(&buf[..n]) {
+                            Some(reply) => {
+                                let _ = sip.send_to(&reply, from).await;
+                            }
+                            None => {
+                                if tx.send(input).await.is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                        Err(TrySendError::Closed(_)) => return,
+                    },
                     Err(e) => log(&format!("SIP receive: {e}")),
                 }
             }

@@ -1,6 +1,6 @@
 //! `isthmus-std`: the gateway on blocking sockets. One thread owns the core;
-//! listener, reader, connect and resolve threads only move bytes and report back
-//! through one channel. Every decision is the core's, every input is dispatched by
+//! listener, reader, writer, connect and resolve threads only move bytes and report
+//! back through one bounded channel. Every decision is the core's, every input is dispatched by
 //! the shared host layer.
 #![forbid(unsafe_code)]
 
@@ -8,27 +8,31 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
+};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use isthmus_core::gateway::ConnId;
+use isthmus_core::gateway::{overloaded_reply, ConnId};
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, Input, Io};
+use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
 use isthmus_host::resolve::Resolver;
 use isthmus_host::signals;
 
 type In = Input<TcpStream>;
 
 struct StdIo {
-    tx: Sender<In>,
-    streams: HashMap<ConnId, TcpStream>,
+    tx: SyncSender<In>,
+    /// Per connection: the queue its writer thread drains. Dropping it lets the
+    /// writer finish what is queued and shut the socket.
+    streams: HashMap<ConnId, Sender<Vec<u8>>>,
     sip: UdpSocket,
     resolver: Arc<Resolver>,
 }
 
-fn spawn_reader(tx: Sender<In>, conn: ConnId, mut stream: TcpStream, sip: bool) {
+fn spawn_reader(tx: SyncSender<In>, conn: ConnId, mut stream: TcpStream, sip: bool) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -57,7 +61,39 @@ fn spawn_reader(tx: Sender<In>, conn: ConnId, mut stream: TcpStream, sip: bool) 
     });
 }
 
-fn spawn_listener(tx: Sender<In>, listener: TcpListener, sip: Option<bool>) {
+/// Writes what the core transmits without ever blocking the core's thread: a peer
+/// that reads slowly holds up only its own writer, and the host counts what is
+/// queued (`Input::Written`) to hold stanzas back or close a peer that never reads.
+fn spawn_writer(tx: SyncSender<In>, conn: ConnId, mut stream: TcpStream, queue: Receiver<Vec<u8>>) {
+    thread::spawn(move || {
+        let mut batch = Vec::new();
+        while let Ok(first) = queue.recv() {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            // What else is queued goes out in the same write: fewer syscalls and
+            // one report per batch.
+            while batch.len() < 64 * 1024 {
+                match queue.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = stream.write_all(&batch) {
+                log(&format!("{conn}: write failed: {e}"));
+                // The reader sees the shutdown and reports the close.
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+            if tx.send(Input::Written(conn, batch.len())).is_err() {
+                return;
+            }
+        }
+        // The core closed or forgot the connection; what it queued is written.
+        let _ = stream.shutdown(Shutdown::Both);
+    });
+}
+
+fn spawn_listener(tx: SyncSender<In>, listener: TcpListener, sip: Option<bool>) {
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let input = match sip {
@@ -81,15 +117,20 @@ impl Io for StdIo {
         match stream.try_clone() {
             Ok(reader) => {
                 spawn_reader(self.tx.clone(), conn, reader, sip);
-                self.streams.insert(conn, stream);
+                let (queue, writes) = channel();
+                spawn_writer(self.tx.clone(), conn, stream, writes);
+                self.streams.insert(conn, queue);
             }
             Err(e) => {
                 log(&format!("{conn}: cannot use the connection: {e}"));
-                let _ = self.tx.send(if sip {
+                let closed = if sip {
                     Input::SipClosed(conn)
                 } else {
                     Input::Closed(conn)
-                });
+                };
+                // Not from this thread: it is the one that empties the channel.
+                let tx = self.tx.clone();
+                thread::spawn(move || tx.send(closed));
             }
         }
     }
@@ -107,11 +148,9 @@ impl Io for StdIo {
     }
 
     fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
-        if let Some(s) = self.streams.get_mut(&conn) {
-            if let Err(e) = s.write_all(bytes) {
-                log(&format!("{conn}: write failed: {e}"));
-                let _ = s.shutdown(Shutdown::Both);
-            }
+        if let Some(queue) = self.streams.get(&conn) {
+            // A writer that gave up has shut the socket; its reader reports that.
+            let _ = queue.send(bytes.to_vec());
         }
     }
 
@@ -127,9 +166,8 @@ impl Io for StdIo {
     }
 
     fn close(&mut self, conn: ConnId) {
-        if let Some(s) = self.streams.remove(&conn) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
+        // The writer flushes what is queued, then shuts the socket.
+        self.streams.remove(&conn);
     }
 
     fn resolve(&mut self, query: u64, domain: String) {
@@ -155,7 +193,7 @@ fn run(setup: Setup) -> Result<(), String> {
         config_path,
         ..
     } = setup;
-    let (tx, rx) = channel();
+    let (tx, rx) = sync_channel(INPUT_QUEUE);
     {
         let tx = tx.clone();
         signals::watch(move |sig| {
@@ -182,11 +220,22 @@ fn run(setup: Setup) -> Result<(), String> {
             let mut buf = vec![0u8; 65536];
             loop {
                 match sip_reader.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        if tx.send(Input::Datagram(from, buf[..n].to_vec())).is_err() {
-                            return;
-                        }
-                    }
+                    Ok((n, from)) => match tx.try_send(Input::Datagram(from, buf[..n].to_vec())) {
+                        Ok(()) => {}
+                        // The core is behind: refuse requests at once rather than
+                        // let them wait into the client's retransmissions.
+                        Err(TrySendError::Full(input)) => match overloaded_reply(&buf[..n]) {
+                            Some(reply) => {
+                                let _ = sip_reader.send_to(&reply, from);
+                            }
+                            None => {
+                                if tx.send(input).is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                        Err(TrySendError::Disconnected(_)) => return,
+                    },
                     Err(e) => log(&format!("SIP receive: {e}")),
                 }
             }

@@ -23,6 +23,9 @@ use crate::xml::{ns, Element, StreamEvent, StreamHeader, StreamHeaderOut};
 /// Most stanzas a route holds while its stream is being negotiated.
 const MAX_QUEUED: usize = 1000;
 
+/// Most plaintext bytes of waiting stanzas one drain of a congested stream writes.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+
 /// A SIP MESSAGE is answered within this time: before the SIP client's Timer F
 /// (64·T1 = 32 s) runs out, even when the partner's stream is still not up.
 const SIP_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
@@ -33,6 +36,7 @@ mod sip;
 
 pub(crate) use output::Outq;
 pub use output::{Output, Trace};
+pub use sip::{overloaded_reply, RETRY_AFTER};
 
 /// Which way a stream runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -583,7 +587,7 @@ impl Gateway {
             .get(&key)
             .and_then(|r| r.conn)
             .and_then(|id| self.conns.get(&id))
-            .is_some_and(|c| c.phase == Phase::Ready);
+            .is_some_and(|c| c.phase == Phase::Ready && !c.congested);
         if ready {
             if let Some(id) = self.routes.get(&key).and_then(|r| r.conn) {
                 if let Some(mut c) = self.conns.remove(&id) {
@@ -599,7 +603,11 @@ impl Gateway {
         if waiting >= MAX_QUEUED {
             let text =
                 format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
-            self.bounce_queued(queued, "resource-constraint", &text, now);
+            match queued.sip {
+                // Past saturation the SIP client backs off instead of retransmitting.
+                Some(key) => self.sip_overloaded(&key, &text, now),
+                None => self.bounce_queued(queued, "resource-constraint", &text, now),
+            }
             return Ok(());
         }
         let has_conn = self
@@ -619,6 +627,43 @@ impl Gateway {
             self.open_route(&local, &remote, now);
         }
         Ok(())
+    }
+
+    /// The host's send queue for `conn` went past its high-water mark (`true`) or
+    /// drained below its low-water mark (`false`). While congested, stanzas for the
+    /// stream wait in the route's bounded queue; once it drains they go out in order.
+    ///
+    /// A drain writes at most [`FLUSH_BYTES`] of waiting stanzas; the result says
+    /// whether stanzas still wait (the connection stays congested, and the host
+    /// calls again once that much has been written). Connections the gateway does
+    /// not know, such as SIP streams, are never congested.
+    pub fn set_congested(&mut self, now: Instant, conn: ConnId, congested: bool) -> bool {
+        self.set_clock(now);
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return false;
+        };
+        c.congested = congested;
+        if !congested && c.phase == Phase::Ready {
+            let key = (c.local.clone(), c.remote.clone());
+            let mut written = 0;
+            while written < FLUSH_BYTES {
+                let next = match self.routes.get_mut(&key) {
+                    Some(r) if r.conn == Some(conn) => r.queue.pop_front(),
+                    _ => None,
+                };
+                let Some(q) = next else { break };
+                c.last_activity = now;
+                written += c.send(&q.stanza, &mut self.out, now);
+                self.stanza_written(q, now);
+            }
+            c.congested = self
+                .routes
+                .get(&key)
+                .is_some_and(|r| r.conn == Some(conn) && !r.queue.is_empty());
+        }
+        let still = c.congested;
+        self.conns.insert(conn, c);
+        still
     }
 
     /// A stanza reached an authenticated stream (or a local user).
@@ -1069,14 +1114,27 @@ impl Gateway {
         let dialback_offered =
             c.peer_dialback || features.find(ns::DIALBACK_FEATURE, "dialback").is_some();
         if c.kind == Kind::Verify {
-            // A verify-only stream needs no authentication; it takes TLS only when the
-            // authoritative server insists.
-            if peer_requires_tls
+            // A verify-only stream needs no authentication; it takes TLS when the
+            // authoritative server insists, or when our settings for the partner do:
+            // a plaintext answer could come from whoever stripped STARTTLS.
+            let wanted = peer_requires_tls || row.tls == TlsMode::Required;
+            if wanted
                 && row.tls != TlsMode::NotSupported
                 && self.tls.is_some()
                 && !c.tls_active()
+                && starttls.is_some()
             {
                 return self.send_starttls(c, now);
+            }
+            if row.tls == TlsMode::Required && !c.tls_active() {
+                return Err(err(
+                    "policy-violation",
+                    format!(
+                        "the authoritative server of {} does not offer STARTTLS, and our settings for it say {}; dialback keys are not checked in plaintext",
+                        c.remote,
+                        row.label()
+                    ),
+                ));
             }
             for r in c.requests.clone() {
                 c.send(

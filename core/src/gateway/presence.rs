@@ -162,12 +162,7 @@ impl Gateway {
             return;
         }
         if self.presence.watchers.len() >= super::sip::MAX_SIP_STATE {
-            self.sip_answer(
-                key,
-                503,
-                "Service Unavailable (too many subscriptions)",
-                now,
-            );
+            self.sip_overloaded(key, "too many subscriptions", now);
             return;
         }
         let target = msg

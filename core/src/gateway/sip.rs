@@ -19,6 +19,37 @@ use crate::xml::{ns, Element};
 /// that, new requests get 503 instead of growing memory without bound.
 pub(super) const MAX_SIP_STATE: usize = 10_000;
 
+/// Seconds a SIP client refused for want of capacity is asked to wait.
+pub const RETRY_AFTER: &str = "5";
+
+/// The answer to a SIP datagram that arrives while the gateway is too busy to take
+/// it in: a request (other than ACK, which has no answer) gets 503 with
+/// Retry-After, statelessly (RFC 3261 §8.2.6, §21.5.4); a response or unparsable
+/// bytes get nothing. The To tag is derived from the request so that a
+/// retransmission is answered alike.
+pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
+    let msg = SipMessage::parse(datagram, &crate::sip::SipLimits::default()).ok()?;
+    let method = msg.method()?;
+    if method == "ACK" {
+        return None;
+    }
+    let seed = msg.header("Via").unwrap_or_default();
+    let tag = format!("{:08x}", fnv1a(seed.as_bytes()) as u32);
+    let mut reply = msg.reply(
+        503,
+        "Service Unavailable (the gateway is overloaded)",
+        Some(&tag),
+    );
+    reply.push_header("Retry-After", RETRY_AFTER);
+    Some(reply.to_bytes())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Methods this gateway answers, for `Allow`.
 const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 
@@ -399,7 +430,7 @@ impl Gateway {
                 "Service Unavailable (too many requests in progress)",
                 None,
             );
-            reply.push_header("Retry-After", "5");
+            reply.push_header("Retry-After", RETRY_AFTER);
             self.sip_reply(from, &reply);
             return;
         }
@@ -496,6 +527,20 @@ impl Gateway {
         };
         let tag = st.to_tag.clone();
         let resp = st.request.reply(code, reason, Some(&tag));
+        self.sip_respond(key, resp, now);
+    }
+
+    /// Refuses a SIP request for want of capacity: 503 with Retry-After, so the
+    /// client backs off rather than retransmitting (RFC 3261 §21.5.4).
+    pub(super) fn sip_overloaded(&mut self, key: &str, text: &str, now: Instant) {
+        let Some(st) = self.sip.server.get(key) else {
+            return;
+        };
+        let tag = st.to_tag.clone();
+        let mut resp = st
+            .request
+            .reply(503, &format!("Service Unavailable ({text})"), Some(&tag));
+        resp.push_header("Retry-After", RETRY_AFTER);
         self.sip_respond(key, resp, now);
     }
 

@@ -106,6 +106,9 @@ pub struct Conn {
     pub db_declared: bool,
     /// Inbound: the peer used this stream to have dialback keys checked.
     pub served_verify: bool,
+    /// The host's send queue for this connection is past its high-water mark:
+    /// stanzas wait in the route's bounded queue until it drains.
+    pub congested: bool,
 }
 
 /// Why feeding bytes failed.
@@ -141,6 +144,7 @@ impl Conn {
             keep_alive: false,
             served_verify: false,
             db_declared: false,
+            congested: false,
         }
     }
 
@@ -231,10 +235,12 @@ impl Conn {
         }
     }
 
-    pub fn send(&mut self, el: &Element, out: &mut Outq, now: Instant) {
+    /// Writes a stanza; returns its length in plaintext bytes.
+    pub fn send(&mut self, el: &Element, out: &mut Outq, now: Instant) -> usize {
         let mut text = String::new();
         write_element_with(&mut text, el, ns::SERVER, self.db_declared);
         self.send_raw(&text, out, now);
+        text.len()
     }
 
     pub fn send_header(&mut self, header: &StreamHeaderOut, out: &mut Outq, now: Instant) {
