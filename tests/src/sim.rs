@@ -78,6 +78,8 @@ pub struct Net {
     pub sip_peers: Vec<SipPeer>,
     /// SIP datagrams on their way to a gateway: (node, from, bytes).
     sip_in_flight: VecDeque<(usize, SocketAddr, Vec<u8>)>,
+    /// Gateway connections that are SIP streams (TCP/TLS) rather than s2s.
+    sip_streams: HashSet<(usize, ConnId)>,
 }
 
 impl Default for Net {
@@ -108,6 +110,7 @@ impl Net {
             last_time_shown: Duration::ZERO,
             sip_peers: Vec::new(),
             sip_in_flight: VecDeque::new(),
+            sip_streams: HashSet::new(),
         }
     }
 
@@ -194,6 +197,17 @@ impl Net {
         let r = self.raw.len();
         self.raw.push(RawPeer::default());
         let conn = self.nodes[node].gw.accept(self.now);
+        self.link(End::Raw(r), End::Gw(node, conn));
+        r
+    }
+
+    /// Opens a raw SIP-over-TCP connection to a gateway's SIP port; returns the raw
+    /// peer's index (write with `raw_send`, read with `raw_received`).
+    pub fn sip_connect(&mut self, node: usize) -> usize {
+        let r = self.raw.len();
+        self.raw.push(RawPeer::default());
+        let conn = self.nodes[node].gw.sip_accept(self.now, false);
+        self.sip_streams.insert((node, conn));
         self.link(End::Raw(r), End::Gw(node, conn));
         r
     }
@@ -295,6 +309,16 @@ impl Net {
         panic!("simulation did not settle within {max_steps} steps (livelock?)");
     }
 
+    /// Runs for `d` as `run_for` does, then lets the clock reach `d` from now even
+    /// when no timer falls due: for peers that act at their own pace.
+    pub fn wait(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_for(d);
+        if self.now < end {
+            self.now = end;
+        }
+    }
+
     /// Delivers everything in flight without letting more than a second pass.
     pub fn settle(&mut self) {
         self.run_for(Duration::from_secs(1));
@@ -349,8 +373,13 @@ impl Net {
                         v
                     }
                 };
+                let sip = self.sip_streams.contains(&(n, conn));
                 for c in chunks {
-                    self.nodes[n].gw.received(now, conn, &c);
+                    if sip {
+                        self.nodes[n].gw.sip_received(now, conn, &c);
+                    } else {
+                        self.nodes[n].gw.received(now, conn, &c);
+                    }
                 }
             }
             End::Raw(r) => self.raw[r].received.extend_from_slice(&bytes),
@@ -365,6 +394,9 @@ impl Net {
         self.links.remove(&other);
         let now = self.now;
         match other {
+            End::Gw(n, conn) if self.sip_streams.remove(&(n, conn)) => {
+                self.nodes[n].gw.sip_closed(now, conn)
+            }
             End::Gw(n, conn) => self.nodes[n].gw.peer_closed(now, conn),
             End::Raw(r) => self.raw[r].closed = true,
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use isthmus_core::config::{Method, Negotiation, SaslMode, TlsMode};
 use isthmus_core::gateway::Event;
+use isthmus_tests::peer::header;
 use isthmus_tests::scenario::{
     config, judge, message, pair_net, run_pair, snapshots_in, Cert, Outcome, PairSetup, Pki, A, B,
 };
@@ -195,13 +196,6 @@ fn certificate_faults_of_the_receiver() {
 
 fn dialback_net(pki: &Pki) -> Net {
     pair_net(pki, tcp_dialback(), tcp_dialback(), &PairSetup::default())
-}
-
-fn header(from: &str, to: &str) -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
-         xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>"
-    )
 }
 
 #[test]

@@ -5,21 +5,9 @@ use std::time::Duration;
 
 use isthmus_core::config::{Negotiation, SaslMode, TlsMode};
 use isthmus_core::gateway::Event;
+use isthmus_tests::peer::{authenticated_raw_peer, condition_sent, header, TCP_DIALBACK};
 use isthmus_tests::scenario::{config, message, snapshots_in, Cert, Pki, A, B};
 use isthmus_tests::sim::Net;
-
-const TCP_DIALBACK: Negotiation = Negotiation {
-    tls: TlsMode::NotSupported,
-    sasl: SaslMode::NotSupported,
-    dialback: true,
-};
-
-fn header(from: &str, to: &str) -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
-         xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>"
-    )
-}
 
 /// B serves b.test with a.test as a plain-dialback partner; a raw peer sends `input`.
 fn inbound(input: &[&str]) -> (Net, usize) {
@@ -31,13 +19,6 @@ fn inbound(input: &[&str]) -> (Net, usize) {
         net.settle();
     }
     (net, raw)
-}
-
-fn condition_sent(net: &Net, raw: usize) -> Option<String> {
-    let text = net.raw_received(raw);
-    let start = text.find("<stream:error><")? + "<stream:error><".len();
-    let end = text[start..].find([' ', '/', '>'])?;
-    Some(text[start..start + end].to_owned())
 }
 
 fn check(name: &str, input: &[&str], condition: &str) {
@@ -161,41 +142,9 @@ fn stanzas_before_authentication_and_spoofed_senders() {
     );
 }
 
-/// A raw peer that knows a.test's dialback secret (so it is a.test's server as far as
-/// anyone can tell) authenticates to B, with A as the authoritative server; then sends
-/// `stanza`.
+/// A raw peer authenticated to B as a.test sends `stanza`.
 fn authenticated_then(stanza: &str) -> (Net, usize) {
-    let pki = Pki::new();
-    let mut net = Net::new();
-    net.add_gateway(
-        "A",
-        config(A, B, TCP_DIALBACK),
-        Some(pki.context(A, &Cert::Good)),
-        1,
-    );
-    net.add_gateway(
-        "B",
-        config(B, A, TCP_DIALBACK),
-        Some(pki.context(B, &Cert::Good)),
-        2,
-    );
-    let raw = net.raw_connect(1);
-    net.raw_send(raw, &header(A, B));
-    net.settle();
-    let seen = net.raw_received(raw);
-    let id_at = seen.find("id='").expect("stream id") + 4;
-    let id = &seen[id_at..id_at + seen[id_at..].find('\'').expect("quote")];
-    let key = isthmus_core::s2s::dialback::key("secret of a.test", B, A, id);
-    net.raw_send(
-        raw,
-        &format!("<db:result from='{A}' to='{B}'>{key}</db:result>"),
-    );
-    net.settle();
-    assert!(
-        net.raw_received(raw).contains("type='valid'"),
-        "{}",
-        net.transcript_text()
-    );
+    let (mut net, raw) = authenticated_raw_peer();
     net.raw_send(raw, stanza);
     net.settle();
     (net, raw)

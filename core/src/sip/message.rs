@@ -9,6 +9,8 @@ use std::fmt;
 pub struct SipLimits {
     pub max_headers: usize,
     pub max_line: usize,
+    /// The whole header block, start line included.
+    pub max_head: usize,
     pub max_body: usize,
 }
 
@@ -17,6 +19,7 @@ impl Default for SipLimits {
         SipLimits {
             max_headers: 100,
             max_line: 8 * 1024,
+            max_head: 32 * 1024,
             max_body: 64 * 1024,
         }
     }
@@ -47,19 +50,24 @@ pub struct SipMessage {
 pub enum SipError {
     /// The message is malformed; the text says where.
     Malformed(String),
-    /// A limit was exceeded.
+    /// A limit on the start line or headers was exceeded.
     TooLarge(String),
+    /// The body (or its announced Content-Length) exceeds the limit.
+    BodyTooLarge(String),
     /// A stream carried something that cannot start a SIP message; the connection
     /// cannot be resynchronised.
     Garbage(String),
 }
 
 impl SipError {
-    /// The reason phrase of the `400` (or `413`/`513`) answer to a malformed request.
+    /// The reason phrase of the `400` (or `413`/`513`) answer to a malformed request:
+    /// 413 when the body is too large (RFC 3261 §21.4.11), 513 when the headers are
+    /// (§21.5.13).
     pub fn response(&self) -> (u16, String) {
         match self {
             SipError::Malformed(t) | SipError::Garbage(t) => (400, format!("Bad Request ({t})")),
             SipError::TooLarge(t) => (513, format!("Message Too Large ({t})")),
+            SipError::BodyTooLarge(t) => (413, format!("Request Entity Too Large ({t})")),
         }
     }
 }
@@ -69,6 +77,7 @@ impl fmt::Display for SipError {
         match self {
             SipError::Malformed(t) => write!(f, "malformed SIP message: {t}"),
             SipError::TooLarge(t) => write!(f, "SIP message too large: {t}"),
+            SipError::BodyTooLarge(t) => write!(f, "SIP body too large: {t}"),
             SipError::Garbage(t) => write!(f, "not a SIP stream: {t}"),
         }
     }
@@ -302,11 +311,12 @@ impl SipMessage {
         let body = match msg.content_length()? {
             Some(n) => {
                 if n > limits.max_body {
-                    return Err(SipError::TooLarge(format!(
+                    return Err(SipError::BodyTooLarge(format!(
                         "body of {n} bytes exceeds {}",
                         limits.max_body
                     )));
                 }
+                // Bytes past Content-Length are discarded (RFC 3261 §18.3).
                 rest.get(..n).ok_or_else(|| {
                     SipError::Malformed(format!(
                         "Content-Length {n} but only {} body bytes",
@@ -316,7 +326,7 @@ impl SipMessage {
             }
             None => {
                 if rest.len() > limits.max_body {
-                    return Err(SipError::TooLarge(format!(
+                    return Err(SipError::BodyTooLarge(format!(
                         "body exceeds {} bytes",
                         limits.max_body
                     )));
@@ -331,9 +341,23 @@ impl SipMessage {
     fn content_length(&self) -> Result<Option<usize>, SipError> {
         match self.header("Content-Length") {
             None => Ok(None),
-            Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
-                SipError::Malformed(format!("Content-Length '{}' is not a number", v.trim()))
-            }),
+            Some(v) => {
+                let v = v.trim();
+                match v.parse::<usize>() {
+                    Ok(n) => Ok(Some(n)),
+                    // Digits too many for a usize: a size no limit allows.
+                    Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                        Err(SipError::BodyTooLarge(format!(
+                            "Content-Length {} is too large",
+                            truncate(v)
+                        )))
+                    }
+                    Err(_) => Err(SipError::Malformed(format!(
+                        "Content-Length '{}' is not a number",
+                        truncate(v)
+                    ))),
+                }
+            }
         }
     }
 
@@ -411,6 +435,12 @@ fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
 }
 
 fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+    if head.len() > limits.max_head {
+        return Err(SipError::TooLarge(format!(
+            "headers of more than {} bytes",
+            limits.max_head
+        )));
+    }
     let text = std::str::from_utf8(head)
         .map_err(|_| SipError::Malformed("headers are not UTF-8".into()))?;
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
@@ -549,10 +579,19 @@ fn parse_start(line: &str) -> Result<StartLine, SipError> {
 }
 
 /// Frames SIP messages on a stream transport by Content-Length (RFC 3261 §18.3).
+/// Memory is bounded by the header and body limits, and each byte is searched once
+/// for the end of the headers however the stream is split.
 #[derive(Debug)]
 pub struct StreamDecoder {
     limits: SipLimits,
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for the end of the headers.
+    scanned: usize,
+    /// Where the header line being read starts in `buf`.
+    line_start: usize,
+    /// A message whose headers are read, waiting for its body: (message, where the
+    /// body starts, where the message ends).
+    pending: Option<(SipMessage, usize, usize)>,
 }
 
 impl StreamDecoder {
@@ -560,6 +599,9 @@ impl StreamDecoder {
         StreamDecoder {
             limits,
             buf: Vec::new(),
+            scanned: 0,
+            line_start: 0,
+            pending: None,
         }
     }
 
@@ -574,60 +616,89 @@ impl StreamDecoder {
     /// The next complete message, `None` until more bytes arrive. An error leaves
     /// the stream unusable (its framing is lost): close the connection.
     pub fn next_message(&mut self) -> Result<Option<SipMessage>, SipError> {
-        // CRLF keep-alives between messages (RFC 5626 §3.5.1).
-        let skip = self
-            .buf
-            .iter()
-            .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .count();
-        self.buf.drain(..skip);
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let Some((head_len, sep)) = find_head_end(&self.buf) else {
-            let cap = self.limits.max_line * (self.limits.max_headers + 1);
-            if self.buf.len() > cap {
-                return Err(SipError::TooLarge(format!(
-                    "no end of headers within {cap} bytes"
-                )));
-            }
-            if !self.buf.starts_with(b"SIP/2.0 ")
-                && !self
+        if self.pending.is_none() {
+            if self.scanned == 0 {
+                // CRLF keep-alives between messages (RFC 5626 §3.5.1).
+                let skip = self
                     .buf
                     .iter()
-                    .take(32)
-                    .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\r' || *b == b'\n')
-            {
-                return Err(SipError::Garbage(
-                    "binary data where a SIP message should start".into(),
-                ));
+                    .take_while(|b| matches!(b, b'\r' | b'\n'))
+                    .count();
+                self.buf.drain(..skip);
             }
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let Some((head_len, sep)) = self.find_head_end()? else {
+                return Ok(None);
+            };
+            let head = self.buf.get(..head_len).unwrap_or_default();
+            let msg = parse_head(head, &self.limits)?;
+            let Some(len) = msg.content_length()? else {
+                return Err(SipError::Malformed(
+                    "Content-Length is required on stream transports".into(),
+                ));
+            };
+            // Refused on the headers alone: the body is never waited for.
+            if len > self.limits.max_body {
+                return Err(SipError::BodyTooLarge(format!(
+                    "body of {len} bytes exceeds {}",
+                    self.limits.max_body
+                )));
+            }
+            self.pending = Some((msg, head_len + sep, head_len + sep + len));
+        }
+        match &self.pending {
+            Some((_, _, total)) if self.buf.len() >= *total => {}
+            _ => return Ok(None),
+        }
+        let Some((mut msg, start, total)) = self.pending.take() else {
             return Ok(None);
         };
-        let head = self.buf.get(..head_len).unwrap_or_default();
-        let mut msg = parse_head(head, &self.limits)?;
-        let Some(len) = msg.content_length()? else {
-            return Err(SipError::Malformed(
-                "Content-Length is required on stream transports".into(),
-            ));
-        };
-        if len > self.limits.max_body {
+        msg.body = self.buf.get(start..total).unwrap_or_default().to_vec();
+        self.buf.drain(..total);
+        self.scanned = 0;
+        self.line_start = 0;
+        Ok(Some(msg))
+    }
+
+    /// Searches the bytes not searched yet for the end of the headers, enforcing the
+    /// line and header limits on what has arrived so far.
+    fn find_head_end(&mut self) -> Result<Option<(usize, usize)>, SipError> {
+        // Back a few bytes: the blank line may straddle two reads.
+        let from = self.scanned.saturating_sub(3);
+        let fresh = self.buf.get(from..).unwrap_or_default();
+        if let Some((at, sep)) = find_head_end(fresh) {
+            return Ok(Some((from + at, sep)));
+        }
+        if let Some(nl) = fresh.iter().rposition(|b| *b == b'\n') {
+            self.line_start = self.line_start.max(from + nl + 1);
+        }
+        self.scanned = self.buf.len();
+        if self.buf.len() - self.line_start.min(self.buf.len()) > self.limits.max_line {
             return Err(SipError::TooLarge(format!(
-                "body of {len} bytes exceeds {}",
-                self.limits.max_body
+                "a header line is longer than {} bytes",
+                self.limits.max_line
             )));
         }
-        let total = head_len + sep + len;
-        if self.buf.len() < total {
-            return Ok(None);
+        if self.buf.len() > self.limits.max_head {
+            return Err(SipError::TooLarge(format!(
+                "no end of headers within {} bytes",
+                self.limits.max_head
+            )));
         }
-        msg.body = self
-            .buf
-            .get(head_len + sep..total)
-            .unwrap_or_default()
-            .to_vec();
-        self.buf.drain(..total);
-        Ok(Some(msg))
+        if !self.buf.starts_with(b"SIP/2.0 ")
+            && !self
+                .buf
+                .iter()
+                .take(32)
+                .all(|b| b.is_ascii_graphic() || *b == b' ' || *b == b'\r' || *b == b'\n')
+        {
+            return Err(SipError::Garbage(
+                "binary data where a SIP message should start".into(),
+            ));
+        }
+        Ok(None)
     }
 }
 
@@ -698,12 +769,53 @@ mod tests {
             ..SipLimits::default()
         });
         d.push(MSG.as_bytes());
-        assert!(matches!(d.next_message(), Err(SipError::TooLarge(_))));
+        assert!(matches!(d.next_message(), Err(SipError::BodyTooLarge(_))));
         let mut d = StreamDecoder::new(SipLimits::default());
         d.push(b"MESSAGE sip:b@b SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\n\r\n");
         assert!(
             matches!(d.next_message(), Err(SipError::Malformed(t)) if t.contains("Content-Length"))
         );
+    }
+
+    #[test]
+    fn stream_read_byte_by_byte_and_bounded() {
+        // Asked after every byte, as a host does when reads are tiny.
+        let mut d = StreamDecoder::new(SipLimits::default());
+        let mut got = 0;
+        for b in format!("\r\n{MSG}\r\n{MSG}").as_bytes() {
+            d.push(std::slice::from_ref(b));
+            if let Some(m) = d.next_message().expect("frames") {
+                assert_eq!(m.body, b"hello");
+                got += 1;
+            }
+        }
+        assert_eq!(got, 2);
+        assert_eq!(d.buffered_len(), 0);
+        // An endless header line is cut at the line limit, endless headers at the
+        // header limit, whatever the read sizes.
+        let limits = SipLimits::default();
+        let mut d = StreamDecoder::new(limits);
+        d.push(b"MESSAGE sip:b@b SIP/2.0\r\nSubject: ");
+        let mut err = None;
+        while err.is_none() && d.buffered_len() < 1 << 20 {
+            d.push(b"sssssss");
+            err = d.next_message().err();
+        }
+        assert!(matches!(err, Some(SipError::TooLarge(t)) if t.contains("header line")));
+        assert!(d.buffered_len() <= limits.max_line + 64);
+        let mut d = StreamDecoder::new(limits);
+        d.push(b"MESSAGE sip:b@b SIP/2.0\r\n");
+        let mut err = None;
+        while err.is_none() && d.buffered_len() < 1 << 20 {
+            d.push(b"X-A: b\r\n");
+            err = d.next_message().err();
+        }
+        assert!(matches!(err, Some(SipError::TooLarge(t)) if t.contains("no end of headers")));
+        assert!(d.buffered_len() <= limits.max_head + 16);
+        // A huge Content-Length is refused on the headers alone.
+        let mut d = StreamDecoder::new(limits);
+        d.push(b"MESSAGE sip:b@b SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 999999999\r\n\r\n");
+        assert!(matches!(d.next_message(), Err(SipError::BodyTooLarge(_))));
     }
 
     #[test]
