@@ -1,0 +1,6 @@
+//! The gateway killed mid-traffic keeps its subscription state (cases shared by
+//! both runtimes).
+
+const BIN: &str = env!("CARGO_BIN_EXE_isthmus-std");
+
+include!("../../tests/runtime/crash_cases.rs");
