@@ -88,7 +88,10 @@ fn the_global_connection_limit_refuses_streams_past_it() {
     let fourth = open_from(&mut net, "e.test");
     refused(&net, fourth, "resource-constraint", "the fourth stream");
     let text = error_text_sent(&net, fourth).unwrap_or_default();
-    assert!(text.contains("connection limit"), "{text}");
+    assert!(
+        text.contains("3 connections in all (connection_limit)"),
+        "{text}"
+    );
 
     // A local stanza that needs a new outbound stream is returned at once.
     net.send_stanza(0, message("bob@b.test", "u@c.test", "hi"));
@@ -125,6 +128,8 @@ fn the_default_partner_limit_is_20() {
         condition_sent(&net, peers[20]).as_deref(),
         Some("resource-constraint")
     );
+    let text = error_text_sent(&net, peers[20]).unwrap_or_default();
+    assert!(text.contains("for a.test: 20 connections"), "{text}");
     // Another partner is not held back by a.test's streams.
     let other = open_from(&mut net, "c.test");
     assert!(accepted(&net, other));
@@ -173,6 +178,45 @@ fn a_peer_trickling_bytes_is_cut_at_the_establishment_timeout() {
             "{name}: {text}"
         );
     }
+}
+
+#[test]
+fn a_peer_trickling_a_tls_handshake_is_cut_at_the_establishment_timeout() {
+    let pki = Pki::new();
+    let mut net = Net::new();
+    net.add_gateway(
+        "B",
+        config(B, A, TLS_REQUIRED),
+        Some(pki.context(B, &Cert::Good)),
+        2,
+    );
+    let start = net.now;
+    let raw = net.raw_connect(0);
+    net.raw_send(raw, &header(A, B));
+    net.raw_send(raw, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    net.settle();
+    assert!(net.raw_received(raw).contains("<proceed"));
+    // A TLS record header announcing 512 bytes of ClientHello, then a byte at a time.
+    net.raw_send_bytes(raw, b"\x16\x03\x01\x02\x00\x01");
+    let mut cut_at = None;
+    for _ in 0..40 {
+        net.raw_send_bytes(raw, b"\x00");
+        net.wait(Duration::from_secs(5));
+        if net.raw[raw].closed {
+            cut_at = Some(net.now.duration_since(start));
+            break;
+        }
+    }
+    assert_eq!(
+        cut_at,
+        Some(Duration::from_secs(60)),
+        "{}",
+        net.transcript_text()
+    );
+    assert!(net.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Failed { condition, .. } if condition == "connection-timeout"
+    )));
 }
 
 // ---- 3. XML limits and restrictions ---------------------------------------------------
@@ -798,11 +842,29 @@ fn stream_oversized_headers_close_the_connection() {
 }
 
 #[test]
-fn tmp_probe_char_refs() {
-    for r in ["&#0;", "&#x1;", "&#xD800;", "&#xFFFE;", "&#x110000;"] {
+fn characters_xml_does_not_allow_are_refused_inbound_and_never_written() {
+    for (name, body) in [
+        ("a reference to U+0001", "&#x1;".to_owned()),
+        ("a reference to U+FFFE", "&#xFFFE;".to_owned()),
+        ("a reference to NUL", "&#0;".to_owned()),
+        ("a raw U+0001", "\u{1}".to_owned()),
+        ("a raw U+FFFF", "\u{FFFF}".to_owned()),
+    ] {
         let (mut net, raw) = authenticated_raw_peer();
-        net.raw_send(raw, &format!("<message from='u@a.test' to='bob@b.test'><body>{r}</body></message>"));
+        net.raw_send(
+            raw,
+            &format!("<message from='u@a.test' to='bob@b.test'><body>{body}</body></message>"),
+        );
         net.settle();
-        eprintln!("{r}: {:?} delivered={}", condition_sent(&net, raw), net.delivered.len());
+        refused(&net, raw, "not-well-formed", name);
     }
+    // A SIP user's text with a control character reaches the XMPP user, and the
+    // stream to the partner survives it.
+    let mut w = world(PartnerType::Federated, 200);
+    w.net
+        .sip_send_raw(w.proxy, 0, &sip_request("", "7", b"a\x01b\x0cc\td"));
+    w.net.run();
+    assert_eq!(bodies_delivered(&w), ["a\u{FFFD}b\u{FFFD}c\td"]);
+    assert_eq!(responses(&w)[0].0, 200);
+    assert!(!w.net.transcript_text().contains("not-well-formed"));
 }

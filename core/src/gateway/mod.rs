@@ -1466,10 +1466,17 @@ impl Gateway {
             ));
         };
         if !restart && !self.within_limits(&from) {
-            return Err(err(
-                "resource-constraint",
-                format!("connection limit reached for {from}"),
-            ));
+            // Say which limit, so an admin knows which setting to raise.
+            let all = self.config.gateway.connection_limit;
+            let text = if self.conns.len() >= all as usize {
+                format!("connection limit reached: {all} connections in all (connection_limit)")
+            } else {
+                format!(
+                    "connection limit reached for {from}: {} connections (its connection_limit)",
+                    self.partner_limit(&from)
+                )
+            };
+            return Err(err("resource-constraint", text));
         }
         let id = self.new_stream_id();
         c.stream_id = Some(id.clone());

@@ -6,6 +6,12 @@ mod writer;
 pub use reader::{parse_document, Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
 pub use writer::{escape_attr, escape_text, write_element, write_element_with, StreamHeaderOut};
 
+/// Whether XML 1.0 allows `c` in a document (the `Char` production): not the C0
+/// controls other than tab, LF and CR, not surrogates, not U+FFFE or U+FFFF.
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
 /// Namespace URIs the gateway speaks.
 pub mod ns {
     pub const STREAM: &str = "http://etherx.jabber.org/streams";

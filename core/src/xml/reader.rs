@@ -7,7 +7,7 @@ use std::fmt;
 
 use quick_xml::events::{BytesStart, Event};
 
-use super::{ns, Attribute, Element, Node};
+use super::{is_xml_char, ns, Attribute, Element, Node};
 
 pub type Limits = crate::config::XmlLimits;
 
@@ -656,6 +656,7 @@ pub fn parse_document(bytes: &[u8], limits: Limits) -> Result<Element, XmlError>
 }
 
 fn append_text(stack: &mut [(Element, usize)], text: &str) -> Result<(), XmlError> {
+    xml_chars(text)?;
     let Some((el, _)) = stack.last_mut() else {
         return Err(XmlError::NotWellFormed(
             "text outside of any element".into(),
@@ -720,6 +721,7 @@ fn open_tag_in(
             }
             other => XmlError::NotWellFormed(format!("attribute {key}: {other}")),
         })?;
+        xml_chars(&value)?;
         if key == "xmlns" {
             scope.push((String::new(), value.into_owned()));
         } else if let Some(prefix) = key.strip_prefix("xmlns:") {
@@ -768,9 +770,22 @@ fn open_tag_in(
 }
 
 fn utf8(b: &[u8]) -> Result<String, XmlError> {
-    std::str::from_utf8(b)
-        .map(str::to_owned)
-        .map_err(|_| XmlError::NotWellFormed("a name is not UTF-8".into()))
+    let name = std::str::from_utf8(b)
+        .map_err(|_| XmlError::NotWellFormed("a name is not UTF-8".into()))?;
+    xml_chars(name)?;
+    Ok(name.to_owned())
+}
+
+/// Refuses characters XML does not allow, raw or as character references: passed
+/// on, they would break the stream of whoever gets the stanza next.
+fn xml_chars(text: &str) -> Result<(), XmlError> {
+    match text.chars().find(|c| !is_xml_char(*c)) {
+        None => Ok(()),
+        Some(c) => Err(XmlError::NotWellFormed(format!(
+            "the character U+{:04X} is not allowed in XML",
+            u32::from(c)
+        ))),
+    }
 }
 
 /// `<?xml version='1.0' encoding='…'?>`: only UTF-8 is allowed (RFC 6120 §11.6).
@@ -903,6 +918,23 @@ mod tests {
 
     const H: &str =
         "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    #[test]
+    fn characters_xml_does_not_allow() {
+        for bad in [
+            "<a>&#x1;</a>",
+            "<a>\u{1}</a>",
+            "<a b='&#xFFFE;'/>",
+            "<a\u{1}/>",
+        ] {
+            let e = first_error(&format!("{H}{bad}"));
+            assert!(
+                matches!(&e, XmlError::NotWellFormed(t) if t.contains("not allowed in XML")),
+                "{bad}: {e}"
+            );
+        }
+        assert!(read_all(&[format!("{H}<a b='&#9;'>&#xD;\t&#x10FFFF;</a>").as_bytes()]).is_ok());
+    }
 
     #[test]
     fn restricted_xml_and_errors() {

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use super::{ns, Element, Node};
+use super::{is_xml_char, ns, Element, Node};
 
 /// Escapes character data: `&`, `<`, `>` (the last so `]]>` can never appear).
 pub fn escape_text(s: &str) -> Cow<'_, str> {
@@ -16,7 +16,9 @@ pub fn escape_attr(s: &str) -> Cow<'_, str> {
 
 fn escape(s: &str, attr: bool) -> Cow<'_, str> {
     let needs = |c: char| {
-        matches!(c, '&' | '<' | '>' | '\r') || (attr && matches!(c, '\'' | '"' | '\n' | '\t'))
+        matches!(c, '&' | '<' | '>' | '\r')
+            || (attr && matches!(c, '\'' | '"' | '\n' | '\t'))
+            || !is_xml_char(c)
     };
     if !s.chars().any(needs) {
         return Cow::Borrowed(s);
@@ -34,6 +36,9 @@ fn escape(s: &str, attr: bool) -> Cow<'_, str> {
             '"' if attr => out.push_str("&quot;"),
             '\n' if attr => out.push_str("&#10;"),
             '\t' if attr => out.push_str("&#9;"),
+            // Text from the SIP side may hold characters XML cannot carry at all,
+            // not even as references; written raw they would end the stream.
+            c if !is_xml_char(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
@@ -157,6 +162,9 @@ mod tests {
             "it&apos;s &quot;q&quot; &lt;&amp;&gt;"
         );
         assert!(matches!(escape_text("plain"), Cow::Borrowed(_)));
+        // Characters XML cannot carry become U+FFFD; tab and LF stay in text.
+        assert_eq!(escape_text("a\u{1}b\u{FFFF}\t\n"), "a\u{FFFD}b\u{FFFD}\t\n");
+        assert_eq!(escape_attr("\u{0}"), "\u{FFFD}");
     }
 
     #[test]
