@@ -316,6 +316,8 @@ struct Lone {
     /// Stanzas returned to local senders: (t, stanza).
     returned: Vec<(Duration, Element)>,
     bounces: usize,
+    /// Connection attempts never complete (no SYN-ACK, no error); else refused.
+    connect_hangs: bool,
 }
 
 impl Lone {
@@ -339,6 +341,7 @@ impl Lone {
             answers: Vec::new(),
             returned: Vec::new(),
             bounces: 0,
+            connect_hangs: false,
         }
     }
 
@@ -356,8 +359,8 @@ impl Lone {
                             .push_back((self.now + *after, query, result.clone()));
                     }
                 }
-                Output::Connect { conn, .. } => {
-                    self.gw.connect_failed(self.now, conn, "connection refused")
+                Output::Connect { conn, .. } if !self.connect_hangs => {
+                    self.gw.connect_failed(self.now, conn, "connection refused");
                 }
                 Output::SipSend { bytes, .. } => {
                     let m = SipMessage::parse(&bytes, &SipLimits::default()).expect("SIP");
@@ -411,7 +414,7 @@ impl Lone {
 #[test]
 fn every_kind_of_dns_failure_answers_each_queued_stanza_once() {
     let servfail = "127.0.0.53:53: DNS server error: ServFail".to_owned();
-    // The host resolver gives up on a silent server after 3 s per query and server.
+    // The host resolver gives up on a silent server after 3 s; three servers, 9 s.
     let timed_out = "127.0.0.53:53: Resource temporarily unavailable (os error 11)".to_owned();
     let failed =
         |result: Result<Vec<SocketAddr>, String>, after: Duration| Dns::Answer { result, after };
@@ -513,6 +516,43 @@ fn every_kind_of_dns_failure_answers_each_queued_stanza_once() {
             "{name}: one lookup for all that waits on it"
         );
     }
+}
+
+#[test]
+fn a_connection_that_never_completes_is_answered_like_a_black_hole() {
+    let hole: SocketAddr = ([127, 0, 0, 66], 5269).into();
+    let mut g = Lone::new(Dns::Answer {
+        result: Ok(vec![hole]),
+        after: Duration::ZERO,
+    });
+    g.connect_hangs = true;
+    for b in ["z9hG4bKc0", "z9hG4bKc1"] {
+        g.sip(&sip_message("sip:romeo@xmpp.test", "anyone?", b));
+    }
+    g.stanza(presence(
+        "alice@sip.test",
+        "romeo@xmpp.test",
+        Some("subscribe"),
+    ));
+    g.run_for(Duration::from_secs(120));
+    let a: Vec<(u64, &str, u16)> = g
+        .answers
+        .iter()
+        .map(|(t, c, code, _)| (t.as_secs(), c.as_str(), *code))
+        .collect();
+    assert_eq!(
+        a,
+        [(30, "call-z9hG4bKc0", 408), (30, "call-z9hG4bKc1", 408)],
+        "remote-server-timeout, before Timer F"
+    );
+    assert_eq!(g.returned.len(), 1);
+    assert_eq!(
+        g.returned[0].0,
+        Duration::from_secs(60),
+        "stream-establishment timeout"
+    );
+    assert_eq!(condition(&g.returned[0].1).0, "remote-server-timeout");
+    assert_eq!(g.bounces, 3);
 }
 
 // ---- the SIP next hop down (XMPP → SIP) -------------------------------------------
