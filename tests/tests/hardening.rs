@@ -394,16 +394,12 @@ fn invalid_utf8_is_refused_and_nothing_is_delivered() {
     let mut net = Net::new();
     net.add_gateway("B", config(B, A, TCP_DIALBACK), None, 2);
     let raw = net.raw_connect(0);
-    let bad_header = header(A, B).replace("from='a.test'", "from='a.\u{fffd}test'");
-    net.raw_send_bytes(
-        raw,
-        &bad_header
-            .replace('\u{fffd}', "\u{0}")
-            .into_bytes()
-            .iter()
-            .map(|b| if *b == 0 { 0xfe } else { *b })
-            .collect::<Vec<u8>>(),
-    );
+    let (before, after) = header(A, B)
+        .split_once("from='a.test'")
+        .map(|(x, y)| (x.to_owned(), y.to_owned()))
+        .expect("the header names a.test");
+    let bytes = [before.as_bytes(), b"from='a.\xfetest'", after.as_bytes()].concat();
+    net.raw_send_bytes(raw, &bytes);
     net.settle();
     refused(&net, raw, "not-well-formed", "a bad byte in the header");
 }
