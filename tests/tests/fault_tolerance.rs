@@ -164,6 +164,7 @@ fn messages_queued_for_a_black_hole_are_each_answered_once_before_timer_f() {
         answers(&w).is_empty(),
         "nothing is answered before the stream is up"
     );
+    // No timer falls due before t = 5, so the clock may jump there.
     w.net.now += Duration::from_secs(5);
     w.net.sip_send(
         w.proxy,
@@ -247,6 +248,8 @@ fn a_refused_connection_answers_every_queued_stanza_at_once() {
         ["r0", "r1", "r2"].map(|r| call(&format!("z9hG4bK{r}"))),
         "{t}"
     );
+    // Resolved, but no stream at the address: remote-server-timeout (RFC 6120
+    // §8.3.3.17), answered as soon as the last address has failed.
     for a in &a {
         assert_eq!((a.t, a.code), (0, 408), "{a:?}");
         assert!(a.reason.contains("connection refused"), "{a:?}");
