@@ -133,6 +133,7 @@ impl Ledger {
                 }
             } else if refused {
                 s.refused += 1;
+                *s.codes.entry(r.answer.unwrap_or_default()).or_default() += 1;
                 match r.answer {
                     Some(503) if r.retry_after => s.refused_503_retry_after += 1,
                     Some(503) => s.refused_503_bare += 1,
@@ -177,6 +178,8 @@ pub struct Summary {
     pub refused_503_retry_after: u64,
     pub refused_503_bare: u64,
     pub refused_other: u64,
+    /// Every refusal by code (0: an XMPP error stanza).
+    pub codes: std::collections::BTreeMap<u16, u64>,
     pub delivered_but_refused: u64,
     pub p50: Duration,
     pub p99: Duration,

@@ -457,7 +457,7 @@ fn run_world(
             _ => 0.0,
         };
         println!(
-            "  {name}: sent {}, delivered {}, lost {}{}, duplicates {}, refused {} (503 with Retry-After {}, 503 without {}, other {}){}",
+            "  {name}: sent {}, delivered {}, lost {}{}, duplicates {}, refused {} (503 with Retry-After {}, 503 without {}, other {}; by code {:?}){}",
             s.sent,
             s.delivered,
             s.lost,
@@ -467,6 +467,7 @@ fn run_world(
             s.refused_503_retry_after,
             s.refused_503_bare,
             s.refused_other,
+            s.codes,
             if s.delivered_but_refused > 0 { format!(", delivered although refused {}", s.delivered_but_refused) } else { String::new() },
         );
         println!(
