@@ -186,6 +186,8 @@ pub struct Gateway {
     rng: Rng,
     secret: String,
     conns: BTreeMap<ConnId, Conn>,
+    /// Connection deadlines, earliest first; see `put`.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>,
     routes: HashMap<(String, String), Route>,
     /// Resolve query id → connection waiting for it.
     queries: HashMap<u64, ConnId>,
@@ -219,6 +221,7 @@ impl Gateway {
             rng,
             secret,
             conns: BTreeMap::new(),
+            timers: std::collections::BinaryHeap::new(),
             routes: HashMap::new(),
             queries: HashMap::new(),
             next_id: 1,
@@ -293,6 +296,28 @@ impl Gateway {
     /// Replaces the configuration; established streams stay up.
     pub fn set_config(&mut self, config: Config) {
         self.config = config;
+        // Timeouts may have shortened: every deadline is computed afresh.
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(mut c) = self.conns.remove(&id) {
+                c.scheduled = None;
+                self.put(c);
+            }
+        }
+    }
+
+    /// Keeps a connection, with its next deadline on the timer heap. A deadline
+    /// that moved later (traffic on the stream) leaves the earlier entry in place;
+    /// it is found early at its time and rescheduled, so the heap holds about one
+    /// entry per connection however busy the streams are.
+    fn put(&mut self, mut c: Conn) {
+        if let Some(d) = self.next_deadline(&c) {
+            if c.scheduled.is_none_or(|s| d < s) {
+                self.timers.push(std::cmp::Reverse((d, c.id)));
+                c.scheduled = Some(d);
+            }
+        }
+        self.conns.insert(c.id, c);
     }
 
     /// Emits `Output::Trace` for every write, for transcripts.
@@ -304,15 +329,18 @@ impl Gateway {
         self.out.queue.pop_front()
     }
 
-    /// The earliest deadline of any connection.
+    /// The earliest deadline of any connection, waiting stanza or SIP transaction.
+    /// It may be early (a connection's deadline moved later); never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Waiting stanzas are queued in arrival order, so the first with a
+        // deadline has the earliest.
         let queued = self
             .routes
             .values()
-            .flat_map(|r| r.queue.iter().filter_map(|q| q.deadline));
-        self.conns
-            .values()
-            .filter_map(|c| self.next_deadline(c))
+            .filter_map(|r| r.queue.iter().find_map(|q| q.deadline));
+        let conns = self.timers.peek().map(|std::cmp::Reverse((t, _))| *t);
+        conns
+            .into_iter()
             .chain(queued)
             .chain(self.sip_next_deadline())
             .min()
@@ -358,7 +386,7 @@ impl Gateway {
             now,
         );
         c.establish_deadline = Some(now + self.config.gateway.stream_establishment_timeout);
-        self.conns.insert(id, c);
+        self.put(c);
         id
     }
 
@@ -374,7 +402,7 @@ impl Gateway {
             let header = self.header_out(&c.local, &c.remote, None);
             c.send_header(&header, &mut self.out, now);
         }
-        self.conns.insert(conn, c);
+        self.put(c);
     }
 
     /// An outbound connection attempt failed; the next address is tried.
@@ -389,7 +417,7 @@ impl Gateway {
                 domain: c.remote.clone(),
                 addr,
             });
-            self.conns.insert(conn, c);
+            self.put(c);
             return;
         }
         let text = format!("could not connect to {}: {reason}", c.remote);
@@ -416,7 +444,7 @@ impl Gateway {
                         addr,
                     });
                 }
-                self.conns.insert(conn, c);
+                self.put(c);
             }
             Ok(_) => {
                 let text = format!("no s2s address found for {}", c.remote);
@@ -457,7 +485,7 @@ impl Gateway {
             return;
         };
         if c.phase == Phase::Closed {
-            self.conns.insert(conn, c);
+            self.put(c);
             return;
         }
         match c.ingest(bytes, &mut self.out) {
@@ -511,7 +539,7 @@ impl Gateway {
                 }
             }
         }
-        self.conns.insert(c.id, c);
+        self.put(c);
     }
 
     /// Opens (or keeps) the outbound stream from `local` to `remote` without a
@@ -593,7 +621,7 @@ impl Gateway {
                 if let Some(mut c) = self.conns.remove(&id) {
                     c.last_activity = now;
                     c.send(&queued.stanza, &mut self.out, now);
-                    self.conns.insert(id, c);
+                    self.put(c);
                     self.stanza_written(queued, now);
                 }
             }
@@ -662,7 +690,7 @@ impl Gateway {
                 .is_some_and(|r| r.conn == Some(conn) && !r.queue.is_empty());
         }
         let still = c.congested;
-        self.conns.insert(conn, c);
+        self.put(c);
         still
     }
 
@@ -693,17 +721,20 @@ impl Gateway {
     /// Advances time: fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.set_clock(now);
-        let due: Vec<ConnId> = self
-            .conns
-            .values()
-            .filter(|c| self.next_deadline(c).is_some_and(|d| d <= now))
-            .map(|c| c.id)
-            .collect();
-        for id in due {
-            let Some(c) = self.conns.remove(&id) else {
+        while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(mut c) = self.conns.remove(&id) else {
                 continue;
             };
-            self.on_timers(c, now);
+            c.scheduled = None;
+            if self.next_deadline(&c).is_some_and(|d| d <= now) {
+                self.on_timers(c, now);
+            } else {
+                self.put(c);
+            }
         }
         self.expire_queued(now);
         self.sip_timeouts(now);
@@ -737,15 +768,12 @@ impl Gateway {
             return c.establish_deadline;
         }
         let g = &self.config.gateway;
-        let mut d = vec![c.last_activity + g.stream_inactivity_timeout];
-        if let Some(e) = c.establish_deadline {
-            d.push(e);
-        }
-        if c.keep_alive {
-            d.push(c.last_tx + g.keep_alive_interval);
-        }
-        d.extend(c.pending.iter().map(|p| p.deadline));
-        d.into_iter().min()
+        let keep_alive = c.keep_alive.then(|| c.last_tx + g.keep_alive_interval);
+        std::iter::once(c.last_activity + g.stream_inactivity_timeout)
+            .chain(c.establish_deadline)
+            .chain(keep_alive)
+            .chain(c.pending.iter().map(|p| p.deadline))
+            .min()
     }
 
     fn on_timers(&mut self, mut c: Conn, now: Instant) {
@@ -809,7 +837,7 @@ impl Gateway {
         if c.keep_alive && c.last_tx + g.keep_alive_interval <= now {
             c.send_keep_alive(&mut self.out, now);
         }
-        self.conns.insert(c.id, c);
+        self.put(c);
     }
 
     // ---- outbound -------------------------------------------------------------------
@@ -886,7 +914,7 @@ impl Gateway {
         let query = self.next_id;
         self.next_id += 1;
         self.queries.insert(query, id);
-        self.conns.insert(id, c);
+        self.put(c);
         self.out.push(Output::Resolve {
             query,
             domain: target,
@@ -1910,7 +1938,7 @@ impl Gateway {
         c.pending
             .retain(|p| !(p.from == req.to && p.to == req.from));
         if c.pending.len() == before || c.phase == Phase::Closed {
-            self.conns.insert(c.id, c);
+            self.put(c);
             return;
         }
         match valid {
@@ -1927,7 +1955,7 @@ impl Gateway {
                     Method::DialbackOverTcp
                 };
                 self.inbound_authenticated(&mut c, method, now);
-                self.conns.insert(c.id, c);
+                self.put(c);
             }
             Some(false) => {
                 c.send(
@@ -1944,7 +1972,7 @@ impl Gateway {
                     );
                     self.fail(c, By::Us, "dialback-invalid", &text, now, true);
                 } else {
-                    self.conns.insert(c.id, c);
+                    self.put(c);
                 }
             }
             None => {
@@ -1955,7 +1983,7 @@ impl Gateway {
                 );
                 let e = dialback::error("result", &req.from, &req.to, None, &cond, &text);
                 c.send(&e, &mut self.out, now);
-                self.conns.insert(c.id, c);
+                self.put(c);
             }
         }
     }
@@ -1973,7 +2001,7 @@ impl Gateway {
                 let e = dialback::error("result", &req.from, &req.to, None, condition, text);
                 inbound.send(&e, &mut self.out, now);
             }
-            self.conns.insert(inbound.id, inbound);
+            self.put(inbound);
         }
     }
 

@@ -109,6 +109,8 @@ pub struct Conn {
     /// The host's send queue for this connection is past its high-water mark:
     /// stanzas wait in the route's bounded queue until it drains.
     pub congested: bool,
+    /// The earliest deadline this connection has on the gateway's timer heap.
+    pub scheduled: Option<Instant>,
 }
 
 /// Why feeding bytes failed.
@@ -145,6 +147,7 @@ impl Conn {
             served_verify: false,
             db_declared: false,
             congested: false,
+            scheduled: None,
         }
     }
 
