@@ -74,7 +74,8 @@ struct Args {
     /// Attach: the tool's SIP next hop (the gateway's sip_next_hop).
     #[arg(long, default_value = "127.0.0.1:0")]
     next_hop: SocketAddr,
-    /// Print the gateway configuration attach mode needs (with --listen, --next-hop) and exit.
+    /// Print the gateway configuration attach mode needs (for --listen, --next-hop,
+    /// --gateway-s2s, --gateway-sip and --streams) and exit.
     #[arg(long)]
     print_config: bool,
     /// Partner domains load0.test …: one s2s stream each way per domain.
@@ -138,8 +139,8 @@ fn run(args: &Args) -> Result<bool, String> {
     if args.print_config {
         let cfg = setup::self_config(
             &domains,
-            5269,
-            5060,
+            args.gateway_s2s.map_or(5269, |a| a.port()),
+            args.gateway_sip.map_or(5060, |a| a.port()),
             next_hop,
             listen,
             &PathBuf::from("isthmus-data"),
@@ -337,6 +338,10 @@ fn run_world(
     ledger.clear();
     std::thread::sleep(Duration::from_millis(200));
     let loaded = procstat::read(pid)?;
+    // The other processes on the same cores: when they saturate, the figures are theirs.
+    let tool0 = procstat::read(std::process::id())?;
+    let prosody_pid = world.procs.pid("prosody");
+    let prosody0 = prosody_pid.map(procstat::read).transpose()?;
 
     // The load.
     let xmpp_senders = if args.direction == Direction::ToXmpp {
@@ -424,6 +429,8 @@ fn run_world(
         std::thread::sleep(Duration::from_millis(20));
     }
     let after = procstat::read(pid);
+    let tool1 = procstat::read(std::process::id())?;
+    let prosody1 = prosody_pid.map(procstat::read).transpose()?;
     xmpp::STOPPING.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let after = after?;
@@ -532,6 +539,24 @@ fn run_world(
         before_streams.rss_kb,
         loaded.rss_kb,
         (loaded.rss_kb as f64 - before_streams.rss_kb as f64) / streams,
+    );
+    let busy = sent_done
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(1e-9);
+    println!(
+        "  load tool CPU {:.2} s ({:.0}% of one core while sending){}",
+        tool1.cpu - tool0.cpu,
+        100.0 * (tool1.cpu - tool0.cpu) / busy,
+        match (prosody0, prosody1) {
+            (Some(a), Some(b)) => format!(
+                "; Prosody CPU {:.2} s ({:.0}%), RSS {} kB",
+                b.cpu - a.cpu,
+                100.0 * (b.cpu - a.cpu) / busy,
+                b.rss_kb
+            ),
+            _ => String::new(),
+        }
     );
     let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for e in sender_errors.iter().chain(errors.iter()) {
