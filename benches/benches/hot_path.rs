@@ -57,6 +57,15 @@ fn hot_path(c: &mut Criterion) {
     g.bench_function("NOTIFY/PIDF -> presence", |b| {
         b.iter(|| notify_to_presence(std::hint::black_box(&notify), &from, &to))
     });
+    let mut whole = whole::WholeGateway::xmpp_to_sip();
+    g.bench_function(
+        "whole gateway: s2s message -> SIP MESSAGE, its 200 back",
+        |b| b.iter(|| whole.inbound(std::hint::black_box(MESSAGE.as_bytes()))),
+    );
+    let mut whole = whole::WholeGateway::sip_to_xmpp();
+    g.bench_function("whole gateway: SIP MESSAGE -> s2s message, 200 sent", |b| {
+        b.iter(|| whole.outbound())
+    });
     g.bench_function("SIP parse", |b| {
         b.iter(|| SipMessage::parse(std::hint::black_box(&sip), &SipLimits::default()))
     });

@@ -9,6 +9,8 @@ use isthmus_core::translate::message::{message_to_sip, sip_to_message};
 use isthmus_core::translate::presence::pidf_to_presence;
 use isthmus_core::xml::{ns, StreamEvent, StreamReader};
 
+pub mod whole;
+
 /// A 430-byte-class chat message as a partner sends it.
 pub const MESSAGE: &str = "<message from='romeo@xmpp.example/balcony' to='juliet@sip.example' type='chat' id='m-8d0f1c2a' xml:lang='en'><body>But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. Arise, fair sun, and kill the envious moon, who is already sick and pale with grief &amp; more.</body><thread>th-6b1e5a</thread><active xmlns='http://jabber.org/protocol/chatstates'/></message>";
 
@@ -110,5 +112,32 @@ mod tests {
             "{}",
             MESSAGE.len()
         );
+    }
+
+    #[test]
+    fn the_whole_gateway_loops_do_the_work() {
+        let mut w = whole::WholeGateway::xmpp_to_sip();
+        for _ in 0..3000 {
+            let sent = w
+                .inbound(MESSAGE.as_bytes())
+                .expect("a SIP MESSAGE each time");
+            let text = String::from_utf8(sent).expect("utf-8");
+            assert!(
+                text.starts_with("MESSAGE sip:juliet@sip.example SIP/2.0"),
+                "{text}"
+            );
+            assert!(text.contains("kill the envious moon"));
+        }
+        let mut w = whole::WholeGateway::sip_to_xmpp();
+        for _ in 0..3000 {
+            let (written, ok) = w.outbound();
+            let text = String::from_utf8(written).expect("utf-8");
+            assert!(
+                text.starts_with("<message from='juliet@sip.example'"),
+                "{text}"
+            );
+            assert!(text.contains("<body>But soft"), "{text}");
+            assert!(ok, "answered 200 once written");
+        }
     }
 }
