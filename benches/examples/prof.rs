@@ -1,0 +1,40 @@
+//! One hot path in a loop, for instruction-level profiling where criterion's
+//! harness would get in the way:
+//! `valgrind --tool=callgrind --toggle-collect='isthmus_benches::inbound*' target/release/examples/prof in 2000`
+//! Paths: `in` and `out` (the pipelines), `win` and `wout` (the whole gateway).
+//! Runs five rounds of N and prints the time per operation of each.
+
+use isthmus_benches::*;
+
+fn main() {
+    let which = std::env::args().nth(1).unwrap_or_default();
+    let n: u32 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let c = config();
+    let mut r = open_reader();
+    let sip = sip_message_bytes();
+    let mut w = whole::WholeGateway::xmpp_to_sip();
+    let mut o = whole::WholeGateway::sip_to_xmpp();
+    for round in 0..5 {
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            match which.as_str() {
+                "in" => drop(std::hint::black_box(inbound(
+                    &mut r,
+                    &c,
+                    MESSAGE.as_bytes(),
+                ))),
+                "out" => drop(std::hint::black_box(outbound(&sip))),
+                "win" => drop(std::hint::black_box(w.inbound(MESSAGE.as_bytes()))),
+                "wout" => drop(std::hint::black_box(o.outbound())),
+                other => {
+                    eprintln!("unknown path {other:?}: in, out, win or wout");
+                    std::process::exit(2);
+                }
+            }
+        }
+        println!("round {round}: {:?} per op", t.elapsed() / n);
+    }
+}
