@@ -201,24 +201,14 @@ fn messages_queued_for_a_black_hole_are_each_answered_once_before_timer_f() {
         assert!(a.t < sent + TIMER_F, "before the client's Timer F: {a:?}");
     }
     // The presence subscription waited for the stream-establishment timeout
-    // (60 s from the first attempt) and came back as one error.
-    let back: Vec<&(String, Element)> = w
-        .net
-        .delivered
-        .iter()
-        .filter(|(n, _)| n == "isthmus")
-        .collect();
-    assert_eq!(back.len(), 1, "{t}");
-    assert_eq!(back[0].1.name, "presence");
+    // (60 s from the first attempt) and came back as one error, which ends the
+    // SIP watcher's dialog.
     assert_eq!(
-        condition(&back[0].1),
-        ("remote-server-timeout".to_owned(), "wait".to_owned())
+        notify_states(&w, "sub-h").last(),
+        Some(&(60, "terminated;reason=probation;retry-after=60".to_owned())),
+        "{t}"
     );
-    let at = timeline(&w.net)
-        .into_iter()
-        .find(|(_, l)| l.starts_with("isthmus delivers locally: <presence"))
-        .map(|(t, _)| t);
-    assert_eq!(at, Some(60));
+    nothing_dropped(&w);
     assert_eq!(
         bounced(&w.net, "isthmus").len(),
         6,
@@ -254,16 +244,15 @@ fn a_refused_connection_answers_every_queued_stanza_at_once() {
         assert_eq!((a.t, a.code), (0, 408), "{a:?}");
         assert!(a.reason.contains("connection refused"), "{a:?}");
     }
-    let back: Vec<&Element> = w
-        .net
-        .delivered
-        .iter()
-        .filter(|(n, _)| n == "isthmus")
-        .map(|(_, e)| e)
-        .collect();
-    assert_eq!(back.len(), 1, "{t}");
-    assert_eq!(condition(back[0]).0, "remote-server-timeout");
-    assert_eq!(bounced(&w.net, "isthmus").len(), 4);
+    // The probe (alice has no watcher dialog) comes back as an error too, handled
+    // on the SIP side rather than dropped as a local delivery.
+    let b = bounced(&w.net, "isthmus");
+    assert_eq!(b.len(), 4, "{t}");
+    assert!(
+        b.iter().all(|(_, c)| *c == "remote-server-timeout"),
+        "{b:?}"
+    );
+    nothing_dropped(&w);
 }
 
 #[test]
@@ -328,7 +317,9 @@ impl Lone {
         let mut config = Config::default();
         config.gateway.served_domains = vec!["sip.test".into()];
         config.gateway.dialback_secret = Some("gw secret".into());
-        config.gateway.sip_next_hop = Some(SocketAddr::from(PROXY));
+        // No SIP next hop: MESSAGEs are answered where they came from, and a
+        // stanza handed in with `stanza` comes back as a local delivery the test
+        // sees (with a next hop it goes to the SIP side; see the presence tests).
         let mut p = isthmus_core::config::Partner::new("xmpp.test");
         p.negotiation = isthmus_tests::sipworld::row();
         p.partner_type = PartnerType::Federated;
@@ -836,4 +827,201 @@ fn a_notify_lost_to_a_silent_sip_side_ends_the_dialog_but_not_the_contact() {
         .collect::<Vec<_>>();
     assert_eq!(sub.len(), 1);
     assert_eq!(sub[0].code, 200);
+}
+
+// ---- presence requests made for a SIP user that come back as errors --------------
+
+/// The Subscription-State of each NOTIFY isthmus sent in dialog `call_id`, with
+/// the second it went out.
+fn notify_states(w: &World, call_id: &str) -> Vec<(u64, String)> {
+    let times = timeline(&w.net)
+        .into_iter()
+        .filter(|(_, l)| l.starts_with("isthmus→proxy SIP: NOTIFY"))
+        .filter(|(_, l)| field(l, "Call-ID: ") == call_id)
+        .map(|(t, _)| t);
+    let states = requests(w, "NOTIFY")
+        .into_iter()
+        .filter(|n| n.call_id() == Some(call_id))
+        .map(|n| {
+            n.header("Subscription-State")
+                .unwrap_or_default()
+                .to_owned()
+        });
+    times.zip(states).collect()
+}
+
+fn watch(w: &mut World) -> Sub {
+    w.net
+        .gateway(0)
+        .roster_item("alice@sip.test", "romeo@xmpp.test")
+        .watch
+}
+
+fn alice_subscribes(w: &mut World, call_id: &str) {
+    w.net.sip_send(
+        w.proxy,
+        0,
+        &subscribe(
+            "alice@sip.test",
+            "sip:romeo@xmpp.test",
+            call_id,
+            &format!("z9hG4bK{call_id}"),
+            600,
+            1,
+        ),
+    );
+}
+
+/// Nothing for a SIP user ended as a local delivery (the host would drop it).
+fn nothing_dropped(w: &World) {
+    let t = w.net.transcript_text();
+    assert!(
+        !w.net.delivered.iter().any(|(n, _)| n == "isthmus"),
+        "every stanza for a SIP user goes to the SIP side: {t}"
+    );
+}
+
+#[test]
+fn a_subscribe_that_finds_no_stream_ends_the_sip_dialog_in_probation_and_is_asked_again() {
+    let mut w = world(PartnerType::Federated, 200);
+    let hole: SocketAddr = ([127, 0, 0, 66], 5269).into();
+    w.net.add_black_hole(hole);
+    w.net.set_dns(0, "xmpp.test", vec![hole]);
+    alice_subscribes(&mut w, "sub-p");
+    w.net.run();
+    let t = w.net.transcript_text();
+    // The presence subscribe waited for the stream-establishment timeout (60 s)
+    // and its remote-server-timeout (type wait) ended the watcher's dialog with a
+    // time to come back (RFC 6665 §4.2.2).
+    assert_eq!(
+        notify_states(&w, "sub-p"),
+        [
+            (0, "pending;expires=600".to_owned()),
+            (60, "terminated;reason=probation;retry-after=60".to_owned())
+        ],
+        "{t}"
+    );
+    nothing_dropped(&w);
+    // romeo never saw the request, so it is not pending any more, and the
+    // durable record says so before the NOTIFY goes out.
+    assert_eq!(watch(&mut w), Sub::None);
+    let forgotten = t
+        .find("isthmus persists alice@sip.test / romeo@xmpp.test: watch=none")
+        .expect("persisted");
+    let terminated = t.rfind("isthmus→proxy SIP: NOTIFY").expect("NOTIFY");
+    assert!(forgotten < terminated, "{t}");
+    assert!(xmpp_user_got(&w).is_empty());
+
+    // The partner is reachable again; alice's client comes back after retry-after
+    // with a new dialog, and romeo is asked this time.
+    w.net.set_dns(0, "xmpp.test", vec![w.net.addr(1)]);
+    w.net.wait(Duration::from_secs(60));
+    alice_subscribes(&mut w, "sub-p2");
+    w.net.run();
+    let t = w.net.transcript_text();
+    assert_eq!(
+        notify_states(&w, "sub-p2")
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        ["pending;expires=600"],
+        "{t}"
+    );
+    assert_eq!(watch(&mut w), Sub::Pending);
+    let asked: Vec<String> = xmpp_user_got(&w)
+        .iter()
+        .filter_map(|e| e.get_attr("type").map(str::to_owned))
+        .collect();
+    assert_eq!(asked, ["subscribe"], "{t}");
+}
+
+#[test]
+fn a_subscribe_to_a_domain_without_records_ends_the_sip_dialog_with_noresource() {
+    let mut w = world(PartnerType::Federated, 200);
+    w.net.set_dns(0, "xmpp.test", vec![]);
+    alice_subscribes(&mut w, "sub-x");
+    w.net.run();
+    let t = w.net.transcript_text();
+    assert_eq!(
+        notify_states(&w, "sub-x"),
+        [
+            (0, "pending;expires=600".to_owned()),
+            (0, "terminated;reason=noresource".to_owned())
+        ],
+        "remote-server-not-found (cancel): the client should not retry: {t}"
+    );
+    assert_eq!(watch(&mut w), Sub::None);
+    assert_eq!(
+        bounced(&w.net, "isthmus"),
+        [("romeo@xmpp.test".to_owned(), "remote-server-not-found")]
+    );
+    nothing_dropped(&w);
+}
+
+#[test]
+fn a_probe_that_finds_no_stream_ends_the_sip_dialog_but_keeps_the_approved_contact() {
+    let mut w = world(PartnerType::Federated, 200);
+    let approved = isthmus_core::roster::Item {
+        watch: Sub::Active,
+        watched_by: Sub::None,
+    };
+    w.net.gateway(0).restore([isthmus_core::roster::Persist {
+        local: "alice@sip.test".into(),
+        remote: "romeo@xmpp.test".into(),
+        item: approved,
+    }]);
+    let hole: SocketAddr = ([127, 0, 0, 66], 5269).into();
+    w.net.add_black_hole(hole);
+    w.net.set_dns(0, "xmpp.test", vec![hole]);
+    alice_subscribes(&mut w, "sub-a");
+    w.net.run();
+    let t = w.net.transcript_text();
+    assert_eq!(
+        notify_states(&w, "sub-a"),
+        [
+            (0, "active;expires=600".to_owned()),
+            (60, "terminated;reason=probation;retry-after=60".to_owned())
+        ],
+        "{t}"
+    );
+    assert_eq!(
+        bounced(&w.net, "isthmus"),
+        [("romeo@xmpp.test".to_owned(), "remote-server-timeout")]
+    );
+    // An unreachable partner does not revoke romeo's approval.
+    assert_eq!(watch(&mut w), Sub::Active);
+    assert!(!t.contains("isthmus persists"), "{t}");
+    nothing_dropped(&w);
+}
+
+#[test]
+fn a_presence_error_from_the_contact_ends_the_sip_dialog_and_is_not_answered() {
+    let mut w = world(PartnerType::Federated, 200);
+    alice_subscribes(&mut w, "sub-f");
+    w.net.run();
+    assert_eq!(watch(&mut w), Sub::Pending);
+    let refusal = presence("romeo@xmpp.test", "alice@sip.test", Some("error")).child(
+        Element::new(ns::SERVER, "error")
+            .attr("type", "auth")
+            .child(Element::new(ns::STANZAS_ERR, "forbidden")),
+    );
+    w.net.send_stanza(1, refusal);
+    w.net.run();
+    let t = w.net.transcript_text();
+    assert_eq!(
+        notify_states(&w, "sub-f")
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        ["pending;expires=600", "terminated;reason=rejected"],
+        "{t}"
+    );
+    assert_eq!(watch(&mut w), Sub::None);
+    // An error is never answered: romeo's side got the subscribe and nothing since.
+    let got: Vec<String> = xmpp_user_got(&w)
+        .iter()
+        .filter_map(|e| e.get_attr("type").map(str::to_owned))
+        .collect();
+    assert_eq!(got, ["subscribe"], "{t}");
+    assert!(bounced(&w.net, "isthmus").is_empty(), "{t}");
 }

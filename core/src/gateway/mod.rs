@@ -714,7 +714,7 @@ impl Gateway {
                 let (code, phrase) = crate::translate::error::condition_to_sip(condition);
                 self.sip_answer(&key, code, &format!("{phrase} ({text})"), now);
             }
-            None => self.bounce(q.stanza, condition, text),
+            None => self.bounce(q.stanza, condition, text, now),
         }
     }
 
@@ -2161,15 +2161,17 @@ impl Gateway {
         }
     }
 
-    /// Returns a stanza to its local sender as an error (never an error for an error).
-    fn bounce(&mut self, stanza: Element, condition: &'static str, text: &str) {
+    /// Returns a stanza to its local sender as an error (never an error for an
+    /// error), through the same local delivery as any stanza for a local user: a
+    /// stanza generated for a SIP user is answered on the SIP side.
+    fn bounce(&mut self, stanza: Element, condition: &'static str, text: &str, now: Instant) {
         self.event(Event::Bounced {
             from: stanza.get_attr("from").unwrap_or_default().to_owned(),
             to: stanza.get_attr("to").unwrap_or_default().to_owned(),
             condition,
         });
         if let Some(reply) = error_reply(&stanza, condition, text) {
-            self.out.push(Output::Deliver(reply));
+            self.deliver_local(reply, now);
         }
     }
 }

@@ -38,7 +38,8 @@ pub enum Output {
         conn: ConnId,
     },
     /// A stanza for a local user: received from a partner, or a bounce of ours.
-    /// (With a SIP next hop configured, messages go to SIP instead.)
+    /// Only without a SIP next hop: with one, every stanza for a SIP user (a
+    /// bounce of a stanza sent on its behalf included) goes to the SIP side.
     Deliver(Element),
     /// Make this change durable before applying the outputs after it.
     Persist(crate::roster::Persist),

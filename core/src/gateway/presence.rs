@@ -31,6 +31,10 @@ const MAX_EXPIRES: u64 = 3600;
 const MIN_EXPIRES: u64 = 60;
 /// Wait before subscribing again to a SIP user after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Seconds a SIP watcher is asked to wait before subscribing again after a
+/// temporary (`wait`) XMPP error: about one stream-establishment attempt, so the
+/// retry finds the partner reachable again or fails afresh, without hammering it.
+const PROBATION_RETRY_AFTER: u64 = 60;
 
 #[derive(Default)]
 pub(super) struct PresenceState {
@@ -411,7 +415,53 @@ impl Gateway {
                     }
                 }
             }
-            PresenceKind::Error => {}
+            PresenceKind::Error => self.presence_error(&stanza, &local, &remote, now),
+        }
+    }
+
+    /// A presence error from an XMPP contact, or our own bounce of a stanza sent on
+    /// a SIP user's behalf (a subscribe or probe that found no stream): the SIP
+    /// user's watcher dialogs for that contact end, and a request the contact never
+    /// saw stops being pending. An approved subscription stays: only `unsubscribed`
+    /// revokes one (RFC 6121 §3.2). Nothing is sent to XMPP, so an error never
+    /// answers an error.
+    fn presence_error(&mut self, stanza: &Element, local: &Jid, remote: &Jid, now: Instant) {
+        let error = stanza.find(ns::SERVER, "error");
+        let condition = error
+            .and_then(|e| {
+                e.elements()
+                    .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
+            })
+            .map_or("undefined-condition", |c| c.name.as_str());
+        let error_type = error
+            .and_then(|e| e.get_attr("type"))
+            .unwrap_or_else(|| crate::translate::error::error_type(condition));
+        // RFC 6665 §4.2.2: `probation` asks the client to come back after
+        // retry-after, right for a temporary failure; `rejected` says authorization
+        // policy refused it; `noresource` says the watched resource cannot be had
+        // (no such domain or user). The last two tell the client not to retry.
+        let reason = match (error_type, condition) {
+            ("wait", _) => format!("probation;retry-after={PROBATION_RETRY_AFTER}"),
+            ("auth", _) | (_, "not-allowed") => "rejected".to_owned(),
+            _ => "noresource".to_owned(),
+        };
+        let (l, r) = (local.to_string(), remote.to_string());
+        let mut item = self.roster.get(&l, &r);
+        if item.watch == Sub::Pending {
+            item.watch = Sub::None;
+            self.roster_set(&l, &r, item);
+        }
+        let dialogs = self.dialogs_for(local, remote);
+        self.event(Event::Ignored {
+            conn: super::ConnId(0),
+            what: format!(
+                "presence error from {remote} for {local} ({error_type}/{condition}); {} SIP watcher dialog(s) terminated with reason={reason}",
+                dialogs.len()
+            ),
+        });
+        for d in dialogs {
+            self.notify(&d, Some(&reason), now);
+            self.presence.watchers.remove(&d);
         }
     }
 
