@@ -43,12 +43,19 @@ pub fn body(id: u64) -> String {
     format!("load L{id} the quick brown fox jumps over the lazy dog")
 }
 
+/// SIPp numbers its calls from 1 and writes `S<call number>`: ids from here up.
+pub const SIPP_BASE: u64 = 1 << 40;
+
 pub fn parse_body(text: &str) -> Option<u64> {
     let mut words = text.split_whitespace();
     if words.next()? != "load" {
         return None;
     }
-    words.next()?.strip_prefix('L')?.parse().ok()
+    let word = words.next()?;
+    match word.strip_prefix('S') {
+        Some(n) => Some(SIPP_BASE + n.parse::<u64>().ok()?),
+        None => word.strip_prefix('L')?.parse().ok(),
+    }
 }
 
 pub fn parse_id(id: &str) -> Option<u64> {
@@ -75,6 +82,21 @@ impl Ledger {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Rec>> {
         // A panicking thread leaves the map consistent (single inserts and updates).
         self.recs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message another program sends (SIPp), expected at `at`.
+    pub fn expect(&self, id: u64, dir: Dir, at: Instant) {
+        self.lock().insert(
+            id,
+            Rec {
+                dir,
+                sent: at,
+                delivered: 0,
+                first_delivery: None,
+                answer: None,
+                retry_after: false,
+            },
+        );
     }
 
     pub fn delivered(&self, id: u64) {
@@ -197,6 +219,7 @@ mod tests {
         assert_eq!(parse_body(&body(42)), Some(42));
         assert_eq!(parse_body("hello"), None);
         assert_eq!(parse_id("L7"), Some(7));
+        assert_eq!(parse_body("load S3 from SIPp"), Some(SIPP_BASE + 3));
     }
 
     #[test]

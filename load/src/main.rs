@@ -14,6 +14,7 @@ mod pace;
 mod procstat;
 mod setup;
 mod sip;
+mod sippy;
 mod xmpp;
 
 use std::io::Write;
@@ -101,6 +102,10 @@ struct Args {
     /// Seconds to wait after the load for the last deliveries and answers.
     #[arg(long, default_value_t = 40.0)]
     drain: f64,
+    /// Let SIPp (`sipp`, Debian package sip-tester) play the SIP peers with this scenario
+    /// (see load/sipp/message.xml); its bodies `load S[call_number] …` are checked like the tool's.
+    #[arg(long)]
+    sipp: Option<PathBuf>,
     /// Work directory (configs, logs, Prosody data); default a fresh one in /tmp, removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -390,6 +395,28 @@ fn run_world(
             Ok(())
         }));
     }
+    let sipp = match &args.sipp {
+        Some(scenario) if sip_senders > 0 => {
+            let count: u64 = (0..sip_senders)
+                .map(|p| count_each((xmpp_senders + p) as u64))
+                .fold(0u64, u64::saturating_add)
+                .min((rate_each * sip_senders as f64 * args.duration).ceil() as u64)
+                .max(1);
+            let rate = rate_each * sip_senders as f64;
+            Some(sippy::start(
+                scenario,
+                &world.dir,
+                &domains,
+                world.gateway_sip,
+                rate,
+                count,
+                start,
+                &ledger,
+            )?)
+        }
+        _ => None,
+    };
+    let sip_senders = if sipp.is_some() { 0 } else { sip_senders };
     for p in 0..sip_senders {
         let peer = sip::Peer {
             index: p,
@@ -424,6 +451,10 @@ fn run_world(
             Err(_) => sender_errors.push("a sender thread panicked".into()),
         }
     }
+    let sipp_report = match sipp {
+        Some(child) => Some(sippy::finish(child, give_up, &world.dir)?),
+        None => None,
+    };
     let sent_done = Instant::now();
     while ledger.outstanding() > 0 && Instant::now() < give_up {
         std::thread::sleep(Duration::from_millis(20));
@@ -515,6 +546,9 @@ fn run_world(
         ledger.peer_unanswered.load(Ordering::Relaxed),
         ledger.unknown.load(Ordering::Relaxed),
     );
+    if let Some((r, _)) = &sipp_report {
+        println!("  SIPp's own counts (its 503s are among \"lost\" above, and not counted as lost in the verdict; latency from its pacing): {r}");
+    }
     let cpu = after.cpu - loaded.cpu;
     let streams = (2 * args.streams) as f64;
     println!(
@@ -565,7 +599,9 @@ fn run_world(
     if let Err(e) = alive {
         println!("  error: {e}");
     }
-    let lost = to_sip.lost + to_xmpp.lost;
+    // SIPp's refusals are not in the ledger by id: it counts them itself.
+    let sipp_refused = sipp_report.as_ref().map_or(0, |(_, n)| *n);
+    let lost = (to_sip.lost + to_xmpp.lost).saturating_sub(sipp_refused);
     let dup = to_sip.duplicates + to_xmpp.duplicates;
     let clean = lost == 0 && dup == 0 && sender_errors.is_empty();
     println!(
