@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use isthmus_core::config::{Config, Negotiation, Partner, PartnerType, SaslMode, TlsMode};
 use isthmus_core::gateway::{By, Event};
-use isthmus_core::sip::SipLimits;
+use isthmus_core::sip::{SipLimits, SipMessage, StartLine};
 use isthmus_core::xml::ns;
 use isthmus_tests::peer::{
     authenticated_raw_peer, condition_sent, error_text_sent, header, TCP_DIALBACK,
@@ -863,4 +863,137 @@ fn characters_xml_does_not_allow_are_refused_inbound_and_never_written() {
     assert_eq!(bodies_delivered(&w), ["a\u{FFFD}b\u{FFFD}c\td"]);
     assert_eq!(responses(&w)[0].0, 200);
     assert!(!w.net.transcript_text().contains("not-well-formed"));
+}
+
+/// The SIP responses a raw SIP-over-TCP peer received, in order.
+fn stream_responses(w: &isthmus_tests::sipworld::World, s: usize) -> Vec<SipMessage> {
+    let got = w.net.raw[s].received.clone();
+    let mut d = isthmus_core::sip::StreamDecoder::new(SipLimits::default());
+    d.push(&got);
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = d.next_message() {
+        out.push(m);
+    }
+    out
+}
+
+#[test]
+fn stream_framing_errors_are_answered_before_the_close() {
+    let answered = |w: &isthmus_tests::sipworld::World, s: usize, code: u16, why: &str| {
+        let r = stream_responses(w, s);
+        assert_eq!(r.len(), 1, "one answer: {}", w.net.transcript_text());
+        let StartLine::Response { code: c, reason } = &r[0].start else {
+            panic!("a response");
+        };
+        assert_eq!(*c, code, "{reason}");
+        assert!(reason.contains(why), "{reason} should say {why}");
+        // Enough of the request came back for the client to match it (RFC 3261 §8.2.6.2).
+        assert_eq!(r[0].call_id(), Some("h1"));
+        assert_eq!(r[0].header("CSeq"), Some("1 MESSAGE"));
+        assert!(r[0]
+            .header("Via")
+            .is_some_and(|v| v.contains("branch=z9hG4bKh1")));
+    };
+    // An absurd Content-Length: 413 on the headers alone (§21.4.11).
+    let (mut w, s) = sip_stream();
+    let head = String::from_utf8(sip_request("", "999999999", b"")).expect("ASCII");
+    w.net.raw_send(s, &head);
+    w.net.settle();
+    answered(&w, s, 413, "body of 999999999 bytes exceeds 65536");
+    stream_closed_because(&w, s, "body of 999999999 bytes exceeds 65536");
+
+    // Too many headers: 513 (§21.5.13).
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (mut w, s) = sip_stream();
+    w.net.raw_send(
+        s,
+        &String::from_utf8(sip_request(&many, "1", b"x")).expect("ASCII"),
+    );
+    w.net.settle();
+    answered(&w, s, 513, "more than 100 headers");
+    stream_closed_because(&w, s, "more than 100 headers");
+
+    // Headers that never end, after the ones a response needs: 513 from the
+    // complete lines read so far.
+    let (mut w, s) = sip_stream();
+    let head = String::from_utf8(sip_request("", "0", b"")).expect("ASCII");
+    let unfinished = head.trim_end_matches("Content-Length: 0\r\n\r\n");
+    w.net.raw_send(s, unfinished);
+    while !w.net.raw[s].closed {
+        w.net
+            .raw_send(s, &format!("X-Filler: {}\r\n", "f".repeat(1000)));
+        w.net.settle();
+    }
+    answered(&w, s, 513, "no end of headers within");
+    stream_closed_because(&w, s, "no end of headers within");
+
+    // A malformed request line: 400.
+    let (mut w, s) = sip_stream();
+    let good = String::from_utf8(sip_request("", "1", b"x")).expect("ASCII");
+    let bad = good.replacen("MESSAGE sip:romeo@xmpp.test SIP/2.0", "MESSAGE", 1);
+    w.net.raw_send(s, &bad);
+    w.net.settle();
+    answered(&w, s, 400, "Bad Request");
+    stream_closed_because(&w, s, "malformed");
+
+    // What cannot be answered is not: a request without the headers a response
+    // needs, and a response.
+    let (mut w, s) = sip_stream();
+    w.net.raw_send(
+        s,
+        "MESSAGE sip:romeo@xmpp.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.50:5070;branch=z9hG4bKs\r\nContent-Length: 999999999\r\n\r\n",
+    );
+    w.net.settle();
+    assert!(stream_responses(&w, s).is_empty());
+    stream_closed_because(&w, s, "missing");
+    let (mut w, s) = sip_stream();
+    let response = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bKx\r\nFrom: <sip:a@sip.test>;tag=1\r\nTo: <sip:b@xmpp.test>;tag=2\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 999999999\r\n\r\n";
+    w.net.raw_send(s, response);
+    w.net.settle();
+    assert!(w.net.raw[s].received.is_empty());
+    stream_closed_because(&w, s, "exceeds 65536");
+}
+
+#[test]
+fn stream_connections_that_stall_are_closed() {
+    let inactivity = Config::default().gateway.stream_inactivity_timeout;
+    // Connects and says nothing: closed once idle for stream_inactivity_timeout.
+    let (mut w, s) = sip_stream();
+    w.net.wait(inactivity - Duration::from_secs(1));
+    assert!(!w.net.raw[s].closed);
+    w.net.run_for(Duration::from_secs(2));
+    stream_closed_because(&w, s, &format!("idle for {} s", inactivity.as_secs()));
+
+    // Stops mid-message: closed 32 s after the message began (64·T1), long
+    // before the idle bound.
+    let (mut w, s) = sip_stream();
+    let msg = String::from_utf8(sip_request("", "5", b"hello")).expect("ASCII");
+    let (first, rest) = msg.split_at(60);
+    w.net.raw_send(s, first);
+    w.net.wait(Duration::from_secs(31));
+    assert!(!w.net.raw[s].closed);
+    w.net.run_for(Duration::from_secs(2));
+    stream_closed_because(&w, s, "left unfinished for 32 s");
+
+    // A message finished in time, and CRLF keep-alives (RFC 5626 §3.5.1) every
+    // 100 s: the connection stays open well past either bound.
+    let (mut w, s) = sip_stream();
+    w.net.raw_send(s, first);
+    w.net.wait(Duration::from_secs(20));
+    w.net.raw_send(s, rest);
+    w.net.settle();
+    assert_eq!(bodies_delivered(&w), ["hello"]);
+    for _ in 0..10 {
+        w.net.wait(Duration::from_secs(100));
+        w.net.raw_send(s, "\r\n\r\n");
+    }
+    w.net.settle();
+    assert!(!w.net.raw[s].closed, "{}", w.net.transcript_text());
+    // Then silence: closed at the idle bound after the last keep-alive.
+    w.net.run_for(inactivity + Duration::from_secs(1));
+    assert!(w.net.raw[s].closed);
+    assert!(w.net.events.iter().any(|(_, e)| matches!(
+        e,
+        Event::Ignored { what, .. } if what.contains("SIP connection closed: idle for")
+    )));
 }

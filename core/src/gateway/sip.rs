@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{error_reply, Event, Gateway, Output};
 use crate::jid::Jid;
@@ -50,6 +50,37 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The response to a request that could not be parsed or framed (RFC 3261
+/// §18.3, §21.4.11, §21.5.13), built from the raw bytes: only a request whose
+/// Via, From, To, Call-ID and CSeq are readable can be answered (§8.2.6.2). On a
+/// stream the bytes may stop mid-header; only complete lines count then.
+fn malformed_reply(bytes: &[u8], e: &SipError) -> Option<SipMessage> {
+    let text = String::from_utf8_lossy(bytes);
+    if text.starts_with("SIP/2.0") {
+        // A response is never answered.
+        return None;
+    }
+    let head = match text.find("\r\n\r\n") {
+        Some(end) => text.get(..end)?,
+        None => text.get(..text.rfind("\r\n")?)?,
+    };
+    let (code, reason) = e.response();
+    let mut r = SipMessage::response(code, &reason);
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = crate::sip::message::canonical_name(name.trim());
+        if matches!(name.as_str(), "Via" | "From" | "To" | "Call-ID" | "CSeq") {
+            r.push_header(&name, value.trim());
+        }
+    }
+    ["Via", "From", "To", "Call-ID", "CSeq"]
+        .iter()
+        .all(|h| r.header(h).is_some())
+        .then_some(r)
+}
+
 /// Methods this gateway answers, for `Allow`.
 const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 
@@ -66,11 +97,42 @@ pub(super) struct SipState {
     /// costs one empty wakeup, and keeps `poll_timeout` from walking every transaction.
     timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, bool, String)>>,
     timer_seq: u64,
+    /// SIP stream deadlines, earliest first: at most about one live entry per
+    /// connection (see `SipStream::scheduled`); entries for closed connections or
+    /// superseded deadlines are dropped when they come up.
+    stream_timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, super::ConnId)>>,
 }
+
+/// How long a SIP stream may hold an unfinished message (or TLS handshake): the
+/// span of a whole transaction (64·T1, Timer F, RFC 3261 §17.1.2.2). A client
+/// whose request has not arrived by then has given up on it anyway.
+pub const SIP_STREAM_PARTIAL_TIMEOUT: Duration = Duration::from_secs(32);
 
 struct SipStream {
     decoder: crate::sip::StreamDecoder,
     tls: Option<rustls::Connection>,
+    /// When bytes last arrived (CRLF keep-alives included, RFC 5626 §3.5.1).
+    last_activity: Instant,
+    /// When the unfinished message (or TLS handshake) now buffered began.
+    partial_since: Option<Instant>,
+    /// The deadline this connection has on the timer heap: a later deadline is
+    /// not pushed (the earlier entry reschedules when it comes up), so traffic
+    /// does not grow the heap.
+    scheduled: Option<Instant>,
+}
+
+impl SipStream {
+    /// When the connection is closed for want of progress; `true` when that is
+    /// for an unfinished message rather than idleness.
+    fn deadline(&self, idle: Duration) -> (Instant, bool) {
+        let idle_at = self.last_activity + idle;
+        match self.partial_since {
+            Some(p) if p + SIP_STREAM_PARTIAL_TIMEOUT < idle_at => {
+                (p + SIP_STREAM_PARTIAL_TIMEOUT, true)
+            }
+            _ => (idle_at, false),
+        }
+    }
 }
 
 /// Where a SIP request came from, and so where its responses go (RFC 3261 §18.2.2).
@@ -256,14 +318,67 @@ impl Gateway {
         } else {
             None
         };
+        // A TLS handshake counts as an unfinished message from the start.
+        let partial_since = tls.as_ref().map(|_| now);
         self.sip.streams.insert(
             conn,
             SipStream {
                 decoder: crate::sip::StreamDecoder::new(SipLimits::default()),
                 tls,
+                last_activity: now,
+                partial_since,
+                scheduled: None,
             },
         );
+        self.sip_stream_schedule(conn);
         conn
+    }
+
+    /// Puts a SIP stream's deadline on the timer heap if it is earlier than the
+    /// one already there.
+    fn sip_stream_schedule(&mut self, conn: super::ConnId) {
+        let idle = self.config.gateway.stream_inactivity_timeout;
+        let Some(s) = self.sip.streams.get_mut(&conn) else {
+            return;
+        };
+        let (d, _) = s.deadline(idle);
+        if s.scheduled.is_none_or(|at| d < at) {
+            s.scheduled = Some(d);
+            self.sip.stream_timers.push(std::cmp::Reverse((d, conn)));
+        }
+    }
+
+    /// Closes the SIP streams whose deadline has passed; reschedules the ones
+    /// whose deadline moved later.
+    fn sip_stream_timeouts(&mut self, now: Instant) {
+        let idle = self.config.gateway.stream_inactivity_timeout;
+        while let Some(std::cmp::Reverse((at, conn))) = self.sip.stream_timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.sip.stream_timers.pop();
+            let Some(s) = self.sip.streams.get_mut(&conn) else {
+                continue;
+            };
+            if s.scheduled != Some(at) {
+                continue;
+            }
+            s.scheduled = None;
+            let (d, unfinished) = s.deadline(idle);
+            if d <= now {
+                let why = if unfinished {
+                    format!(
+                        "a message (or TLS handshake) left unfinished for {} s",
+                        SIP_STREAM_PARTIAL_TIMEOUT.as_secs()
+                    )
+                } else {
+                    format!("idle for {} s", idle.as_secs())
+                };
+                self.sip_stream_failed(conn, &why);
+            } else {
+                self.sip_stream_schedule(conn);
+            }
+        }
     }
 
     /// Bytes on a SIP stream connection.
@@ -272,6 +387,7 @@ impl Gateway {
         let Some(stream) = self.sip.streams.get_mut(&conn) else {
             return;
         };
+        stream.last_activity = now;
         let mut plain = Vec::new();
         if let Some(tls) = stream.tls.as_mut() {
             use std::io::Read;
@@ -318,29 +434,61 @@ impl Gateway {
             return;
         };
         stream.decoder.push(&plain);
+        let mut completed = false;
         loop {
             let next = match self.sip.streams.get_mut(&conn) {
                 Some(s) => s.decoder.next_message(),
                 None => return,
             };
             match next {
-                Ok(Some(msg)) => match msg.start {
-                    StartLine::Response { .. } => self.sip_response(msg, now),
-                    StartLine::Request { .. } => self.sip_request(msg, SipPeer::Stream(conn), now),
-                },
-                Ok(None) => return,
+                Ok(Some(msg)) => {
+                    completed = true;
+                    match msg.start {
+                        StartLine::Response { .. } => self.sip_response(msg, now),
+                        StartLine::Request { .. } => {
+                            self.sip_request(msg, SipPeer::Stream(conn), now)
+                        }
+                    }
+                }
+                Ok(None) => break,
                 Err(e) => {
-                    // The framing is lost: answer if we can, then close (RFC 3261 §18.3).
-                    let (code, reason) = e.response();
-                    self.event(Event::Ignored {
-                        conn,
-                        what: format!("SIP stream: {e} (would answer {code} {reason}); closing"),
-                    });
+                    // The framing is lost: answer if the request can be answered,
+                    // then close (RFC 3261 §18.3).
+                    let reply = self
+                        .sip
+                        .streams
+                        .get(&conn)
+                        .and_then(|s| malformed_reply(s.decoder.buffered(), &e));
+                    let what = match &reply {
+                        Some(r) => format!(
+                            "SIP stream: {e}; answered {}",
+                            r.status().unwrap_or_default()
+                        ),
+                        None => format!(
+                            "SIP stream: {e}; not answered (no request with Via, From, To, Call-ID and CSeq to answer)"
+                        ),
+                    };
+                    self.event(Event::Ignored { conn, what });
+                    if let Some(r) = reply {
+                        self.sip_reply(SipPeer::Stream(conn), &r);
+                    }
                     self.sip_stream_failed(conn, &e.to_string());
                     return;
                 }
             }
         }
+        let Some(s) = self.sip.streams.get_mut(&conn) else {
+            return;
+        };
+        let unfinished =
+            s.decoder.buffered_len() > 0 || s.tls.as_ref().is_some_and(|t| t.is_handshaking());
+        s.partial_since = match (unfinished, s.partial_since) {
+            (false, _) => None,
+            // A message finished in this read: what is left began a new one.
+            (true, Some(since)) if !completed => Some(since),
+            (true, _) => Some(now),
+        };
+        self.sip_stream_schedule(conn);
     }
 
     fn sip_stream_failed(&mut self, conn: super::ConnId, why: &str) {
@@ -374,35 +522,14 @@ impl Gateway {
         }
     }
 
-    /// Answers a malformed request with 400 and its reason, where the headers a
-    /// response needs can be found; anything else is logged and dropped.
+    /// Answers a malformed request with 400 (or 413/513) and its reason, where
+    /// the headers a response needs can be found; anything else is logged and dropped.
     fn sip_malformed(&mut self, from: SocketAddr, bytes: &[u8], e: &SipError) {
-        let text = String::from_utf8_lossy(bytes);
-        let is_request = !text.starts_with("SIP/2.0");
-        let mut resp = None;
-        if is_request {
-            let (code, reason) = e.response();
-            let mut r = SipMessage::response(code, &reason);
-            let mut found = 0;
-            for line in text.split("\r\n").take_while(|l| !l.is_empty()).skip(1) {
-                let Some((name, value)) = line.split_once(':') else {
-                    continue;
-                };
-                let name = crate::sip::message::canonical_name(name.trim());
-                if matches!(name.as_str(), "Via" | "From" | "To" | "Call-ID" | "CSeq") {
-                    r.push_header(&name, value.trim());
-                    found += 1;
-                }
-            }
-            if r.header("Via").is_some() && found >= 5 {
-                resp = Some(r);
-            }
-        }
         self.event(Event::Ignored {
             conn: super::ConnId(0),
             what: format!("SIP from {from}: {e}"),
         });
-        if let Some(r) = resp {
+        if let Some(r) = malformed_reply(bytes, e) {
             self.sip_send(from, &r);
         }
     }
@@ -694,7 +821,15 @@ impl Gateway {
 
     pub(super) fn sip_next_deadline(&self) -> Option<Instant> {
         let sip = self.sip.timers.peek().map(|std::cmp::Reverse((t, ..))| *t);
-        sip.into_iter().chain(self.presence_next_deadline()).min()
+        let streams = self
+            .sip
+            .stream_timers
+            .peek()
+            .map(|std::cmp::Reverse((t, _))| *t);
+        sip.into_iter()
+            .chain(streams)
+            .chain(self.presence_next_deadline())
+            .min()
     }
 
     pub(super) fn sip_timeouts(&mut self, now: Instant) {
@@ -760,6 +895,7 @@ impl Gateway {
                 self.sip_schedule(true, &key);
             }
         }
+        self.sip_stream_timeouts(now);
         self.presence_timeouts(now);
     }
 }

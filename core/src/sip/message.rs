@@ -613,6 +613,12 @@ impl StreamDecoder {
         self.buf.len()
     }
 
+    /// The bytes buffered of the message being read: after an error, what a
+    /// response to it can be built from.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// The next complete message, `None` until more bytes arrive. An error leaves
     /// the stream unusable (its framing is lost): close the connection.
     pub fn next_message(&mut self) -> Result<Option<SipMessage>, SipError> {
