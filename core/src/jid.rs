@@ -158,13 +158,19 @@ fn normalize_local(l: &str) -> Result<String, JidError> {
     if l.is_empty() {
         return Err(JidError::LocalEmpty);
     }
-    for c in l.chars() {
-        if matches!(c, '"' | '&' | '\'' | '/' | ':' | '<' | '>' | '@')
+    let forbidden = |c: char| {
+        matches!(c, '"' | '&' | '\'' | '/' | ':' | '<' | '>' | '@')
             || c.is_whitespace()
             || c.is_control()
-        {
-            return Err(JidError::LocalInvalidChar(c));
-        }
+    };
+    // ASCII bytes are chars: one pass over bytes on the common path.
+    let bad = if l.is_ascii() {
+        l.bytes().map(char::from).find(|c| forbidden(*c))
+    } else {
+        l.chars().find(|c| forbidden(*c))
+    };
+    if let Some(c) = bad {
+        return Err(JidError::LocalInvalidChar(c));
     }
     // ASCII is already in NFC: skip the Unicode passes on the common path.
     let lower: String = if l.is_ascii() {
@@ -185,11 +191,14 @@ fn check_resource(r: &str) -> Result<String, JidError> {
     if r.len() > MAX_PART {
         return Err(JidError::ResourceTooLong);
     }
+    if r.is_ascii() {
+        if let Some(b) = r.bytes().find(|b| b.is_ascii_control()) {
+            return Err(JidError::ResourceInvalidChar(char::from(b)));
+        }
+        return Ok(r.to_owned());
+    }
     if let Some(c) = r.chars().find(|c| c.is_control()) {
         return Err(JidError::ResourceInvalidChar(c));
-    }
-    if r.is_ascii() {
-        return Ok(r.to_owned());
     }
     Ok(r.nfc().collect())
 }
@@ -207,7 +216,8 @@ pub fn normalize_domain(s: &str) -> Result<String, JidError> {
             .map(|a| format!("[{a}]"))
             .map_err(|_| JidError::LabelInvalid(s.to_owned()));
     }
-    if s.parse::<std::net::Ipv4Addr>().is_ok() {
+    let ip_like = s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if ip_like && s.parse::<std::net::Ipv4Addr>().is_ok() {
         return Ok(s.to_owned());
     }
     if s.is_ascii() {

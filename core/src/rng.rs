@@ -24,11 +24,14 @@ impl Rng {
 
     /// `bytes` random bytes as lowercase hex.
     pub fn hex(&mut self, bytes: usize) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(bytes * 2);
         while out.len() < bytes * 2 {
             for b in self.next_u64().to_be_bytes() {
                 if out.len() < bytes * 2 {
-                    out.push_str(&format!("{b:02x}"));
+                    // Per message (branches, tags, Call-IDs): no formatting machinery.
+                    out.push(char::from(DIGITS[usize::from(b >> 4)]));
+                    out.push(char::from(DIGITS[usize::from(b & 0xf)]));
                 }
             }
         }
@@ -47,5 +50,14 @@ mod tests {
         assert_eq!(a.hex(9), b.hex(9));
         assert_eq!(a.hex(5).len(), 10);
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
+        // Big-endian bytes of the first SplitMix64 output of seed 0.
+        assert_eq!(
+            Rng::new(0).hex(8),
+            format!("{:016x}", Rng::new(0).next_u64())
+        );
+        assert_eq!(
+            Rng::new(0).hex(3),
+            format!("{:016x}", Rng::new(0).next_u64())[..6]
+        );
     }
 }

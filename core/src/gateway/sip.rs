@@ -702,7 +702,24 @@ impl Gateway {
         ) else {
             return;
         };
-        let (carried, purpose) = if stanza.get_attr("type") == Some("error") {
+        let is_error = stanza.get_attr("type") == Some("error");
+        if !is_error {
+            if let Err(refusal) =
+                crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from))
+            {
+                if let Some(reply) = error_reply(&stanza, refusal.condition, &refusal.text) {
+                    let _ = self.route_stanza(now, reply, None);
+                }
+                return;
+            }
+        }
+        let tag = self.rng.hex(6);
+        let call_id = format!(
+            "{}@{}",
+            self.rng.hex(8),
+            self.config.gateway.sip_address.ip()
+        );
+        let (request, purpose) = if is_error {
             // Our MESSAGE was already answered with 200; tell the SIP user in words.
             let condition = stanza
                 .find(ns::SERVER, "error")
@@ -718,25 +735,13 @@ impl Gateway {
                     "Your message to {} could not be delivered ({condition}).",
                     from.bare()
                 )));
-            (notice, Purpose::Notice)
+            (message_to_sip(&notice, &tag, &call_id), Purpose::Notice)
         } else {
-            if let Err(refusal) =
-                crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from))
-            {
-                if let Some(reply) = error_reply(&stanza, refusal.condition, &refusal.text) {
-                    let _ = self.route_stanza(now, reply, None);
-                }
-                return;
-            }
-            (stanza.clone(), Purpose::Message(stanza))
+            // Translated before it moves into the transaction (kept for a bounce).
+            let request = message_to_sip(&stanza, &tag, &call_id);
+            (request, Purpose::Message(stanza))
         };
-        let tag = self.rng.hex(6);
-        let call_id = format!(
-            "{}@{}",
-            self.rng.hex(8),
-            self.config.gateway.sip_address.ip()
-        );
-        match message_to_sip(&carried, &tag, &call_id) {
+        match request {
             Ok(Some(request)) => self.sip_request_out(request, purpose, now),
             Ok(None) => {}
             Err(e) => self.event(Event::Ignored {

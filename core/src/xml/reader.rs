@@ -204,14 +204,9 @@ impl StreamReader {
             };
             self.pos = end;
             self.scan = None;
-            let bytes = self.buf.get(start..end).unwrap_or_default().to_vec();
-            if self.pos > 64 * 1024 {
-                // Keep the buffer from growing without bound on long streams.
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
             if scan.decl {
-                check_declaration(&bytes)?;
+                check_declaration(self.buf.get(start..end).unwrap_or_default())?;
+                self.compact();
                 continue;
             }
             if scan.closing {
@@ -221,16 +216,31 @@ impl StreamReader {
                     ));
                 }
                 self.stage = Stage::Ended;
+                self.compact();
                 return Ok(Some(StreamEvent::End));
             }
-            return match self.stage {
+            let event = match self.stage {
                 Stage::Prolog => {
+                    let bytes = self.buf.get(start..end).unwrap_or_default().to_vec();
                     let header = self.parse_header(&bytes)?;
                     self.stage = Stage::Body;
-                    Ok(Some(StreamEvent::Header(header)))
+                    StreamEvent::Header(header)
                 }
-                _ => Ok(Some(StreamEvent::Element(self.parse_element(&bytes)?))),
+                // Parsed where it lies in the buffer: no copy per stanza.
+                _ => StreamEvent::Element(
+                    self.parse_element(self.buf.get(start..end).unwrap_or_default())?,
+                ),
             };
+            self.compact();
+            return Ok(Some(event));
+        }
+    }
+
+    /// Keeps the buffer from growing without bound on long streams.
+    fn compact(&mut self) {
+        if self.pos > 64 * 1024 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
     }
 
@@ -703,8 +713,10 @@ fn open_tag_in(
     outer: &[(String, String)],
     limits: &Limits,
 ) -> Result<(String, String, Vec<Attribute>), XmlError> {
-    let qname = utf8(s.name().as_ref())?;
-    let mut raw = Vec::new();
+    let qname = utf8_str(s.name().into_inner())?;
+    let mut attrs = Vec::new();
+    // Prefixed attributes wait until every declaration on the tag is known.
+    let mut prefixed: Vec<(usize, String)> = Vec::new();
     for (count, attr) in s.attributes().with_checks(true).enumerate() {
         if count >= limits.max_attributes {
             return Err(XmlError::PolicyViolation(format!(
@@ -714,7 +726,7 @@ fn open_tag_in(
         }
         let attr =
             attr.map_err(|e| XmlError::NotWellFormed(format!("attribute on <{qname}>: {e}")))?;
-        let key = utf8(attr.key.as_ref())?;
+        let key = utf8_str(attr.key.into_inner())?;
         let value = attr.unescape_value().map_err(|e| match e {
             quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(..)) => {
                 XmlError::RestrictedXml(format!("an entity reference in attribute {key}"))
@@ -731,8 +743,19 @@ fn open_tag_in(
                 )));
             }
             scope.push((prefix.to_owned(), value.into_owned()));
+        } else if key.contains(':') {
+            prefixed.push((attrs.len(), key.to_owned()));
+            attrs.push(Attribute {
+                ns: None,
+                name: String::new(),
+                value: value.into_owned(),
+            });
         } else {
-            raw.push((key, value.into_owned()));
+            attrs.push(Attribute {
+                ns: None,
+                name: key.to_owned(),
+                value: value.into_owned(),
+            });
         }
     }
     let lookup = |scope: &[(String, String)], prefix: &str| -> Option<String> {
@@ -748,37 +771,45 @@ fn open_tag_in(
             Some(u) => (u, local.to_owned()),
             None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>"))),
         },
-        None => (lookup(scope, "").unwrap_or_default(), qname.clone()),
+        None => (lookup(scope, "").unwrap_or_default(), qname.to_owned()),
     };
-    let mut attrs = Vec::with_capacity(raw.len());
-    for (key, value) in raw {
+    for (at, key) in prefixed {
         let (ns_attr, name) = match key.split_once(':') {
-            None => (None, key),
-            Some(("xml", local)) => (Some(ns::XML.to_owned()), local.to_owned()),
+            Some(("xml", local)) => (ns::XML.to_owned(), local.to_owned()),
             Some((prefix, local)) => match lookup(scope, prefix) {
-                Some(u) => (Some(u), local.to_owned()),
+                Some(u) => (u, local.to_owned()),
                 None => return Err(XmlError::BadNamespacePrefix(format!("attribute {key}"))),
             },
+            None => continue,
         };
-        attrs.push(Attribute {
-            ns: ns_attr,
-            name,
-            value,
-        });
+        if let Some(a) = attrs.get_mut(at) {
+            a.ns = Some(ns_attr);
+            a.name = name;
+        }
     }
     Ok((ns_uri, local, attrs))
 }
 
-fn utf8(b: &[u8]) -> Result<String, XmlError> {
+/// A name as text, checked: borrowed from the tag, not copied.
+fn utf8_str(b: &[u8]) -> Result<&str, XmlError> {
     let name = std::str::from_utf8(b)
         .map_err(|_| XmlError::NotWellFormed("a name is not UTF-8".into()))?;
     xml_chars(name)?;
-    Ok(name.to_owned())
+    Ok(name)
 }
 
 /// Refuses characters XML does not allow, raw or as character references: passed
 /// on, they would break the stream of whoever gets the stanza next.
 fn xml_chars(text: &str) -> Result<(), XmlError> {
+    // In UTF-8 the only characters outside XML's set are the C0 controls (bytes
+    // below 0x20 but tab, LF, CR) and U+FFFE/U+FFFF (which start with 0xEF): a byte
+    // scan clears the common text without decoding it.
+    let suspicious = text
+        .bytes()
+        .any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0xEF);
+    if !suspicious {
+        return Ok(());
+    }
     match text.chars().find(|c| !is_xml_char(*c)) {
         None => Ok(()),
         Some(c) => Err(XmlError::NotWellFormed(format!(
