@@ -297,7 +297,7 @@ impl StreamReader {
             };
             if let Some(stop) = skip_to {
                 let rest = self.buf.get(scan.at..).unwrap_or_default();
-                match rest.iter().position(|&c| c == stop) {
+                match memchr::memchr(stop, rest) {
                     Some(i) => scan.at += i,
                     None => {
                         scan.at += rest.len();
