@@ -49,6 +49,18 @@ pub(super) struct PresenceState {
     remote: HashMap<String, Element>,
     /// Last PIDF of each SIP user (bare JID).
     local: HashMap<String, Pidf>,
+    /// Watcher expiries and subscription refreshes, earliest first. An entry whose
+    /// dialog moved on (refreshed, ended) is skipped when it comes up, so neither
+    /// the next deadline nor the timeouts walk every dialog.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, PresenceTimer)>>,
+}
+
+/// What a presence timer entry is for. Watchers sort first, as they fired first
+/// when timeouts walked the tables.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PresenceTimer {
+    Watcher(String),
+    Subscription(String),
 }
 
 struct Watcher {
@@ -194,6 +206,11 @@ impl Gateway {
             &format!("<sip:{}>", self.config.gateway.sip_address),
         );
         self.sip_respond(key, resp, now);
+        let expires_at = now + Duration::from_secs(expires);
+        self.presence.timers.push(std::cmp::Reverse((
+            expires_at,
+            PresenceTimer::Watcher(dialog.clone()),
+        )));
         self.presence.watchers.insert(
             dialog.clone(),
             Watcher {
@@ -204,7 +221,7 @@ impl Gateway {
                 their_tag: from_tag,
                 target,
                 cseq: 0,
-                expires_at: now + Duration::from_secs(expires),
+                expires_at,
             },
         );
         if ask {
@@ -239,6 +256,8 @@ impl Gateway {
         } else {
             if let Some(w) = self.presence.watchers.get_mut(dialog) {
                 w.expires_at = now + Duration::from_secs(expires);
+                let entry = (w.expires_at, PresenceTimer::Watcher(dialog.to_owned()));
+                self.presence.timers.push(std::cmp::Reverse(entry));
             }
             self.notify(dialog, None, now);
         }
@@ -496,6 +515,11 @@ impl Gateway {
             self.config.gateway.sip_address.ip()
         );
         let our_tag = self.rng.hex(6);
+        let refresh_at = now + Duration::from_secs(MAX_EXPIRES * 4 / 5);
+        self.presence.timers.push(std::cmp::Reverse((
+            refresh_at,
+            PresenceTimer::Subscription(call_id.clone()),
+        )));
         self.presence.subscriptions.insert(
             call_id.clone(),
             Subscription {
@@ -504,7 +528,7 @@ impl Gateway {
                 our_tag,
                 their_tag: None,
                 cseq: 0,
-                refresh_at: now + Duration::from_secs(MAX_EXPIRES * 4 / 5),
+                refresh_at,
             },
         );
         self.send_subscribe(&call_id, MAX_EXPIRES, now);
@@ -563,6 +587,11 @@ impl Gateway {
             .unwrap_or(MAX_EXPIRES)
             .clamp(MIN_EXPIRES, MAX_EXPIRES);
         s.refresh_at = now + Duration::from_secs(granted * 4 / 5);
+        let entry = (
+            s.refresh_at,
+            PresenceTimer::Subscription(call_id.to_owned()),
+        );
+        self.presence.timers.push(std::cmp::Reverse(entry));
     }
 
     pub(super) fn subscribe_failed(&mut self, call_id: &str, code: u16, now: Instant) {
@@ -673,38 +702,48 @@ impl Gateway {
     // ---- timers -----------------------------------------------------------------
 
     pub(super) fn presence_next_deadline(&self) -> Option<Instant> {
-        let w = self.presence.watchers.values().map(|w| w.expires_at);
-        let s = self.presence.subscriptions.values().map(|s| s.refresh_at);
+        let t = self
+            .presence
+            .timers
+            .peek()
+            .map(|std::cmp::Reverse((t, _))| *t);
         let r = self.presence.retries.iter().map(|(t, _, _)| *t);
-        w.chain(s).chain(r).min()
+        t.into_iter().chain(r).min()
     }
 
     pub(super) fn presence_timeouts(&mut self, now: Instant) {
-        let mut expired: Vec<String> = self
-            .presence
-            .watchers
-            .iter()
-            .filter(|(_, w)| w.expires_at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        expired.sort();
-        for d in expired {
-            self.notify(&d, Some("timeout"), now);
-            self.presence.watchers.remove(&d);
-        }
-        let mut refresh: Vec<String> = self
-            .presence
-            .subscriptions
-            .iter()
-            .filter(|(_, s)| s.refresh_at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        refresh.sort();
-        for call_id in refresh {
-            if let Some(s) = self.presence.subscriptions.get_mut(&call_id) {
-                s.refresh_at = now + Duration::from_secs(MAX_EXPIRES * 4 / 5);
+        while let Some(std::cmp::Reverse((at, _))) = self.presence.timers.peek() {
+            if *at > now {
+                break;
             }
-            self.send_subscribe(&call_id, MAX_EXPIRES, now);
+            let Some(std::cmp::Reverse((_, timer))) = self.presence.timers.pop() else {
+                break;
+            };
+            match timer {
+                PresenceTimer::Watcher(d) => {
+                    if self
+                        .presence
+                        .watchers
+                        .get(&d)
+                        .is_some_and(|w| w.expires_at <= now)
+                    {
+                        self.notify(&d, Some("timeout"), now);
+                        self.presence.watchers.remove(&d);
+                    }
+                }
+                PresenceTimer::Subscription(call_id) => {
+                    let Some(s) = self.presence.subscriptions.get_mut(&call_id) else {
+                        continue;
+                    };
+                    if s.refresh_at > now {
+                        continue;
+                    }
+                    s.refresh_at = now + Duration::from_secs(MAX_EXPIRES * 4 / 5);
+                    let entry = (s.refresh_at, PresenceTimer::Subscription(call_id.clone()));
+                    self.presence.timers.push(std::cmp::Reverse(entry));
+                    self.send_subscribe(&call_id, MAX_EXPIRES, now);
+                }
+            }
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.presence.retries)
             .into_iter()
