@@ -87,7 +87,8 @@ struct Args {
     sip_peers: usize,
     #[arg(long, value_enum, default_value = "both")]
     direction: Direction,
-    /// Offered messages per second, all senders together; 0 for as fast as possible.
+    /// Offered messages per second, all senders together (half each way with
+    /// --direction both); 0 for as fast as possible.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// Seconds of offered load.
@@ -359,10 +360,19 @@ fn run_world(
     } else {
         args.sip_peers
     };
-    let all = (xmpp_senders + sip_senders) as u64;
-    let rate_each = args.rate / all as f64;
-    let count_each = |i: u64| match args.count {
-        Some(c) => c / all + u64::from(i < c % all),
+    // Half the rate and the count each way when both directions run, whatever N and M.
+    let ways = u64::from(xmpp_senders > 0) + u64::from(sip_senders > 0);
+    let way_rate = args.rate / ways as f64;
+    let way_count = |to_sip: bool| match args.count {
+        Some(c) if to_sip => c - (ways - 1) * (c / ways),
+        Some(c) => c / ways,
+        None => u64::MAX,
+    };
+    let count_each = |to_sip: bool, senders: usize, i: usize| match args.count {
+        Some(_) => {
+            let (c, n) = (way_count(to_sip), senders as u64);
+            c / n + u64::from((i as u64) < c % n)
+        }
         None => u64::MAX,
     };
     let duration = Duration::from_secs_f64(args.duration);
@@ -371,7 +381,12 @@ fn run_world(
     let mut threads = Vec::new();
     for (i, s) in senders.into_iter().enumerate().take(xmpp_senders) {
         let ledger = ledger.clone();
-        let mut pacer = Pacer::new(start, rate_each, count_each(i as u64), duration);
+        let mut pacer = Pacer::new(
+            start,
+            way_rate / xmpp_senders as f64,
+            count_each(true, xmpp_senders, i),
+            duration,
+        );
         threads.push(std::thread::spawn(move || -> Result<(), String> {
             let mut s = s;
             let mut text = String::new();
@@ -397,18 +412,15 @@ fn run_world(
     }
     let sipp = match &args.sipp {
         Some(scenario) if sip_senders > 0 => {
-            let count: u64 = (0..sip_senders)
-                .map(|p| count_each((xmpp_senders + p) as u64))
-                .fold(0u64, u64::saturating_add)
-                .min((rate_each * sip_senders as f64 * args.duration).ceil() as u64)
+            let count = way_count(false)
+                .min((way_rate * args.duration).ceil() as u64)
                 .max(1);
-            let rate = rate_each * sip_senders as f64;
             Some(sippy::start(
                 scenario,
                 &world.dir,
                 &domains,
                 world.gateway_sip,
-                rate,
+                way_rate,
                 count,
                 start,
                 &ledger,
@@ -430,8 +442,8 @@ fn run_world(
                 .collect(),
             pacer: Pacer::new(
                 start,
-                rate_each,
-                count_each((xmpp_senders + p) as u64),
+                way_rate / sip_senders as f64,
+                count_each(false, sip_senders, p),
                 duration,
             ),
             window: args.window,
@@ -552,8 +564,10 @@ fn run_world(
     let cpu = after.cpu - loaded.cpu;
     let streams = (2 * args.streams) as f64;
     println!(
-        "  gateway CPU {:.2} s (user+system) = {:.1} µs per delivered message{}",
+        "  gateway CPU {:.2} s (user {:.2} + system {:.2}) = {:.1} µs per delivered message{}",
         cpu,
+        cpu - (after.system - loaded.system),
+        after.system - loaded.system,
         if delivered > 0 {
             cpu * 1e6 / delivered as f64
         } else {

@@ -4,6 +4,8 @@
 pub struct Stat {
     /// utime + stime, seconds.
     pub cpu: f64,
+    /// stime alone: the kernel's share (syscalls, loopback delivery, scheduling).
+    pub system: f64,
     pub rss_kb: u64,
     pub hwm_kb: u64,
     pub threads: u64,
@@ -28,6 +30,7 @@ pub fn read(pid: u32) -> Result<Stat, String> {
     // Fields 14 and 15 of stat(5), counted here from field 3 (state).
     let ticks = clock_ticks();
     let cpu = (field(11)? + field(12)?) / ticks;
+    let system = field(12)? / ticks;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     let kb = |key: &str| {
@@ -39,6 +42,7 @@ pub fn read(pid: u32) -> Result<Stat, String> {
     };
     Ok(Stat {
         cpu,
+        system,
         rss_kb: kb("VmRSS:"),
         hwm_kb: kb("VmHWM:"),
         threads: kb("Threads:"),
