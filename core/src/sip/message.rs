@@ -2,6 +2,7 @@
 //! Content-Length framing on streams, one message per datagram), serialising, and
 //! limits. A malformed request gets a `400` whose reason phrase says what was wrong.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Parser limits. Defaults suit a gateway: IM bodies are small.
@@ -124,27 +125,63 @@ const CANONICAL: [&str; 12] = [
     "Allow-Events",
 ];
 
-/// The canonical spelling of a header name.
-pub fn canonical_name(name: &str) -> String {
+/// Names already in canonical form, matched exactly first: the names this code
+/// writes and the ones peers send, so the common case costs one `match` and no
+/// case-insensitive scan. Every entry is its own canonical form.
+macro_rules! known_names {
+    ($name:expr; $($n:literal)*) => {
+        match $name {
+            $($n => Some($n),)*
+            _ => None,
+        }
+    };
+}
+
+fn known_name(name: &str) -> Option<&'static str> {
+    known_names!(name;
+        "Via" "From" "To" "Call-ID" "CSeq" "Contact" "Max-Forwards" "Content-Type"
+        "Content-Length" "Subject" "Content-Language" "Expires" "Event" "Allow"
+        "Allow-Events" "Supported" "Require" "Route" "Record-Route" "User-Agent"
+        "Server" "Accept" "Subscription-State" "Retry-After" "Min-Expires"
+        "Unsupported" "Warning" "Date" "Content-Encoding" "Accept-Encoding"
+        "Accept-Language" "SIP-ETag" "SIP-If-Match" "Proxy-Require" "Reason"
+        "P-Asserted-Identity" "WWW-Authenticate" "Authorization" "Organization"
+        "Priority" "In-Reply-To" "MIME-Version" "Content-ID" "Timestamp"
+    )
+}
+
+/// The canonical spelling of a header name, borrowed when it is a known one.
+pub(crate) fn canonical(name: &str) -> Cow<'static, str> {
+    if let Some(known) = known_name(name) {
+        return Cow::Borrowed(known);
+    }
     if name.len() == 1 {
         if let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
-            return (*full).to_owned();
+            return Cow::Borrowed(full);
         }
     }
     if let Some(c) = CANONICAL.iter().find(|c| c.eq_ignore_ascii_case(name)) {
-        return (*c).to_owned();
+        return Cow::Borrowed(c);
     }
-    // Title-case each dash-separated word: "content-type" -> "Content-Type".
-    name.split('-')
-        .map(|w| {
-            let mut cs = w.chars();
-            match cs.next() {
-                Some(f) => f.to_ascii_uppercase().to_string() + &cs.as_str().to_ascii_lowercase(),
-                None => String::new(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("-")
+    // Title-case each dash-separated word: "content-type" -> "Content-Type". Bytewise:
+    // case mapping is ASCII only, so multi-byte characters pass through unchanged.
+    let mut out = Vec::with_capacity(name.len());
+    let mut word_start = true;
+    for &b in name.as_bytes() {
+        out.push(if word_start {
+            b.to_ascii_uppercase()
+        } else {
+            b.to_ascii_lowercase()
+        });
+        word_start = b == b'-';
+    }
+    // Only ASCII bytes changed, so the bytes are still the UTF-8 they were.
+    Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| name.to_owned()))
+}
+
+/// The canonical spelling of a header name.
+pub fn canonical_name(name: &str) -> String {
+    canonical(name).into_owned()
 }
 
 /// Headers whose values may be comma-separated lists (RFC 3261 §7.3.1).
@@ -173,30 +210,31 @@ fn is_list_header(name: &str) -> bool {
 /// Splits a header value at commas outside quotes and angle brackets.
 pub fn split_list(value: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut cur = String::new();
+    // Bytewise: every delimiter is ASCII, and an escape skipping only the lead byte
+    // of a multi-byte character is harmless since continuation bytes are never
+    // delimiters.
+    let mut start = 0;
     let (mut quoted, mut angle, mut escaped) = (false, false, false);
-    for c in value.chars() {
+    for (i, &b) in value.as_bytes().iter().enumerate() {
         if escaped {
             escaped = false;
-            cur.push(c);
             continue;
         }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                out.push(cur.trim().to_owned());
-                cur.clear();
-                continue;
+        match b {
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
+                out.push(value.get(start..i).unwrap_or_default().trim().to_owned());
+                start = i + 1;
             }
             _ => {}
         }
-        cur.push(c);
     }
-    if !cur.trim().is_empty() || !out.is_empty() {
-        out.push(cur.trim().to_owned());
+    let last = value.get(start..).unwrap_or_default().trim();
+    if !last.is_empty() || !out.is_empty() {
+        out.push(last.to_owned());
     }
     out
 }
@@ -263,20 +301,20 @@ impl SipMessage {
 
     /// The first value of a header (any spelling, compact or full).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = canonical_name(name);
+        let name = canonical(name);
         self.headers
             .iter()
-            .find(|h| h.name == name)
+            .find(|h| h.name == *name)
             .map(|h| h.value.as_str())
     }
 
     /// Every value of a header, list headers split at their commas.
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        let name = canonical_name(name);
+        let name = canonical(name);
         let list = is_list_header(&name);
         self.headers
             .iter()
-            .filter(|h| h.name == name)
+            .filter(|h| h.name == *name)
             .flat_map(|h| {
                 if list {
                     split_list(&h.value)
@@ -293,10 +331,14 @@ impl SipMessage {
 
     /// CSeq number and method.
     pub fn cseq(&self) -> Option<(u32, String)> {
+        self.cseq_ref().map(|(n, m)| (n, m.to_owned()))
+    }
+
+    fn cseq_ref(&self) -> Option<(u32, &str)> {
         let v = self.header("CSeq")?;
         let mut it = v.split_whitespace();
         let n = it.next()?.parse().ok()?;
-        let m = it.next()?.to_owned();
+        let m = it.next()?;
         Some((n, m))
     }
 
@@ -364,13 +406,29 @@ impl SipMessage {
     /// Serialises with canonical header names and a Content-Length that matches the
     /// body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = String::new();
+        // Sized up front so the message is written with one allocation.
+        let mut cap = 16 + 2 + 20 + 2 + self.body.len();
+        cap += match &self.start {
+            StartLine::Request { method, uri } => method.len() + uri.len() + 12,
+            StartLine::Response { reason, .. } => reason.len() + 12,
+        };
+        for h in &self.headers {
+            cap += h.name.len() + h.value.len() + 4;
+        }
+        let mut out = Vec::with_capacity(cap);
         match &self.start {
             StartLine::Request { method, uri } => {
-                out.push_str(&format!("{method} {uri} SIP/2.0\r\n"))
+                out.extend_from_slice(method.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(uri.as_bytes());
+                out.extend_from_slice(b" SIP/2.0\r\n");
             }
             StartLine::Response { code, reason } => {
-                out.push_str(&format!("SIP/2.0 {code} {reason}\r\n"))
+                out.extend_from_slice(b"SIP/2.0 ");
+                push_decimal(&mut out, usize::from(*code));
+                out.push(b' ');
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b"\r\n");
             }
         }
         let mut wrote_length = false;
@@ -380,18 +438,20 @@ impl SipMessage {
                     continue;
                 }
                 wrote_length = true;
-                out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+                push_content_length(&mut out, self.body.len());
             } else {
-                out.push_str(&format!("{}: {}\r\n", h.name, h.value));
+                out.extend_from_slice(h.name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value.as_bytes());
+                out.extend_from_slice(b"\r\n");
             }
         }
         if !wrote_length {
-            out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+            push_content_length(&mut out, self.body.len());
         }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
     }
 
     /// A response to this request that copies Via, From, To, Call-ID and CSeq
@@ -404,8 +464,13 @@ impl SipMessage {
                 "To" => {
                     let mut value = h.value.clone();
                     if let Some(tag) = to_tag {
-                        if !value.to_ascii_lowercase().contains(";tag=") {
-                            value.push_str(&format!(";tag={tag}"));
+                        let tagged = value
+                            .as_bytes()
+                            .windows(5)
+                            .any(|w| w.eq_ignore_ascii_case(b";tag="));
+                        if !tagged {
+                            value.push_str(";tag=");
+                            value.push_str(tag);
                         }
                     }
                     resp.headers.push(Header {
@@ -423,15 +488,25 @@ impl SipMessage {
 /// Where the header block ends: (end of the last header line, length of the blank
 /// line separator). Bare LF line ends are accepted, as RFC 3261 §7.5 suggests.
 fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let crlf = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    // One pass over the line ends: a blank line is an LF followed by LF, or a CR LF
+    // followed by CR LF. The first LF that ends either is the earliest separator.
+    let mut from = 0;
+    while let Some(nl) = bytes.get(from..)?.iter().position(|&b| b == b'\n') {
+        let j = from + nl;
+        match bytes.get(j + 1) {
+            Some(b'\n') => return Some((j, 2)),
+            Some(b'\r')
+                if j > 0
+                    && bytes.get(j - 1) == Some(&b'\r')
+                    && bytes.get(j + 2) == Some(&b'\n') =>
+            {
+                return Some((j - 1, 4))
+            }
+            _ => {}
+        }
+        from = j + 1;
     }
+    None
 }
 
 fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
@@ -509,12 +584,12 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
             return Err(SipError::Malformed(format!("missing {required}")));
         }
     }
-    if msg.cseq().is_none() {
+    let Some((_, cm)) = msg.cseq_ref() else {
         return Err(SipError::Malformed(
             "CSeq is not '<number> <method>'".into(),
         ));
-    }
-    if let (Some(m), Some((_, cm))) = (msg.method(), msg.cseq()) {
+    };
+    if let Some(m) = msg.method() {
         if m != cm {
             return Err(SipError::Malformed(format!(
                 "CSeq method {cm} does not match {m}"
@@ -524,12 +599,36 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
     Ok(msg)
 }
 
+fn push_content_length(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(b"Content-Length: ");
+    push_decimal(out, len);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `n` in decimal without the formatting machinery.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            // `n % 10` is below 10, so the cast cannot truncate.
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
 fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
 }
 
 fn parse_start(line: &str) -> Result<StartLine, SipError> {
@@ -822,6 +921,174 @@ mod tests {
         let mut d = StreamDecoder::new(limits);
         d.push(b"MESSAGE sip:b@b SIP/2.0\r\nVia: x\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 999999999\r\n\r\n");
         assert!(matches!(d.next_message(), Err(SipError::BodyTooLarge(_))));
+    }
+
+    /// The spelling rules as first written, to check the fast paths against.
+    fn canonical_reference(name: &str) -> String {
+        if name.len() == 1 {
+            if let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
+                return (*full).to_owned();
+            }
+        }
+        if let Some(c) = CANONICAL.iter().find(|c| c.eq_ignore_ascii_case(name)) {
+            return (*c).to_owned();
+        }
+        name.split('-')
+            .map(|w| {
+                let mut cs = w.chars();
+                match cs.next() {
+                    Some(f) => {
+                        f.to_ascii_uppercase().to_string() + &cs.as_str().to_ascii_lowercase()
+                    }
+                    None => String::new(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("-")
+    }
+
+    #[test]
+    fn canonical_names_match_the_reference() {
+        let mut names: Vec<String> = [
+            "Via",
+            "via",
+            "VIA",
+            "t",
+            "T",
+            "i",
+            "x",
+            "q",
+            "call-id",
+            "CALL-ID",
+            "cseq",
+            "www-authenticate",
+            "sip-etag",
+            "content-type",
+            "X-Custom-header",
+            "-a--b-",
+            "",
+            "-",
+            "é-ü",
+            "éa-Üb",
+            "a",
+            "Ab",
+            "max-forwards",
+            "SUBSCRIPTION-STATE",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        names.extend(COMPACT.iter().map(|(c, full)| format!("{c}{full}")));
+        names.extend(CANONICAL.iter().map(|c| c.to_ascii_lowercase()));
+        let mut rng = crate::rng::Rng::new(9);
+        let alphabet: Vec<char> = "aZcIdD-éSsTt".chars().collect();
+        for _ in 0..2000 {
+            let len = (rng.next_u64() % 8) as usize;
+            names.push(
+                (0..len)
+                    .map(|_| alphabet[(rng.next_u64() as usize) % alphabet.len()])
+                    .collect(),
+            );
+        }
+        for name in &names {
+            assert_eq!(canonical_name(name), canonical_reference(name), "{name:?}");
+        }
+        // Every exactly-matched name is its own canonical form.
+        for name in [
+            "Via",
+            "From",
+            "To",
+            "Call-ID",
+            "CSeq",
+            "Contact",
+            "Max-Forwards",
+            "Content-Type",
+            "Content-Length",
+            "Subject",
+            "Content-Language",
+            "Expires",
+            "Event",
+            "Allow",
+            "Allow-Events",
+            "Supported",
+            "Require",
+            "Route",
+            "Record-Route",
+            "User-Agent",
+            "Server",
+            "Accept",
+            "Subscription-State",
+            "Retry-After",
+            "Min-Expires",
+            "Unsupported",
+            "Warning",
+            "Date",
+            "Content-Encoding",
+            "Accept-Encoding",
+            "Accept-Language",
+            "SIP-ETag",
+            "SIP-If-Match",
+            "Proxy-Require",
+            "Reason",
+            "P-Asserted-Identity",
+            "WWW-Authenticate",
+            "Authorization",
+            "Organization",
+            "Priority",
+            "In-Reply-To",
+            "MIME-Version",
+            "Content-ID",
+            "Timestamp",
+        ] {
+            assert_eq!(known_name(name), Some(name));
+            assert_eq!(canonical_reference(name), name);
+        }
+    }
+
+    #[test]
+    fn serialises_start_lines_and_one_content_length() {
+        let mut r = SipMessage::response(200, "OK")
+            .with("content-length", "99")
+            .with("Via", "x")
+            .with("l", "7");
+        r.body = b"hello".to_vec();
+        assert_eq!(
+            r.to_bytes(),
+            b"SIP/2.0 200 OK\r\nContent-Length: 5\r\nVia: x\r\n\r\nhello".to_vec()
+        );
+        let q = SipMessage::request("OPTIONS", "sip:a@b").with("To", "<sip:a@b>");
+        assert_eq!(
+            q.to_bytes(),
+            b"OPTIONS sip:a@b SIP/2.0\r\nTo: <sip:a@b>\r\nContent-Length: 0\r\n\r\n".to_vec()
+        );
+        let mut big = SipMessage::response(699, "");
+        big.body = vec![b'x'; 1_234_567];
+        assert!(big
+            .to_bytes()
+            .starts_with(b"SIP/2.0 699 \r\nContent-Length: 1234567\r\n\r\nx"));
+    }
+
+    #[test]
+    fn split_list_and_head_end() {
+        for (v, want) in [
+            ("a, b ,c", vec!["a", "b", "c"]),
+            (
+                "\"x, \\\" y\" <sip:a,b>, z",
+                vec!["\"x, \\\" y\" <sip:a,b>", "z"],
+            ),
+            ("", vec![]),
+            (" , ", vec!["", ""]),
+            ("é,ü", vec!["é", "ü"]),
+        ] {
+            assert_eq!(split_list(v), want, "{v:?}");
+        }
+        assert_eq!(find_head_end(b"a\r\n\r\nb"), Some((1, 4)));
+        assert_eq!(find_head_end(b"a\n\nb\r\n\r\n"), Some((1, 2)));
+        assert_eq!(find_head_end(b"a\r\n\nb"), Some((2, 2)));
+        assert_eq!(find_head_end(b"\n\r\n"), None);
+        assert_eq!(find_head_end(b"\r\n\r\n"), Some((0, 4)));
+        assert_eq!(find_head_end(b"\n\n"), Some((0, 2)));
+        assert_eq!(find_head_end(b"abc\r\n"), None);
     }
 
     #[test]

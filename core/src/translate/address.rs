@@ -2,6 +2,7 @@
 //! `user@domain/instance`. The SIP user part is percent-decoded and then
 //! XEP-0106-escaped into a localpart; the way back unescapes and percent-encodes.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::jid::{escape_node, normalize_domain, unescape_node, Jid, JidError};
@@ -30,6 +31,15 @@ impl std::error::Error for AddressError {}
 /// RFC 3986 percent-decoding; invalid sequences stay as written (XEP-0106's example
 /// keeps `%zy`). Returns `None` when the result is not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
+    decode(s).map(Cow::into_owned)
+}
+
+/// Percent-decoding that borrows when there is nothing to decode, as in most user
+/// parts.
+fn decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -47,42 +57,77 @@ pub fn percent_decode(s: &str) -> Option<String> {
         out.push(b);
         i += 1;
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Appends `%XX` for one byte.
+fn push_escaped(out: &mut String, b: u8) {
+    out.push('%');
+    for nibble in [b >> 4, b & 0x0f] {
+        out.push(char::from(
+            HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+        ));
+    }
+}
+
+/// Appends `s` percent-encoded, keeping the ASCII bytes `keep` accepts. Runs of kept
+/// bytes are copied as slices.
+fn push_encoded(out: &mut String, s: &str, keep: fn(u8) -> bool) {
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if !keep(b) {
+            out.push_str(s.get(run..i).unwrap_or_default());
+            push_escaped(out, b);
+            run = i + 1;
+        }
+    }
+    out.push_str(s.get(run..).unwrap_or_default());
+}
+
+/// RFC 3261 `user` characters: unreserved and user-unreserved (all ASCII, so a kept
+/// run always ends on a character boundary).
+fn is_user_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b)
+}
+
+/// Unreserved characters, for a URI parameter value.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
 }
 
 /// Percent-encodes everything outside RFC 3261's `user` characters (unreserved and
 /// user-unreserved), non-ASCII as UTF-8 bytes.
 pub fn percent_encode_user(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        let keep = b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b);
-        if keep {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    push_encoded(&mut out, s, is_user_char);
     out
 }
 
 /// `sip:`, `sips:`, `pres:` or `im:` URI → JID.
 pub fn sip_to_jid(uri: &str) -> Result<Jid, AddressError> {
     let parsed = SipUri::parse(uri).map_err(|e| AddressError::Malformed(e.to_string()))?;
+    uri_to_jid(parsed)
+}
+
+/// A parsed URI → JID, as `sip_to_jid` maps it.
+pub fn uri_to_jid(parsed: SipUri) -> Result<Jid, AddressError> {
     if !matches!(parsed.scheme.as_str(), "sip" | "sips" | "pres" | "im") {
         return Err(AddressError::Scheme(parsed.scheme));
     }
     let local = match &parsed.user {
         Some(u) => {
-            let decoded = percent_decode(u)
+            let decoded = decode(u)
                 .ok_or_else(|| AddressError::Malformed("user part is not UTF-8".into()))?;
             Some(escape_node(&decoded).map_err(AddressError::Jid)?)
         }
         None => None,
     };
     let resource = match parsed.param("gr").and_then(|p| p.value.as_deref()) {
-        Some(gr) => Some(
-            percent_decode(gr).ok_or_else(|| AddressError::Malformed("gr is not UTF-8".into()))?,
-        ),
+        Some(gr) => {
+            Some(decode(gr).ok_or_else(|| AddressError::Malformed("gr is not UTF-8".into()))?)
+        }
         None => None,
     };
     let domain = normalize_domain(&parsed.host).map_err(AddressError::Jid)?;
@@ -91,24 +136,34 @@ pub fn sip_to_jid(uri: &str) -> Result<Jid, AddressError> {
 
 /// JID → `sip:` URI; a resource becomes the `gr` parameter.
 pub fn jid_to_sip(jid: &Jid) -> String {
-    let mut s = String::from("sip:");
+    jid_to_sip_split(jid).0
+}
+
+/// JID → `sip:` URI, with the length of its prefix that is the bare JID's URI (the
+/// whole URI when there is no resource), so both come from one encoding.
+pub fn jid_to_sip_split(jid: &Jid) -> (String, usize) {
+    let local = jid.local().unwrap_or_default();
+    let mut s = String::with_capacity(
+        8 + local.len() + jid.domain().len() + jid.resource().map_or(0, |r| r.len() + 8),
+    );
+    s.push_str("sip:");
     if let Some(l) = jid.local() {
-        s.push_str(&percent_encode_user(&unescape_node(l)));
+        // Without a backslash there is no XEP-0106 escape to undo.
+        if l.contains('\\') {
+            push_encoded(&mut s, &unescape_node(l), is_user_char);
+        } else {
+            push_encoded(&mut s, l, is_user_char);
+        }
         s.push('@');
     }
     s.push_str(jid.domain());
+    let bare = s.len();
     if let Some(r) = jid.resource() {
         s.push_str(";gr=");
         // A URI parameter value: keep it to unreserved characters.
-        for b in r.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
-                s.push(char::from(b));
-            } else {
-                s.push_str(&format!("%{b:02X}"));
-            }
-        }
+        push_encoded(&mut s, r, is_unreserved);
     }
-    s
+    (s, bare)
 }
 
 #[cfg(test)]

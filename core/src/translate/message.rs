@@ -5,9 +5,10 @@
 use std::fmt;
 
 use crate::jid::Jid;
+use crate::sip::message::Header;
 use crate::sip::uri::NameAddr;
 use crate::sip::SipMessage;
-use crate::translate::address::{jid_to_sip, sip_to_jid};
+use crate::translate::address::{jid_to_sip_split, sip_to_jid, uri_to_jid};
 use crate::xml::{ns, parse_document, Attribute, Element};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
@@ -35,6 +36,24 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.code, self.reason)
     }
+}
+
+/// A JID's string form, written without the formatting machinery.
+fn jid_string(jid: &Jid) -> String {
+    let (local, domain, resource) = (jid.local(), jid.domain(), jid.resource());
+    let mut s = String::with_capacity(
+        local.map_or(0, |l| l.len() + 1) + domain.len() + resource.map_or(0, |r| r.len() + 1),
+    );
+    if let Some(l) = local {
+        s.push_str(l);
+        s.push('@');
+    }
+    s.push_str(domain);
+    if let Some(r) = resource {
+        s.push('/');
+        s.push_str(r);
+    }
+    s
 }
 
 fn lang_of(el: &Element) -> Option<&str> {
@@ -65,19 +84,20 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
         .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
     let from_addr = NameAddr::parse(from_header)
         .map_err(|e| Refusal::new(400, format!("Bad Request ({e})")))?;
-    let from = sip_to_jid(&from_addr.uri.to_string())
+    // The parsed URI maps directly: reading its serialisation back gives the same URI.
+    let from = uri_to_jid(from_addr.uri)
         .map_err(|e| Refusal::new(400, format!("Bad Request (From: {e})")))?;
     let target = match &msg.start {
-        crate::sip::StartLine::Request { uri, .. } => uri.clone(),
+        crate::sip::StartLine::Request { uri, .. } => uri,
         crate::sip::StartLine::Response { .. } => {
             return Err(Refusal::new(400, "Bad Request (not a request)"))
         }
     };
-    let to = sip_to_jid(&target)
+    let to = sip_to_jid(target)
         .map_err(|e| Refusal::new(416, format!("Unsupported URI Scheme ({e})")))?;
     let mut stanza = Element::new(ns::SERVER, "message")
-        .attr("from", &from.to_string())
-        .attr("to", &to.to_string())
+        .attr("from", &jid_string(&from))
+        .attr("to", &jid_string(&to))
         .attr("type", "chat")
         .attr("id", id);
     if let Some(lang) = msg.header("Content-Language") {
@@ -161,14 +181,14 @@ pub fn message_to_sip(
         .find(|e| e.ns == CHATSTATES)
         .map(|e| e.name.clone());
     let (content_type, payload) = match (body, composing) {
-        (Some(b), _) => ("text/plain;charset=UTF-8".to_owned(), b),
+        (Some(b), _) => ("text/plain;charset=UTF-8", b),
         (None, Some(state)) => {
             let active = state == "composing";
             let doc = format!(
                 "<?xml version='1.0' encoding='UTF-8'?><isComposing xmlns='{ISCOMPOSING}'><state>{}</state><contenttype>text/plain</contenttype></isComposing>",
                 if active { "active" } else { "idle" }
             );
-            ("application/im-iscomposing+xml".to_owned(), doc)
+            ("application/im-iscomposing+xml", doc)
         }
         (None, None) => return Ok(None),
     };
@@ -176,20 +196,51 @@ pub fn message_to_sip(
         .find(ns::SERVER, "thread")
         .map(|t| t.text_content())
         .filter(|t| !t.trim().is_empty());
-    let mut msg = SipMessage::request("MESSAGE", &jid_to_sip(&to))
-        .with("From", &format!("<{}>;tag={tag}", jid_to_sip(&from)))
-        .with("To", &format!("<{}>", jid_to_sip(&to.bare())))
-        .with("Call-ID", thread.as_deref().unwrap_or(call_id))
-        .with("CSeq", "1 MESSAGE")
-        .with("Content-Type", &content_type);
+    // One encoding of each JID: the To header is the Request-URI without `gr`.
+    let (to_uri, to_bare) = jid_to_sip_split(&to);
+    let (from_uri, _) = jid_to_sip_split(&from);
+    let mut from_value = String::with_capacity(from_uri.len() + tag.len() + 7);
+    from_value.push('<');
+    from_value.push_str(&from_uri);
+    from_value.push_str(">;tag=");
+    from_value.push_str(tag);
+    let bare = to_uri.get(..to_bare).unwrap_or(&to_uri);
+    let mut to_value = String::with_capacity(bare.len() + 2);
+    to_value.push('<');
+    to_value.push_str(bare);
+    to_value.push('>');
+    // Names written here are canonical already; room for the Via and Max-Forwards
+    // the SIP layer adds.
+    let header = |name: &str, value: String| Header {
+        name: name.to_owned(),
+        value,
+    };
+    let mut headers = Vec::with_capacity(10);
+    headers.push(header("From", from_value));
+    headers.push(header("To", to_value));
+    headers.push(header(
+        "Call-ID",
+        thread.unwrap_or_else(|| call_id.to_owned()),
+    ));
+    headers.push(header("CSeq", "1 MESSAGE".to_owned()));
+    headers.push(header("Content-Type", content_type.to_owned()));
     if let Some(s) = stanza.find(ns::SERVER, "subject") {
-        msg.push_header("Subject", &s.text_content().replace(['\r', '\n'], " "));
+        headers.push(header(
+            "Subject",
+            s.text_content().replace(['\r', '\n'], " "),
+        ));
     }
     if let Some(lang) = lang_of(stanza) {
-        msg.push_header("Content-Language", lang);
+        headers.push(header("Content-Language", lang.to_owned()));
     }
-    msg.body = payload.into_bytes();
-    Ok(Some(msg))
+    Ok(Some(SipMessage {
+        start: crate::sip::StartLine::Request {
+            method: "MESSAGE".to_owned(),
+            uri: to_uri,
+        },
+        headers,
+        body: payload.into_bytes(),
+    }))
 }
 
 #[cfg(test)]
