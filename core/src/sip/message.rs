@@ -491,7 +491,7 @@ fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
     // One pass over the line ends: a blank line is an LF followed by LF, or a CR LF
     // followed by CR LF. The first LF that ends either is the earliest separator.
     let mut from = 0;
-    while let Some(nl) = bytes.get(from..)?.iter().position(|&b| b == b'\n') {
+    while let Some(nl) = memchr::memchr(b'\n', bytes.get(from..)?) {
         let j = from + nl;
         match bytes.get(j + 1) {
             Some(b'\n') => return Some((j, 2)),
@@ -518,7 +518,7 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
     }
     let text = std::str::from_utf8(head)
         .map_err(|_| SipError::Malformed("headers are not UTF-8".into()))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut lines = lines(text);
     let first = lines.next().unwrap_or_default();
     if first.len() > limits.max_line {
         return Err(SipError::TooLarge(format!(
@@ -527,7 +527,9 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
         )));
     }
     let start = parse_start(first)?;
-    let mut headers: Vec<Header> = Vec::new();
+    // One header per line at most: sized once instead of grown.
+    let line_count = memchr::memchr_iter(b'\n', head).count();
+    let mut headers: Vec<Header> = Vec::with_capacity(line_count.min(limits.max_headers));
     for line in lines {
         if line.len() > limits.max_line {
             return Err(SipError::TooLarge(format!(
@@ -543,7 +545,7 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
                 ));
             };
             last.value.push(' ');
-            last.value.push_str(line.trim());
+            last.value.push_str(trim(line));
             if last.value.len() > limits.max_line {
                 return Err(SipError::TooLarge(format!(
                     "a folded header is longer than {} bytes",
@@ -552,10 +554,11 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
             }
             continue;
         }
-        let (name, value) = line.split_once(':').ok_or_else(|| {
+        let colon = memchr::memchr(b':', line.as_bytes()).ok_or_else(|| {
             SipError::Malformed(format!("header line without ':': '{}'", truncate(line)))
         })?;
-        let name = name.trim_end();
+        let name = trim_end(line.get(..colon).unwrap_or_default());
+        let value = line.get(colon + 1..).unwrap_or_default();
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(SipError::Malformed(format!(
                 "bad header name '{}'",
@@ -570,7 +573,7 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
         }
         headers.push(Header {
             name: canonical_name(name),
-            value: value.trim().to_owned(),
+            value: trim(value).to_owned(),
         });
     }
     let msg = SipMessage {
@@ -597,6 +600,47 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
         }
     }
     Ok(msg)
+}
+
+/// The lines of a header block, as `split('\n')` with any `\r` before the LF removed.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        let line = match memchr::memchr(b'\n', t.as_bytes()) {
+            Some(i) => {
+                rest = t.get(i + 1..);
+                t.get(..i).unwrap_or_default()
+            }
+            None => {
+                rest = None;
+                t
+            }
+        };
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    })
+}
+
+/// Whether a byte is whitespace to `str::trim` on its own: the ASCII ones. Any
+/// other byte below 0x80 is not; a byte above may start Unicode whitespace.
+fn is_trim_safe(b: u8) -> bool {
+    b.is_ascii() && !matches!(b, b' ' | b'\t'..=b'\r')
+}
+
+/// `str::trim`, with a quick exit for the usual value that has nothing to trim.
+pub(crate) fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(&a), Some(&z)) if is_trim_safe(a) && is_trim_safe(z) => s,
+        _ => s.trim(),
+    }
+}
+
+/// `str::trim_end`, with the same quick exit.
+fn trim_end(s: &str) -> &str {
+    match s.as_bytes().last() {
+        Some(&z) if is_trim_safe(z) => s,
+        _ => s.trim_end(),
+    }
 }
 
 fn push_content_length(out: &mut Vec<u8>, len: usize) {

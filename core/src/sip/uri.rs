@@ -3,7 +3,31 @@
 
 use std::fmt;
 
-use super::message::SipError;
+use super::message::{trim, SipError};
+
+/// `str::split_once` for an ASCII delimiter, by memchr.
+fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = memchr::memchr(b, s.as_bytes())?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// `str::split` for an ASCII delimiter, by memchr.
+fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match split_once_byte(t, b) {
+            Some((piece, after)) => {
+                rest = Some(after);
+                Some(piece)
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
+}
 
 /// A `;name` or `;name=value` parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,19 +37,45 @@ pub struct Param {
 }
 
 fn parse_params(text: &str) -> Vec<Param> {
-    text.split(';')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| match p.split_once('=') {
+    split_byte(text, b';')
+        .filter(|p| !trim(p).is_empty())
+        .map(|p| match split_once_byte(p, b'=') {
             Some((n, v)) => Param {
-                name: n.trim().to_owned(),
-                value: Some(v.trim().to_owned()),
+                name: trim(n).to_owned(),
+                value: Some(trim(v).to_owned()),
             },
             None => Param {
-                name: p.trim().to_owned(),
+                name: trim(p).to_owned(),
                 value: None,
             },
         })
         .collect()
+}
+
+/// `host[:port]` or `[v6][:port]`.
+fn host_port(hostport: &str) -> Result<(String, Option<u16>), &'static str> {
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (addr, after) = split_once_byte(v6, b']').ok_or("unclosed IPv6 reference")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().map_err(|_| "bad port")?),
+            None if after.is_empty() => None,
+            None => return Err("junk after IPv6 reference"),
+        };
+        let mut host = String::with_capacity(addr.len() + 2);
+        host.push('[');
+        host.push_str(addr);
+        host.push(']');
+        Ok((host, port))
+    } else {
+        match memchr::memrchr(b':', hostport.as_bytes()) {
+            Some(i) => {
+                let h = hostport.get(..i).unwrap_or_default();
+                let p = hostport.get(i + 1..).unwrap_or_default();
+                Ok((h.to_owned(), Some(p.parse().map_err(|_| "bad port")?)))
+            }
+            None => Ok((hostport.to_owned(), None)),
+        }
+    }
 }
 
 fn find_param<'a>(params: &'a [Param], name: &str) -> Option<&'a Param> {
@@ -64,10 +114,7 @@ impl SipUri {
                 text.chars().take(60).collect::<String>()
             ))
         };
-        let (scheme, rest) = text
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| bad("no scheme"))?;
+        let (scheme, rest) = split_once_byte(trim(text), b':').ok_or_else(|| bad("no scheme"))?;
         if scheme.is_empty()
             || !scheme
                 .bytes()
@@ -77,16 +124,16 @@ impl SipUri {
         }
         // The user part may contain ';' and '?' (user-unreserved) but never '@', so
         // split at the first '@' before looking for parameters and headers.
-        let (userinfo, hostpart) = match rest.find('@') {
-            Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or_default()),
+        let (userinfo, hostpart) = match split_once_byte(rest, b'@') {
+            Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
-        let (hostpart, headers) = match hostpart.split_once('?') {
+        let (hostpart, headers) = match split_once_byte(hostpart, b'?') {
             Some((r, h)) => (r, Some(h.to_owned())),
             None => (hostpart, None),
         };
         let (user, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
+            Some(u) => match split_once_byte(u, b':') {
                 Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
                 None => (Some(u.to_owned()), None),
             },
@@ -95,26 +142,11 @@ impl SipUri {
         if user.as_deref() == Some("") {
             return Err(bad("empty user part"));
         }
-        let (hostport, params) = match hostpart.split_once(';') {
+        let (hostport, params) = match split_once_byte(hostpart, b';') {
             Some((h, p)) => (h, parse_params(p)),
             None => (hostpart, Vec::new()),
         };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (addr, after) = v6
-                .split_once(']')
-                .ok_or_else(|| bad("unclosed IPv6 reference"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p.parse().map_err(|_| bad("bad port"))?),
-                None if after.is_empty() => None,
-                None => return Err(bad("junk after IPv6 reference")),
-            };
-            (format!("[{addr}]"), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p.parse().map_err(|_| bad("bad port"))?)),
-                None => (hostport.to_owned(), None),
-            }
-        };
+        let (host, port) = host_port(hostport).map_err(bad)?;
         if host.is_empty() {
             return Err(bad("empty host"));
         }
@@ -131,6 +163,16 @@ impl SipUri {
 
     pub fn param(&self, name: &str) -> Option<&Param> {
         find_param(&self.params, name)
+    }
+
+    /// Whether parsing this URI's serialisation gives it back. It does unless the
+    /// host ends in whitespace and nothing follows it (empty parameters are not
+    /// written), since parsing trims the text.
+    pub fn reads_back_unchanged(&self) -> bool {
+        self.port.is_some()
+            || !self.params.is_empty()
+            || self.headers.is_some()
+            || !self.host.ends_with(char::is_whitespace)
     }
 
     /// `sip:user@host` without port, parameters or headers: the address of record.
@@ -177,18 +219,18 @@ pub struct NameAddr {
 
 impl NameAddr {
     pub fn parse(text: &str) -> Result<NameAddr, SipError> {
-        let text = text.trim();
+        let text = trim(text);
         let bad = |why: &str| {
             SipError::Malformed(format!(
                 "address '{}': {why}",
                 text.chars().take(60).collect::<String>()
             ))
         };
-        if let Some(lt) = find_unquoted(text, '<') {
+        if let Some(lt) = find_unquoted(text, b'<') {
             let display = text.get(..lt).unwrap_or_default().trim();
             let display = display.trim_matches('"').trim();
             let after = text.get(lt + 1..).unwrap_or_default();
-            let gt = after.find('>').ok_or_else(|| bad("unclosed '<'"))?;
+            let gt = memchr::memchr(b'>', after.as_bytes()).ok_or_else(|| bad("unclosed '<'"))?;
             let uri = SipUri::parse(after.get(..gt).unwrap_or_default())?;
             let params = parse_params(after.get(gt + 1..).unwrap_or_default());
             return Ok(NameAddr {
@@ -199,7 +241,7 @@ impl NameAddr {
             });
         }
         // RFC 3261 §20.10: without angle brackets, parameters belong to the header.
-        let (uri, params) = match text.split_once(';') {
+        let (uri, params) = match split_once_byte(text, b';') {
             Some((u, p)) => (u, parse_params(p)),
             None => (text, Vec::new()),
         };
@@ -234,12 +276,14 @@ impl fmt::Display for NameAddr {
     }
 }
 
-fn find_unquoted(text: &str, needle: char) -> Option<usize> {
+/// Where an ASCII `needle` first occurs outside double quotes. Bytewise: neither it
+/// nor '"' can be part of a multi-byte character.
+fn find_unquoted(text: &str, needle: u8) -> Option<usize> {
     let mut quoted = false;
-    for (i, c) in text.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            c if c == needle && !quoted => return Some(i),
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b if b == needle && !quoted => return Some(i),
             _ => {}
         }
     }
@@ -273,15 +317,31 @@ impl Via {
             .split_once(|c: char| c.is_whitespace())
             .ok_or_else(|| bad("no sent-by"))?;
         let rest = rest.trim_start();
-        let (sent_by, params) = match rest.split_once(';') {
-            Some((s, p)) => (s.trim(), parse_params(p)),
-            None => (rest.trim(), Vec::new()),
+        let (sent_by, params) = match split_once_byte(rest, b';') {
+            Some((s, p)) => (trim(s), parse_params(p)),
+            None => (trim(rest), Vec::new()),
         };
-        let uri = SipUri::parse(&format!("sip:{sent_by}")).map_err(|_| bad("bad sent-by"))?;
+        // Read as the host part of `sip:{sent_by}` would be: a user part before '@'
+        // must not be empty and is dropped, as are URI headers after '?'.
+        let hostpart = match split_once_byte(sent_by, b'@') {
+            Some((userinfo, hostpart)) => {
+                let user = split_once_byte(userinfo, b':').map_or(userinfo, |(u, _)| u);
+                if user.is_empty() {
+                    return Err(bad("bad sent-by"));
+                }
+                hostpart
+            }
+            None => sent_by,
+        };
+        let hostport = split_once_byte(hostpart, b'?').map_or(hostpart, |(h, _)| h);
+        let (host, port) = host_port(hostport).map_err(|_| bad("bad sent-by"))?;
+        if host.is_empty() {
+            return Err(bad("bad sent-by"));
+        }
         Ok(Via {
             transport: transport.to_ascii_uppercase(),
-            host: uri.host,
-            port: uri.port,
+            host,
+            port,
             params,
         })
     }
@@ -348,6 +408,48 @@ mod tests {
         assert!(bare.uri.params.is_empty());
         assert_eq!(bare.to_string(), "sip:bob@sip.test;tag=xyz");
         assert!(NameAddr::parse("<sip:unclosed").is_err());
+    }
+
+    fn random_text(rng: &mut crate::rng::Rng, alphabet: &[char], max: u64) -> String {
+        let len = (rng.next_u64() % max) as usize;
+        (0..len)
+            .map(|_| alphabet[(rng.next_u64() as usize) % alphabet.len()])
+            .collect()
+    }
+
+    #[test]
+    fn reading_a_uri_back_gives_the_same_uri() {
+        // What lets a parsed URI be mapped without serialising and parsing it again.
+        let alphabet: Vec<char> = "sip:ab@;=?[]:1 5x.\"<>é\t".chars().collect();
+        let mut rng = crate::rng::Rng::new(77);
+        for _ in 0..20_000 {
+            let text = random_text(&mut rng, &alphabet, 24);
+            for text in [text.clone(), format!("sip:{text}")] {
+                if let Ok(u) = SipUri::parse(&text) {
+                    let again = SipUri::parse(&u.to_string());
+                    assert_eq!(again == Ok(u.clone()), u.reads_back_unchanged(), "{text:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn via_sent_by_reads_as_a_uri_host() {
+        let reference = |text: &str| -> Result<(String, Option<u16>), ()> {
+            let rest = text.trim().get(8..).ok_or(())?;
+            let (_, rest) = rest.split_once(|c: char| c.is_whitespace()).ok_or(())?;
+            let rest = rest.trim_start();
+            let sent_by = rest.split_once(';').map_or(rest, |(s, _)| s).trim();
+            let uri = SipUri::parse(&format!("sip:{sent_by}")).map_err(|_| ())?;
+            Ok((uri.host, uri.port))
+        };
+        let alphabet: Vec<char> = "ab@:;?[]1 5.é=".chars().collect();
+        let mut rng = crate::rng::Rng::new(78);
+        for _ in 0..20_000 {
+            let text = format!("SIP/2.0/UDP {}", random_text(&mut rng, &alphabet, 16));
+            let got = Via::parse(&text).map(|v| (v.host, v.port)).map_err(|_| ());
+            assert_eq!(got, reference(&text), "{text:?}");
+        }
     }
 
     #[test]

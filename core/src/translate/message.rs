@@ -84,9 +84,14 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
         .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
     let from_addr = NameAddr::parse(from_header)
         .map_err(|e| Refusal::new(400, format!("Bad Request ({e})")))?;
-    // The parsed URI maps directly: reading its serialisation back gives the same URI.
-    let from = uri_to_jid(from_addr.uri)
-        .map_err(|e| Refusal::new(400, format!("Bad Request (From: {e})")))?;
+    // The parsed URI maps directly when reading its serialisation back would give
+    // the same URI, as it does but for a host with trailing whitespace.
+    let from = if from_addr.uri.reads_back_unchanged() {
+        uri_to_jid(from_addr.uri)
+    } else {
+        sip_to_jid(&from_addr.uri.to_string())
+    }
+    .map_err(|e| Refusal::new(400, format!("Bad Request (From: {e})")))?;
     let target = match &msg.start {
         crate::sip::StartLine::Request { uri, .. } => uri,
         crate::sip::StartLine::Response { .. } => {
