@@ -209,6 +209,15 @@ fn is_list_header(name: &str) -> bool {
 
 /// Splits a header value at commas outside quotes and angle brackets.
 pub fn split_list(value: &str) -> Vec<String> {
+    // Without a comma, quote or '<' there is nothing to split or protect: one value.
+    if memchr::memchr3(b',', b'"', b'<', value.as_bytes()).is_none() {
+        let v = trim(value);
+        return if v.is_empty() {
+            Vec::new()
+        } else {
+            vec![v.to_owned()]
+        };
+    }
     let mut out = Vec::new();
     // Bytewise: every delimiter is ASCII, and an escape skipping only the lead byte
     // of a multi-byte character is harmless since continuation bytes are never
@@ -458,11 +467,15 @@ impl SipMessage {
     /// (RFC 3261 §8.2.6.2); `to_tag` is added to To when it has none.
     pub fn reply(&self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
         let mut resp = SipMessage::response(code, reason);
+        // The five copied and a few the caller adds.
+        resp.headers.reserve(8);
         for h in &self.headers {
             match h.name.as_str() {
                 "Via" | "From" | "Call-ID" | "CSeq" => resp.headers.push(h.clone()),
                 "To" => {
-                    let mut value = h.value.clone();
+                    let mut value =
+                        String::with_capacity(h.value.len() + to_tag.map_or(0, |t| t.len() + 5));
+                    value.push_str(&h.value);
                     if let Some(tag) = to_tag {
                         let tagged = value
                             .as_bytes()
@@ -621,16 +634,54 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// `str::split_once` for an ASCII delimiter, by memchr.
+pub(crate) fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = memchr::memchr(b, s.as_bytes())?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// `str::split` for an ASCII delimiter, by memchr.
+pub(crate) fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match split_once_byte(t, b) {
+            Some((piece, after)) => {
+                rest = Some(after);
+                Some(piece)
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
+}
+
+/// The ASCII characters `char::is_whitespace` accepts.
+fn is_ascii_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t'..=b'\r')
+}
+
 /// Whether a byte is whitespace to `str::trim` on its own: the ASCII ones. Any
 /// other byte below 0x80 is not; a byte above may start Unicode whitespace.
 fn is_trim_safe(b: u8) -> bool {
-    b.is_ascii() && !matches!(b, b' ' | b'\t'..=b'\r')
+    b.is_ascii() && !is_ascii_ws(b)
 }
 
-/// `str::trim`, with a quick exit for the usual value that has nothing to trim.
+/// `str::trim`, bytewise over ASCII edges; only text whose first or last
+/// non-blank byte is non-ASCII needs the Unicode-aware trim.
 pub(crate) fn trim(s: &str) -> &str {
-    match (s.as_bytes().first(), s.as_bytes().last()) {
-        (Some(&a), Some(&z)) if is_trim_safe(a) && is_trim_safe(z) => s,
+    let b = s.as_bytes();
+    let Some(start) = b.iter().position(|&c| !is_ascii_ws(c)) else {
+        return "";
+    };
+    let end = b
+        .iter()
+        .rposition(|&c| !is_ascii_ws(c))
+        .map_or(start, |i| i + 1);
+    match (b.get(start), end.checked_sub(1).and_then(|i| b.get(i))) {
+        (Some(x), Some(y)) if x.is_ascii() && y.is_ascii() => s.get(start..end).unwrap_or(s),
         _ => s.trim(),
     }
 }
@@ -677,7 +728,7 @@ fn is_token_char(b: u8) -> bool {
 
 fn parse_start(line: &str) -> Result<StartLine, SipError> {
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
-        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (code, reason) = split_once_byte(rest, b' ').unwrap_or((rest, ""));
         let code: u16 = code
             .parse()
             .ok()
@@ -688,7 +739,7 @@ fn parse_start(line: &str) -> Result<StartLine, SipError> {
             reason: reason.to_owned(),
         });
     }
-    let mut parts = line.split(' ');
+    let mut parts = split_byte(line, b' ');
     let (Some(method), Some(uri), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -709,7 +760,7 @@ fn parse_start(line: &str) -> Result<StartLine, SipError> {
             truncate(method)
         )));
     }
-    if uri.is_empty() || !uri.contains(':') {
+    if uri.is_empty() || memchr::memchr(b':', uri.as_bytes()).is_none() {
         return Err(SipError::Malformed(format!(
             "bad Request-URI '{}'",
             truncate(uri)
@@ -1110,6 +1161,23 @@ mod tests {
         assert!(big
             .to_bytes()
             .starts_with(b"SIP/2.0 699 \r\nContent-Length: 1234567\r\n\r\nx"));
+    }
+
+    #[test]
+    fn trims_as_str_does() {
+        let alphabet: Vec<char> = " \t\r\n\x0b\x0c\u{a0}\u{2003}\u{85}aé-".chars().collect();
+        let mut rng = crate::rng::Rng::new(3);
+        for _ in 0..20_000 {
+            let len = (rng.next_u64() % 7) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(rng.next_u64() as usize) % alphabet.len()])
+                .collect();
+            assert_eq!(trim(&s), s.trim(), "{s:?}");
+            assert_eq!(trim_end(&s), s.trim_end(), "{s:?}");
+            let parts: Vec<&str> = split_byte(&s, b'-').collect();
+            assert_eq!(parts, s.split('-').collect::<Vec<_>>(), "{s:?}");
+            assert_eq!(split_once_byte(&s, b'-'), s.split_once('-'), "{s:?}");
+        }
     }
 
     #[test]

@@ -3,31 +3,7 @@
 
 use std::fmt;
 
-use super::message::{trim, SipError};
-
-/// `str::split_once` for an ASCII delimiter, by memchr.
-fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
-    let i = memchr::memchr(b, s.as_bytes())?;
-    Some((s.get(..i)?, s.get(i + 1..)?))
-}
-
-/// `str::split` for an ASCII delimiter, by memchr.
-fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let t = rest?;
-        match split_once_byte(t, b) {
-            Some((piece, after)) => {
-                rest = Some(after);
-                Some(piece)
-            }
-            None => {
-                rest = None;
-                Some(t)
-            }
-        }
-    })
-}
+use super::message::{split_byte, split_once_byte, trim, SipError};
 
 /// A `;name` or `;name=value` parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]

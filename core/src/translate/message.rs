@@ -2,10 +2,11 @@
 //! (UTF-8), `<subject/>` ⇄ Subject, `<thread/>` ⇄ Call-ID, `xml:lang` ⇄
 //! Content-Language; typing notifications (RFC 3994) ⇄ chat states (XEP-0085).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::jid::Jid;
-use crate::sip::message::Header;
+use crate::sip::message::{split_byte, split_once_byte, trim, Header};
 use crate::sip::uri::NameAddr;
 use crate::sip::SipMessage;
 use crate::translate::address::{jid_to_sip_split, sip_to_jid, uri_to_jid};
@@ -63,15 +64,21 @@ fn lang_of(el: &Element) -> Option<&str> {
         .map(|a| a.value.as_str())
 }
 
-/// Parses a Content-Type into (type/subtype lower-cased, charset).
-fn content_type(value: &str) -> (String, Option<String>) {
-    let mut parts = value.split(';');
-    let mime = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+/// Parses a Content-Type into (type/subtype lower-cased, charset as written).
+fn content_type(value: &str) -> (Cow<'_, str>, Option<&str>) {
+    let mut parts = split_byte(value, b';');
+    let mime = trim(parts.next().unwrap_or_default());
+    // Lower-cased only when it is not already, as it usually is.
+    let mime = if mime.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(mime.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(mime)
+    };
     let charset = parts.find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
+        let (k, v) = split_once_byte(p, b'=')?;
+        trim(k)
             .eq_ignore_ascii_case("charset")
-            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+            .then(|| trim(v).trim_matches('"'))
     });
     (mime, charset)
 }
@@ -106,7 +113,7 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
         .attr("type", "chat")
         .attr("id", id);
     if let Some(lang) = msg.header("Content-Language") {
-        let first = lang.split(',').next().unwrap_or_default().trim();
+        let first = trim(split_byte(lang, b',').next().unwrap_or_default());
         if !first.is_empty() {
             stanza.attrs.push(Attribute {
                 ns: Some(ns::XML.to_owned()),
@@ -116,17 +123,16 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
         }
     }
     let (mime, charset) = content_type(msg.header("Content-Type").unwrap_or("text/plain"));
-    match mime.as_str() {
+    match &*mime {
         "text/plain" => {
-            if charset
-                .as_deref()
-                .is_some_and(|c| c != "utf-8" && c != "us-ascii")
-            {
+            if charset.is_some_and(|c| {
+                !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("us-ascii")
+            }) {
                 return Err(Refusal::new(
                     415,
                     format!(
                         "Unsupported Media Type (charset {}; send UTF-8)",
-                        charset.unwrap_or_default()
+                        charset.unwrap_or_default().to_ascii_lowercase()
                     ),
                 ));
             }
