@@ -321,17 +321,18 @@ impl SipMessage {
     pub fn header_values(&self, name: &str) -> Vec<String> {
         let name = canonical(name);
         let list = is_list_header(&name);
-        self.headers
-            .iter()
-            .filter(|h| h.name == *name)
-            .flat_map(|h| {
-                if list {
-                    split_list(&h.value)
-                } else {
-                    vec![h.value.clone()]
-                }
-            })
-            .collect()
+        let mut out = Vec::new();
+        for h in self.headers.iter().filter(|h| h.name == *name) {
+            if !list {
+                out.push(h.value.clone());
+            } else if out.is_empty() {
+                // The usual single header: its split is the answer, not copied again.
+                out = split_list(&h.value);
+            } else {
+                out.extend(split_list(&h.value));
+            }
+        }
+        out
     }
 
     pub fn call_id(&self) -> Option<&str> {
