@@ -150,3 +150,90 @@ fn an_overloaded_host_refuses_sip_requests_statelessly() {
     assert_eq!(overloaded_reply(&ok.to_bytes()), None, "responses get none");
     assert_eq!(overloaded_reply(b"not SIP at all"), None);
 }
+
+/// Answered requests stay for Timer J only to absorb retransmissions: they do not
+/// count against the cap on requests in progress.
+#[test]
+fn answered_sip_requests_do_not_count_against_the_cap_on_requests_in_progress() {
+    let mut w = world(PartnerType::Federated, 200);
+    let sent = 10_500;
+    for i in 0..sent {
+        let m = sip_message(
+            "sip:romeo@xmpp.test",
+            &format!("n{i}"),
+            &format!("z9hG4bKn{i}"),
+        );
+        w.net.sip_send(w.proxy, 0, &m);
+        if i == 0 {
+            w.net.settle();
+        } else if i % 250 == 0 {
+            // Well inside Timer J: every answered transaction is still kept.
+            w.net.run_for(std::time::Duration::ZERO);
+        }
+    }
+    w.net.run_for(std::time::Duration::ZERO);
+    let codes: Vec<u16> = responses(&w).iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes.len(), sent, "each request answered once");
+    assert!(codes.iter().all(|c| *c == 200), "no 503 within Timer J");
+    assert_eq!(xmpp_user_got(&w).len(), sent);
+}
+
+/// A next hop that answers nothing gets at most 10 000 requests in flight; what
+/// would come after is returned to its XMPP sender at once with resource-constraint,
+/// and the rest time out at Timer F: each stanza answered once, none lost.
+#[test]
+fn a_next_hop_that_never_answers_gets_a_bounded_number_of_requests() {
+    use isthmus_core::xml::Element;
+    let mut w = world(PartnerType::Federated, 0);
+    let sent = 10_050;
+    for i in 0..sent {
+        let m = Element::new(ns::SERVER, "message")
+            .attr("from", "romeo@xmpp.test/r")
+            .attr("to", "alice@sip.test")
+            .attr("id", &format!("x{i}"))
+            .child(Element::new(ns::SERVER, "body").text("hello"));
+        w.net.send_stanza(1, m);
+        if i == 0 {
+            // The streams come up; after that no time passes while the rest go in.
+            w.net.settle();
+        } else if i % 250 == 0 {
+            w.net.run_for(std::time::Duration::ZERO);
+        }
+    }
+    w.net.run_for(std::time::Duration::ZERO);
+    let errors = |w: &World, condition: &str| {
+        xmpp_user_got(w)
+            .iter()
+            .filter(|m| m.get_attr("type") == Some("error"))
+            .filter(|m| {
+                m.find(ns::SERVER, "error")
+                    .and_then(|e| e.find(ns::STANZAS_ERR, condition))
+                    .is_some()
+            })
+            .count()
+    };
+    let got = xmpp_user_got(&w);
+    assert_eq!(
+        errors(&w, "resource-constraint"),
+        50,
+        "refused at once; got {} stanzas, first error {:?}",
+        got.len(),
+        got.iter()
+            .find(|m| m.get_attr("type") == Some("error"))
+            .map(|m| m.to_xml(ns::SERVER))
+    );
+    let requests = w.net.sip_peers[w.proxy]
+        .received
+        .iter()
+        .filter(|m| m.method() == Some("MESSAGE"))
+        .map(|m| m.header("Via").unwrap_or_default().to_owned())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert_eq!(
+        requests, 10_000,
+        "at most 10 000 transactions toward the next hop"
+    );
+    w.net.run_for(std::time::Duration::from_secs(40));
+    assert_eq!(errors(&w, "remote-server-timeout"), 10_000);
+    assert_eq!(xmpp_user_got(&w).len(), sent, "every stanza answered once");
+}

@@ -17,7 +17,20 @@ use crate::xml::{ns, Element};
 
 /// Most SIP server transactions and subscription dialogs held at once: past
 /// that, new requests get 503 instead of growing memory without bound.
+/// Most SIP requests (either way) in progress: received and not yet answered, or
+/// sent and not yet answered. Also the cap on presence dialogs.
 pub(super) const MAX_SIP_STATE: usize = 10_000;
+
+/// Most server transactions kept in all, answered ones included: on UDP an
+/// answered transaction stays for Timer J (32 s) to absorb retransmissions, so
+/// this bounds memory at high rates (about 6000 requests per second sustained)
+/// while answered requests no longer count against `MAX_SIP_STATE`.
+const MAX_SIP_RETAINED: usize = 200_000;
+
+fn open(state: crate::sip::transaction::State) -> bool {
+    use crate::sip::transaction::State;
+    matches!(state, State::Trying | State::Proceeding)
+}
 
 /// Seconds a SIP client refused for want of capacity is asked to wait.
 pub const RETRY_AFTER: &str = "5";
@@ -97,6 +110,10 @@ pub(super) struct SipState {
     /// costs one empty wakeup, and keeps `poll_timeout` from walking every transaction.
     timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, bool, String)>>,
     timer_seq: u64,
+    /// Server transactions not yet answered with a final response.
+    answering: usize,
+    /// Client transactions not yet answered with a final response (or timed out).
+    in_flight: usize,
     /// SIP stream deadlines, earliest first: at most about one live entry per
     /// connection (see `SipStream::scheduled`); entries for closed connections or
     /// superseded deadlines are dropped when they come up.
@@ -156,6 +173,7 @@ pub(super) struct ClientTx {
 }
 
 /// Why we sent a request, to know what its answer means.
+#[derive(Clone)]
 pub(super) enum Purpose {
     /// A MESSAGE carrying this stanza; a failure goes back to its sender.
     Message(Element),
@@ -218,6 +236,16 @@ impl Gateway {
         let Some(next_hop) = self.config.gateway.sip_next_hop else {
             return;
         };
+        if self.sip.in_flight >= MAX_SIP_STATE || self.sip.client.len() >= MAX_SIP_RETAINED {
+            // A next hop this far behind gets no more: what would have been sent is
+            // refused now, rather than retransmitted into it or left to Timer F.
+            let text = format!(
+                "more than {MAX_SIP_STATE} requests toward the SIP side are waiting for an answer"
+            );
+            self.purpose_failed(&purpose, 503, "resource-constraint", &text, now);
+            return;
+        }
+        self.sip.in_flight += 1;
         let branch = format!("z9hG4bK{}", self.rng.hex(8));
         request.headers.insert(
             0,
@@ -551,7 +579,7 @@ impl Gateway {
             self.sip_reply_actions(peer, actions);
             return;
         }
-        if self.sip.server.len() >= MAX_SIP_STATE {
+        if self.sip.answering >= MAX_SIP_STATE || self.sip.server.len() >= MAX_SIP_RETAINED {
             let mut reply = msg.reply(
                 503,
                 "Service Unavailable (too many requests in progress)",
@@ -562,6 +590,7 @@ impl Gateway {
             return;
         }
         let to_tag = self.rng.hex(6);
+        self.sip.answering += 1;
         self.sip.server.insert(
             key.clone(),
             ServerTx {
@@ -627,7 +656,14 @@ impl Gateway {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
+        let was_open = open(st.tx.state);
         let actions = st.tx.respond(resp, now);
+        if was_open && !open(st.tx.state) {
+            self.sip.answering = self.sip.answering.saturating_sub(1);
+            // Only the response is needed from here on (retransmissions get it).
+            st.request.headers = Vec::new();
+            st.request.body = Vec::new();
+        }
         let peer = st.peer;
         self.sip_reply_actions(peer, actions);
         // Timer J, or (ended at once on TCP/TLS) a sweep at the next wakeup.
@@ -767,7 +803,11 @@ impl Gateway {
             });
             return;
         };
+        let was_open = open(ct.tx.state);
         let actions = ct.tx.on_response(msg, now);
+        if was_open && !open(ct.tx.state) {
+            self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
+        }
         self.sip_schedule(true, &branch);
         for a in actions {
             if let TxAction::Response(r) = a {
@@ -788,7 +828,7 @@ impl Gateway {
     /// Our request toward a SIP user failed: the XMPP sender hears it as an error
     /// (`code` 0: no answer at all).
     fn sip_failed(&mut self, branch: &str, code: u16, text: &str, now: Instant) {
-        let Some(ct) = self.sip.client.get(branch) else {
+        let Some(purpose) = self.sip.client.get(branch).map(|ct| ct.purpose.clone()) else {
             return;
         };
         let condition = if code == 0 {
@@ -796,21 +836,28 @@ impl Gateway {
         } else {
             sip_to_condition(code)
         };
-        match &ct.purpose {
+        self.purpose_failed(&purpose, code, condition, text, now);
+    }
+
+    /// What a failed (or refused) request toward the SIP side means for whoever
+    /// it was sent for.
+    fn purpose_failed(
+        &mut self,
+        purpose: &Purpose,
+        code: u16,
+        condition: &str,
+        text: &str,
+        now: Instant,
+    ) {
+        match purpose {
             Purpose::Message(stanza) => {
                 if let Some(reply) = error_reply(stanza, condition, text) {
                     let _ = self.route_stanza(now, reply, None);
                 }
             }
             Purpose::Notice => {}
-            Purpose::Notify(key) => {
-                let key = key.clone();
-                self.notify_failed(&key, code);
-            }
-            Purpose::Subscribe(call_id) => {
-                let call_id = call_id.clone();
-                self.subscribe_failed(&call_id, code, now);
-            }
+            Purpose::Notify(key) => self.notify_failed(key, code),
+            Purpose::Subscribe(call_id) => self.subscribe_failed(call_id, code, now),
         }
     }
 
@@ -871,7 +918,14 @@ impl Gateway {
                 continue;
             }
             let actions = match self.sip.client.get_mut(&key) {
-                Some(c) => c.tx.on_timeout(now),
+                Some(c) => {
+                    let was_open = open(c.tx.state);
+                    let actions = c.tx.on_timeout(now);
+                    if was_open && !open(c.tx.state) {
+                        self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
+                    }
+                    actions
+                }
                 None => continue,
             };
             let mut timed_out = false;
