@@ -8,5 +8,6 @@ pub mod cli;
 pub mod driver;
 pub mod probe;
 pub mod resolve;
+pub mod sendq;
 pub mod signals;
 pub mod store;

@@ -14,6 +14,7 @@ use isthmus_core::gateway::{overloaded_reply, ConnId};
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
 use isthmus_host::resolve::Resolver;
+use isthmus_host::sendq::Backlog;
 use isthmus_host::signals;
 use smol::channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use smol::future::FutureExt;
@@ -23,10 +24,13 @@ use smol::Timer;
 
 type In = Input<TcpStream>;
 
+/// A connection's writer task: its queue, the stream to shut down, what it holds.
+type Writer = (Sender<Vec<u8>>, TcpStream, Arc<Backlog>);
+
 struct SmolIo {
     tx: Sender<In>,
     /// Per connection: the queue its writer task drains, and the stream to shut down.
-    writers: HashMap<ConnId, (Sender<Vec<u8>>, TcpStream)>,
+    writers: HashMap<ConnId, Writer>,
     sip_out: Sender<(SocketAddr, Vec<u8>)>,
     resolver: Arc<Resolver>,
 }
@@ -39,9 +43,11 @@ impl Io for SmolIo {
         let _ = stream.set_nodelay(true);
         let (wtx, wrx) = unbounded::<Vec<u8>>();
         let mut writer = stream.clone();
-        let written = self.tx.clone();
-        // The host counts what is queued here (`Input::Written`) to hold stanzas
-        // back from a slow reader or close a peer that never reads.
+        let drained = self.tx.clone();
+        let backlog = Arc::new(Backlog::default());
+        let queued = backlog.clone();
+        // The host judges what is queued here (`backlog`) to hold stanzas back
+        // from a slow reader or close a peer that never reads.
         smol::spawn(async move {
             let mut batch = Vec::new();
             while let Ok(first) = wrx.recv().await {
@@ -57,10 +63,7 @@ impl Io for SmolIo {
                     let _ = writer.shutdown(Shutdown::Both);
                     return;
                 }
-                if written
-                    .send(Input::Written(conn, batch.len()))
-                    .await
-                    .is_err()
+                if queued.written(batch.len()) && drained.send(Input::Drained(conn)).await.is_err()
                 {
                     return;
                 }
@@ -97,7 +100,7 @@ impl Io for SmolIo {
             }
         })
         .detach();
-        self.writers.insert(conn, (wtx, stream));
+        self.writers.insert(conn, (wtx, stream, backlog));
     }
 
     fn forget(&mut self, conn: ConnId) {
@@ -112,10 +115,17 @@ impl Io for SmolIo {
         let _ = stream.shutdown(Shutdown::Both);
     }
 
-    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
-        if let Some((w, _)) = self.writers.get(&conn) {
-            let _ = w.try_send(bytes.to_vec());
-        }
+    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
+        let Some((w, _, backlog)) = self.writers.get(&conn) else {
+            return 0;
+        };
+        let pending = backlog.queued(bytes.len());
+        let _ = w.try_send(bytes.to_vec());
+        pending
+    }
+
+    fn watch_drain(&mut self, conn: ConnId) -> bool {
+        self.writers.get(&conn).is_some_and(|(_, _, b)| b.watch())
     }
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
@@ -138,7 +148,7 @@ impl Io for SmolIo {
     }
 
     fn close(&mut self, conn: ConnId) {
-        if let Some((w, stream)) = self.writers.remove(&conn) {
+        if let Some((w, stream, _)) = self.writers.remove(&conn) {
             // Let the writer flush what is queued, then shut the socket.
             w.close();
             smol::spawn(async move {

@@ -19,6 +19,7 @@ use isthmus_core::gateway::{overloaded_reply, ConnId};
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
 use isthmus_host::resolve::Resolver;
+use isthmus_host::sendq::Backlog;
 use isthmus_host::signals;
 
 type In = Input<TcpStream>;
@@ -27,7 +28,7 @@ struct StdIo {
     tx: SyncSender<In>,
     /// Per connection: the queue its writer thread drains. Dropping it lets the
     /// writer finish what is queued and shut the socket.
-    streams: HashMap<ConnId, Sender<Vec<u8>>>,
+    streams: HashMap<ConnId, (Sender<Vec<u8>>, Arc<Backlog>)>,
     sip: UdpSocket,
     resolver: Arc<Resolver>,
 }
@@ -62,16 +63,21 @@ fn spawn_reader(tx: SyncSender<In>, conn: ConnId, mut stream: TcpStream, sip: bo
 }
 
 /// Writes what the core transmits without ever blocking the core's thread: a peer
-/// that reads slowly holds up only its own writer, and the host counts what is
-/// queued (`Input::Written`) to hold stanzas back or close a peer that never reads.
-fn spawn_writer(tx: SyncSender<In>, conn: ConnId, mut stream: TcpStream, queue: Receiver<Vec<u8>>) {
+/// that reads slowly holds up only its own writer, and the host judges what is
+/// queued (`backlog`) to hold stanzas back or close a peer that never reads.
+fn spawn_writer(
+    tx: SyncSender<In>,
+    conn: ConnId,
+    mut stream: TcpStream,
+    queue: Receiver<Vec<u8>>,
+    backlog: Arc<Backlog>,
+) {
     thread::spawn(move || {
         let mut batch = Vec::new();
         while let Ok(first) = queue.recv() {
             batch.clear();
             batch.extend_from_slice(&first);
-            // What else is queued goes out in the same write: fewer syscalls and
-            // one report per batch.
+            // What else is queued goes out in the same write: fewer syscalls.
             while batch.len() < 64 * 1024 {
                 match queue.try_recv() {
                     Ok(more) => batch.extend_from_slice(&more),
@@ -84,7 +90,7 @@ fn spawn_writer(tx: SyncSender<In>, conn: ConnId, mut stream: TcpStream, queue: 
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
-            if tx.send(Input::Written(conn, batch.len())).is_err() {
+            if backlog.written(batch.len()) && tx.send(Input::Drained(conn)).is_err() {
                 return;
             }
         }
@@ -118,8 +124,9 @@ impl Io for StdIo {
             Ok(reader) => {
                 spawn_reader(self.tx.clone(), conn, reader, sip);
                 let (queue, writes) = channel();
-                spawn_writer(self.tx.clone(), conn, stream, writes);
-                self.streams.insert(conn, queue);
+                let backlog = Arc::new(Backlog::default());
+                spawn_writer(self.tx.clone(), conn, stream, writes, backlog.clone());
+                self.streams.insert(conn, (queue, backlog));
             }
             Err(e) => {
                 log(&format!("{conn}: cannot use the connection: {e}"));
@@ -147,11 +154,18 @@ impl Io for StdIo {
         let _ = stream.shutdown(Shutdown::Both);
     }
 
-    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) {
-        if let Some(queue) = self.streams.get(&conn) {
-            // A writer that gave up has shut the socket; its reader reports that.
-            let _ = queue.send(bytes.to_vec());
-        }
+    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
+        let Some((queue, backlog)) = self.streams.get(&conn) else {
+            return 0;
+        };
+        let pending = backlog.queued(bytes.len());
+        // A writer that gave up has shut the socket; its reader reports that.
+        let _ = queue.send(bytes.to_vec());
+        pending
+    }
+
+    fn watch_drain(&mut self, conn: ConnId) -> bool {
+        self.streams.get(&conn).is_some_and(|(_, b)| b.watch())
     }
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {

@@ -1,0 +1,62 @@
+//! What a connection's writer (a thread or a task) and the core's thread share:
+//! the bytes queued and not yet written, and whether the core waits to hear that
+//! the queue drained. The writer reports only then, so a stream that keeps up
+//! costs no message back per write.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+use crate::driver::SEND_LOW_WATER;
+
+#[derive(Default, Debug)]
+pub struct Backlog {
+    pending: AtomicUsize,
+    watch: AtomicBool,
+}
+
+impl Backlog {
+    /// The core's thread queued `n` bytes; returns what is now pending.
+    pub fn queued(&self, n: usize) -> usize {
+        self.pending.fetch_add(n, SeqCst) + n
+    }
+
+    /// The writer put `n` queued bytes on the wire; true when it is to tell the
+    /// core that the queue drained.
+    pub fn written(&self, n: usize) -> bool {
+        let left = self.pending.fetch_sub(n, SeqCst).saturating_sub(n);
+        left <= SEND_LOW_WATER && self.watch.swap(false, SeqCst)
+    }
+
+    /// The core wants to hear when the queue drains below the low-water mark.
+    /// False when it already has: no report will come, the caller goes on at once.
+    pub fn watch(&self) -> bool {
+        self.watch.store(true, SeqCst);
+        if self.pending.load(SeqCst) > SEND_LOW_WATER {
+            return true;
+        }
+        // Drained already: take the watch back, unless the writer took it first
+        // (then its report is on the way).
+        !self.watch.swap(false, SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_is_reported_once_and_only_when_watched() {
+        let b = Backlog::default();
+        b.queued(300 * 1024);
+        assert!(!b.written(100 * 1024), "not watched: nothing to report");
+        assert!(
+            b.watch(),
+            "still above the low-water mark: a report will come"
+        );
+        assert!(!b.written(100 * 1024), "above the low-water mark");
+        assert!(b.written(100 * 1024), "drained: reported");
+        assert!(!b.written(0), "once");
+        assert!(!b.watch(), "already drained: no report will come");
+        b.queued(10);
+        assert!(!b.written(10), "the watch was taken back");
+    }
+}
