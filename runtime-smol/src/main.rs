@@ -1,6 +1,7 @@
 //! `isthmus-smol`: the gateway on smol. One task owns the core; accept, read,
 //! write, connect and resolve tasks only move bytes and report back through one
-//! channel. Every decision is the core's, every input is dispatched by the shared
+//! channel, all on one thread (a local executor driven by the reactor), so that
+//! no message costs a wakeup of another thread. Every decision is the core's, every input is dispatched by the shared
 //! host layer.
 #![forbid(unsafe_code)]
 
@@ -48,7 +49,7 @@ impl Io for SmolIo {
         let queued = backlog.clone();
         // The host judges what is queued here (`backlog`) to hold stanzas back
         // from a slow reader or close a peer that never reads.
-        smol::spawn(async move {
+        spawn(async move {
             let mut batch = Vec::new();
             while let Ok(first) = wrx.recv().await {
                 batch.clear();
@@ -68,11 +69,10 @@ impl Io for SmolIo {
                     return;
                 }
             }
-        })
-        .detach();
+        });
         let mut reader = stream.clone();
         let tx = self.tx.clone();
-        smol::spawn(async move {
+        spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 match reader.read(&mut buf).await {
@@ -98,8 +98,7 @@ impl Io for SmolIo {
                     }
                 }
             }
-        })
-        .detach();
+        });
         self.writers.insert(conn, (wtx, stream, backlog));
     }
 
@@ -130,7 +129,7 @@ impl Io for SmolIo {
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
         let tx = self.tx.clone();
-        smol::spawn(async move {
+        spawn(async move {
             let attempt = TcpStream::connect(addr).or(async {
                 Timer::after(Duration::from_secs(10)).await;
                 Err(std::io::Error::new(
@@ -143,30 +142,27 @@ impl Io for SmolIo {
                 Err(e) => Input::ConnectFailed(conn, format!("{addr}: {e}")),
             };
             let _ = tx.send(input).await;
-        })
-        .detach();
+        });
     }
 
     fn close(&mut self, conn: ConnId) {
         if let Some((w, stream, _)) = self.writers.remove(&conn) {
             // Let the writer flush what is queued, then shut the socket.
             w.close();
-            smol::spawn(async move {
+            spawn(async move {
                 Timer::after(Duration::from_millis(50)).await;
                 let _ = stream.shutdown(Shutdown::Both);
-            })
-            .detach();
+            });
         }
     }
 
     fn resolve(&mut self, query: u64, domain: String) {
         let tx = self.tx.clone();
         let resolver = self.resolver.clone();
-        smol::spawn(async move {
+        spawn(async move {
             let result = smol::unblock(move || resolver.resolve(&domain)).await;
             let _ = tx.send(Input::Resolved(query, result)).await;
-        })
-        .detach();
+        });
     }
 
     fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]) {
@@ -175,7 +171,7 @@ impl Io for SmolIo {
 }
 
 fn accept_loop(tx: Sender<In>, listener: TcpListener, sip: Option<bool>) {
-    smol::spawn(async move {
+    spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let input = match sip {
                 Some(tls) => Input::SipAccepted(stream, tls),
@@ -185,8 +181,7 @@ fn accept_loop(tx: Sender<In>, listener: TcpListener, sip: Option<bool>) {
                 return;
             }
         }
-    })
-    .detach();
+    });
 }
 
 async fn run_async(setup: Setup) -> Result<(), String> {
@@ -227,7 +222,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
     {
         let tx = tx.clone();
         let sip = sip.clone();
-        smol::spawn(async move {
+        spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
                 match sip.recv_from(&mut buf).await {
@@ -250,18 +245,16 @@ async fn run_async(setup: Setup) -> Result<(), String> {
                     Err(e) => log(&format!("SIP receive: {e}")),
                 }
             }
-        })
-        .detach();
+        });
     }
     let (sip_out, sip_rx) = unbounded::<(SocketAddr, Vec<u8>)>();
-    smol::spawn(async move {
+    spawn(async move {
         while let Ok((to, bytes)) = sip_rx.recv().await {
             if let Err(e) = sip.send_to(&bytes, to).await {
                 log(&format!("SIP to {to}: {e}"));
             }
         }
-    })
-    .detach();
+    });
     log(&format!(
         "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
         g.served_domains.join(", ")
@@ -291,6 +284,17 @@ async fn run_async(setup: Setup) -> Result<(), String> {
     }
 }
 
+thread_local! {
+    /// Every task runs on the thread that owns the core: a read, the core's
+    /// decision and the write happen without waking another thread, and the
+    /// thread sleeps only in the reactor's epoll wait.
+    static EXECUTOR: smol::LocalExecutor<'static> = smol::LocalExecutor::new();
+}
+
+fn spawn(task: impl std::future::Future<Output = ()> + 'static) {
+    EXECUTOR.with(|ex| ex.spawn(task).detach());
+}
+
 fn main() -> ExitCode {
-    cli::main(|setup| smol::block_on(run_async(setup)))
+    cli::main(|setup| EXECUTOR.with(|ex| smol::block_on(ex.run(run_async(setup)))))
 }
