@@ -288,7 +288,7 @@ thread_local! {
     /// Every task runs on the thread that owns the core: a read, the core's
     /// decision and the write happen without waking another thread, and the
     /// thread sleeps only in the reactor's epoll wait.
-    static EXECUTOR: smol::LocalExecutor<'static> = smol::LocalExecutor::new();
+    static EXECUTOR: smol::LocalExecutor<'static> = const { smol::LocalExecutor::new() };
 }
 
 fn spawn(task: impl std::future::Future<Output = ()> + 'static) {
