@@ -805,7 +805,8 @@ impl Gateway {
         };
         let was_open = open(ct.tx.state);
         let actions = ct.tx.on_response(msg, now);
-        if was_open && !open(ct.tx.state) {
+        let answered = was_open && !open(ct.tx.state);
+        if answered {
             self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
         }
         self.sip_schedule(true, &branch);
@@ -820,6 +821,15 @@ impl Gateway {
                     self.sip_failed(&branch, code, &format!("SIP {code} {reason}"), now);
                 } else if code >= 200 {
                     self.sip_succeeded(&branch, &r, now);
+                }
+            }
+        }
+        if answered {
+            // What the request was for has been settled: the stanza kept for a
+            // bounce need not wait out Timer K.
+            if let Some(ct) = self.sip.client.get_mut(&branch) {
+                if matches!(ct.purpose, Purpose::Message(_)) {
+                    ct.purpose = Purpose::Notice;
                 }
             }
         }

@@ -101,6 +101,10 @@ impl ClientTransaction {
                 self.state = State::Completed;
                 self.timer_e = None;
                 self.timer_f = None;
+                // Nothing is retransmitted any more: Timer K keeps the
+                // transaction only to absorb copies of the response.
+                self.request.headers = Vec::new();
+                self.request.body = Vec::new();
                 if self.reliable {
                     self.state = State::Terminated;
                 } else {
