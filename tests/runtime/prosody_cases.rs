@@ -36,6 +36,27 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A datagram for the UA; a signal (a child of a neighbouring test exiting)
+/// interrupting the wait is not an answer, so the wait goes on.
+fn ua_recv(ua: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    loop {
+        match ua.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `read`, with interrupted waits resumed (see `ua_recv`).
+fn read_on(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -46,7 +67,8 @@ impl Drop for Proc {
 }
 
 fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: Prosody starts slowly when the machine is busy.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
         std::thread::sleep(Duration::from_millis(50));
@@ -171,7 +193,7 @@ VirtualHost "xmpp.test"
         .spawn()
         .expect("prosody");
     let ua = UdpSocket::bind("127.0.0.1:0").expect("ua");
-    ua.set_read_timeout(Some(Duration::from_secs(15)))
+    ua.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let ua_port = ua.local_addr().expect("addr").port();
     write(
@@ -231,7 +253,7 @@ struct Client {
 impl Client {
     fn login(w: &World, user: &str) -> Client {
         let mut tcp = TcpStream::connect(("127.0.0.1", w.c2s)).expect("c2s");
-        tcp.set_read_timeout(Some(Duration::from_secs(15)))
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
         let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='xmpp.test' version='1.0'>";
         tcp.write_all(header.as_bytes()).expect("header");
@@ -241,7 +263,7 @@ impl Client {
                 return ev;
             }
             let mut buf = [0u8; 4096];
-            let n = tcp.read(&mut buf).expect("read");
+            let n = read_on(tcp, &mut buf).expect("read");
             assert!(n > 0, "c2s closed");
             reader.push(&buf[..n]);
         };
@@ -297,7 +319,7 @@ impl Client {
                 None => {}
             }
             let mut buf = [0u8; 4096];
-            let n = self.tls.read(&mut buf).expect("read from prosody");
+            let n = read_on(&mut self.tls, &mut buf).expect("read from prosody");
             assert!(n > 0, "c2s closed");
             self.reader.push(&buf[..n]);
         }
@@ -309,8 +331,7 @@ fn ua_receive(w: &World, method: &str) -> String {
     let mut buf = [0u8; 65536];
     loop {
         let (n, from) =
-            w.ua.recv_from(&mut buf)
-                .expect("a SIP request from isthmus");
+            ua_recv(&w.ua, &mut buf).expect("a SIP request from isthmus");
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         if !text.starts_with(method) {
             continue;
@@ -339,8 +360,7 @@ fn ua_response(w: &World) -> String {
     let mut buf = [0u8; 65536];
     loop {
         let (n, _) =
-            w.ua.recv_from(&mut buf)
-                .expect("a SIP response from isthmus");
+            ua_recv(&w.ua, &mut buf).expect("a SIP response from isthmus");
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         if text.starts_with("SIP/2.0") {
             return text;
@@ -484,7 +504,7 @@ fn required_tls_against_a_plaintext_prosody_fails_with_a_reason() {
 /// The next SIP message at the UA, as parsed; requests are answered with 200.
 fn ua_next(w: &World) -> (isthmus_core::sip::SipMessage, std::net::SocketAddr) {
     let mut buf = [0u8; 65536];
-    let (n, from) = w.ua.recv_from(&mut buf).expect("SIP from isthmus");
+    let (n, from) = ua_recv(&w.ua, &mut buf).expect("SIP from isthmus");
     let msg = isthmus_core::sip::SipMessage::parse(&buf[..n], &Default::default()).expect("SIP from isthmus");
     if msg.method().is_some() {
         let mut ok = msg.reply(200, "OK", Some("ua"));
@@ -539,7 +559,7 @@ fn presence_both_ways(w: &World) {
     romeo.send("<presence type='subscribed' to='alice@sip.test'/>");
     romeo.send("<presence><status>Wherefore?</status></presence>");
     let mut states = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let (m, _) = ua_next(w);
         if m.method() == Some("NOTIFY") && m.call_id() == Some("watch-romeo") {
