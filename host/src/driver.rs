@@ -65,6 +65,24 @@ pub const SEND_QUEUE_LIMIT: usize = 2 * 1024 * 1024;
 /// pushes back on the peer) and SIP requests over UDP are refused with 503.
 pub const INPUT_QUEUE: usize = 4096;
 
+/// Receive buffer asked for on the SIP UDP socket: a burst of requests waits in
+/// the kernel (about 4000 small datagrams) rather than being dropped before the
+/// gateway can read them, answer them, or refuse them with 503.
+pub const SIP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Widens the SIP socket's receive buffer (the kernel caps it at
+/// net.core.rmem_max); logs what it got.
+pub fn widen_receive_buffer(socket: &impl std::os::fd::AsFd) {
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(socket, SIP_RECEIVE_BUFFER);
+    match rustix::net::sockopt::socket_recv_buffer_size(socket) {
+        Ok(got) if got < SIP_RECEIVE_BUFFER => log(&format!(
+            "SIP receive buffer {got} bytes (asked for {SIP_RECEIVE_BUFFER}; raise net.core.rmem_max for more headroom in bursts)"
+        )),
+        Ok(_) => {}
+        Err(e) => log(&format!("SIP receive buffer: {e}")),
+    }
+}
+
 /// A connection the runtime writes for.
 struct Backlog {
     /// The core holds stanzas for this stream until told it drained.

@@ -209,6 +209,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
     let sip = UdpSocket::bind(sip_addr)
         .await
         .map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
+    isthmus_host::driver::widen_receive_buffer(&sip);
     let sip_tcp = TcpListener::bind(sip_addr)
         .await
         .map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?;

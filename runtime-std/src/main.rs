@@ -221,6 +221,7 @@ fn run(setup: Setup) -> Result<(), String> {
     spawn_listener(tx.clone(), listener, None);
     let sip_addr = g.sip_address;
     let sip = UdpSocket::bind(sip_addr).map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
+    isthmus_host::driver::widen_receive_buffer(&sip);
     let sip_tcp = TcpListener::bind(sip_addr).map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?;
     spawn_listener(tx.clone(), sip_tcp, Some(false));
     if let Some(tls_addr) = g.sip_tls_address {
