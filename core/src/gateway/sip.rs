@@ -12,7 +12,7 @@ use crate::sip::transaction::{ClientTransaction, ServerTransaction, Timers, TxAc
 use crate::sip::uri::Via;
 use crate::sip::{SipError, SipLimits, SipMessage, StartLine};
 use crate::translate::error::sip_to_condition;
-use crate::translate::message::{message_to_sip, sip_to_message};
+use crate::translate::message::{message_to_sip_between, sip_to_message};
 use crate::xml::{ns, Element};
 
 /// Most SIP server transactions and subscription dialogs held at once: past
@@ -771,10 +771,11 @@ impl Gateway {
                     "Your message to {} could not be delivered ({condition}).",
                     from.bare()
                 )));
-            (message_to_sip(&notice, &tag, &call_id), Purpose::Notice)
+            let request = message_to_sip_between(&notice, &from, &to, &tag, &call_id);
+            (request, Purpose::Notice)
         } else {
             // Translated before it moves into the transaction (kept for a bounce).
-            let request = message_to_sip(&stanza, &tag, &call_id);
+            let request = message_to_sip_between(&stanza, &from, &to, &tag, &call_id);
             (request, Purpose::Message(stanza))
         };
         match request {

@@ -186,6 +186,18 @@ pub fn message_to_sip(
     };
     let from = jid("from")?;
     let to = jid("to")?;
+    message_to_sip_between(stanza, &from, &to, tag, call_id)
+}
+
+/// As [`message_to_sip`], for a caller that has already parsed (and checked) the
+/// stanza's `from` and `to`.
+pub fn message_to_sip_between(
+    stanza: &Element,
+    from: &Jid,
+    to: &Jid,
+    tag: &str,
+    call_id: &str,
+) -> Result<Option<SipMessage>, String> {
     let body = stanza.find(ns::SERVER, "body").map(|b| b.text_content());
     let composing = stanza
         .elements()
