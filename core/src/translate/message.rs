@@ -220,8 +220,8 @@ pub fn message_to_sip_between(
         .map(|t| t.text_content())
         .filter(|t| !t.trim().is_empty());
     // One encoding of each JID: the To header is the Request-URI without `gr`.
-    let (to_uri, to_bare) = jid_to_sip_split(&to);
-    let (from_uri, _) = jid_to_sip_split(&from);
+    let (to_uri, to_bare) = jid_to_sip_split(to);
+    let (from_uri, _) = jid_to_sip_split(from);
     let mut from_value = String::with_capacity(from_uri.len() + tag.len() + 7);
     from_value.push('<');
     from_value.push_str(&from_uri);
