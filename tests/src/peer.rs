@@ -1,7 +1,7 @@
 //! Scripted raw XMPP peers on the simulation network: stream headers, reading the
 //! stream error a gateway sent, and a raw peer that has authenticated by dialback.
 
-use crate::scenario::{config, Cert, Pki, A, B};
+use crate::scenario::{pair_net, PairSetup, Pki, A, B};
 use crate::sim::Net;
 use isthmus_core::config::{Negotiation, SaslMode, TlsMode};
 
@@ -44,19 +44,7 @@ pub fn error_text_sent(net: &Net, raw: usize) -> Option<String> {
 /// and the raw peer.
 pub fn authenticated_raw_peer() -> (Net, usize) {
     let pki = Pki::new();
-    let mut net = Net::new();
-    net.add_gateway(
-        "A",
-        config(A, B, TCP_DIALBACK),
-        Some(pki.context(A, &Cert::Good)),
-        1,
-    );
-    net.add_gateway(
-        "B",
-        config(B, A, TCP_DIALBACK),
-        Some(pki.context(B, &Cert::Good)),
-        2,
-    );
+    let mut net = pair_net(&pki, TCP_DIALBACK, TCP_DIALBACK, &PairSetup::default());
     let raw = net.raw_connect(1);
     net.raw_send(raw, &header(A, B));
     net.settle();

@@ -13,7 +13,9 @@ use isthmus_core::xml::ns;
 use isthmus_tests::peer::{
     authenticated_raw_peer, condition_sent, error_text_sent, header, TCP_DIALBACK,
 };
-use isthmus_tests::scenario::{config, message, snapshots_in, Cert, Pki, A, B};
+use isthmus_tests::scenario::{
+    config, message, pair_net, snapshots_in, Cert, PairSetup, Pki, A, B,
+};
 use isthmus_tests::sim::Net;
 use isthmus_tests::sipworld::{responses, world, xmpp_user_got};
 
@@ -530,19 +532,7 @@ fn stripped_starttls_on_the_dialback_verify_connection_is_refused() {
         sasl: SaslMode::NotSupported,
         dialback: true,
     };
-    let mut net = Net::new();
-    net.add_gateway(
-        "A",
-        config(A, B, db_over_tls),
-        Some(pki.context(A, &Cert::Good)),
-        1,
-    );
-    net.add_gateway(
-        "B",
-        config(B, A, db_over_tls),
-        Some(pki.context(B, &Cert::Good)),
-        2,
-    );
+    let mut net = pair_net(&pki, db_over_tls, db_over_tls, &PairSetup::default());
     let hole: SocketAddr = ([127, 0, 0, 66], 5269).into();
     net.add_black_hole(hole);
     net.set_dns(1, A, vec![hole]);

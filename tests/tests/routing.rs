@@ -3,7 +3,9 @@
 
 use isthmus_core::config::{Config, Method, Negotiation, Partner, SaslMode, TlsMode};
 use isthmus_core::gateway::{Direction, Event};
-use isthmus_tests::scenario::{config, message, snapshots_in, Cert, Pki, A, B};
+use isthmus_tests::scenario::{
+    config, message, pair_net, snapshots_in, Cert, PairSetup, Pki, A, B,
+};
 use isthmus_tests::sim::Net;
 
 fn row(tls: TlsMode, sasl: SaslMode, dialback: bool) -> Negotiation {
@@ -149,19 +151,7 @@ fn a_key_the_authoritative_server_calls_invalid_bounces_the_queue() {
     // a.test with another secret: the key is invalid, and A's stanzas come back.
     let pki = Pki::new();
     let tcp_db = row(TlsMode::NotSupported, SaslMode::NotSupported, true);
-    let mut net = Net::new();
-    net.add_gateway(
-        "A",
-        config(A, B, tcp_db),
-        Some(pki.context(A, &Cert::Good)),
-        1,
-    );
-    net.add_gateway(
-        "B",
-        config(B, A, tcp_db),
-        Some(pki.context(B, &Cert::Good)),
-        2,
-    );
+    let mut net = pair_net(&pki, tcp_db, tcp_db, &PairSetup::default());
     let mut impostor = config(A, B, tcp_db);
     impostor.gateway.dialback_secret = Some("another secret".into());
     let a2 = net.add_gateway("A2", impostor, Some(pki.context(A, &Cert::Good)), 3);

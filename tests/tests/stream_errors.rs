@@ -6,7 +6,9 @@ use std::time::Duration;
 use isthmus_core::config::{Negotiation, SaslMode, TlsMode};
 use isthmus_core::gateway::Event;
 use isthmus_tests::peer::{authenticated_raw_peer, condition_sent, header, TCP_DIALBACK};
-use isthmus_tests::scenario::{config, message, snapshots_in, Cert, Pki, A, B};
+use isthmus_tests::scenario::{
+    config, message, pair_net, snapshots_in, Cert, PairSetup, Pki, A, B,
+};
 use isthmus_tests::sim::Net;
 
 /// B serves b.test with a.test as a plain-dialback partner; a raw peer sends `input`.
@@ -197,19 +199,7 @@ fn timers() {
 
     // Keep-alive and inactivity on an authenticated stream pair.
     let pki = Pki::new();
-    let mut net = Net::new();
-    net.add_gateway(
-        "A",
-        config(A, B, TCP_DIALBACK),
-        Some(pki.context(A, &Cert::Good)),
-        1,
-    );
-    net.add_gateway(
-        "B",
-        config(B, A, TCP_DIALBACK),
-        Some(pki.context(B, &Cert::Good)),
-        2,
-    );
+    let mut net = pair_net(&pki, TCP_DIALBACK, TCP_DIALBACK, &PairSetup::default());
     net.send_stanza(0, message("alice@a.test", "bob@b.test", "hi"));
     net.run_for(Duration::from_secs(301));
     assert!(net.transcript_text().contains("(whitespace keep-alive)"));

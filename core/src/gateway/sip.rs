@@ -895,6 +895,20 @@ impl Gateway {
             .min()
     }
 
+    /// Forgets a client transaction that has terminated; true if it had.
+    fn sip_client_ended(&mut self, key: &str) -> bool {
+        use crate::sip::transaction::State;
+        let ended = self
+            .sip
+            .client
+            .get(key)
+            .is_some_and(|c| c.tx.state == State::Terminated);
+        if ended {
+            self.sip.client.remove(key);
+        }
+        ended
+    }
+
     pub(super) fn sip_timeouts(&mut self, now: Instant) {
         use crate::sip::transaction::State;
         while let Some(std::cmp::Reverse((at, _, client, key))) = self.sip.timers.peek().cloned() {
@@ -918,14 +932,7 @@ impl Gateway {
                 .is_some_and(|c| c.tx.next_deadline().is_some_and(|d| d <= now));
             if !due {
                 // Stale: the transaction moved on (its new deadline is queued) or ended.
-                if self
-                    .sip
-                    .client
-                    .get(&key)
-                    .is_some_and(|c| c.tx.state == State::Terminated)
-                {
-                    self.sip.client.remove(&key);
-                }
+                self.sip_client_ended(&key);
                 continue;
             }
             let actions = match self.sip.client.get_mut(&key) {
@@ -954,14 +961,7 @@ impl Gateway {
             if timed_out {
                 self.sip_failed(&key, 0, "the SIP side did not answer within 32 s", now);
             }
-            if self
-                .sip
-                .client
-                .get(&key)
-                .is_some_and(|c| c.tx.state == State::Terminated)
-            {
-                self.sip.client.remove(&key);
-            } else {
+            if !self.sip_client_ended(&key) {
                 self.sip_schedule(true, &key);
             }
         }
