@@ -987,3 +987,34 @@ fn stream_connections_that_stall_are_closed() {
         Event::Ignored { what, .. } if what.contains("SIP connection closed: idle for")
     )));
 }
+
+/// A reload that shortens `stream_inactivity_timeout` applies to the streams and
+/// SIP connections already open, not only to new ones.
+#[test]
+fn a_shorter_inactivity_timeout_applies_to_open_streams_after_a_reload() {
+    let shorter = Duration::from_secs(60);
+    // A partner stream, idle after one message.
+    let pki = Pki::new();
+    let mut net = pair_net(&pki, TCP_DIALBACK, TCP_DIALBACK, &PairSetup::default());
+    net.send_stanza(0, message("alice@a.test", "bob@b.test", "hi"));
+    net.settle();
+    assert_eq!(net.delivered.len(), 1);
+    let mut reloaded = config(A, B, TCP_DIALBACK);
+    reloaded.gateway.stream_inactivity_timeout = shorter;
+    net.gateway(0).set_config(reloaded);
+    net.run_for(shorter + Duration::from_secs(2));
+    assert!(
+        net.transcript_text()
+            .contains("no traffic with b.test for 60 s (stream_inactivity_timeout)"),
+        "{}",
+        net.transcript_text()
+    );
+
+    // A SIP connection, idle from the start.
+    let (mut w, s) = sip_stream();
+    let mut reloaded = w.net.gateway(0).config().clone();
+    reloaded.gateway.stream_inactivity_timeout = shorter;
+    w.net.gateway(0).set_config(reloaded);
+    w.net.run_for(shorter + Duration::from_secs(2));
+    stream_closed_because(&w, s, "idle for 60 s");
+}

@@ -304,6 +304,7 @@ impl Gateway {
                 self.put(c);
             }
         }
+        self.sip_reschedule_streams();
     }
 
     /// Keeps a connection, with its next deadline on the timer heap. A deadline

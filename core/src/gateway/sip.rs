@@ -376,6 +376,18 @@ impl Gateway {
         }
     }
 
+    /// Every SIP stream's deadline computed afresh (after a reload: the idle bound
+    /// may have shortened).
+    pub(super) fn sip_reschedule_streams(&mut self) {
+        let conns: Vec<super::ConnId> = self.sip.streams.keys().copied().collect();
+        for conn in conns {
+            if let Some(s) = self.sip.streams.get_mut(&conn) {
+                s.scheduled = None;
+            }
+            self.sip_stream_schedule(conn);
+        }
+    }
+
     /// Closes the SIP streams whose deadline has passed; reschedules the ones
     /// whose deadline moved later.
     fn sip_stream_timeouts(&mut self, now: Instant) {
