@@ -100,6 +100,11 @@ struct Args {
     /// Most SIP transactions in flight per peer.
     #[arg(long, default_value_t = 1024)]
     window: usize,
+    /// Seconds each partner stream (mode self) stops reading after its first stanza:
+    /// the gateway's send queues back up, and SIP senders past its bounds get 503
+    /// with Retry-After (or 408 for what waited past 30 s).
+    #[arg(long, default_value_t = 0.0)]
+    partner_stall: f64,
     /// Seconds to wait after the load for the last deliveries and answers.
     #[arg(long, default_value_t = 40.0)]
     drain: f64,
@@ -117,6 +122,10 @@ const EXIT_CHECK_FAILED: i32 = 3;
 
 fn main() {
     let args = Args::parse();
+    xmpp::PARTNER_STALL_MS.store(
+        (args.partner_stall.max(0.0) * 1000.0) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match run(&args) {
         Ok(clean) => std::process::exit(if clean { 0 } else { EXIT_CHECK_FAILED }),
         Err(e) => {

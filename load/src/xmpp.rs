@@ -231,6 +231,11 @@ pub fn serve_accepted(
 /// Reads stanzas until the stream ends: message bodies are deliveries, error
 /// stanzas are refusals of the messages the tool sent.
 pub fn receive_stanzas(mut c: Conn, ledger: &Ledger, content_ns: &str) -> Result<(), String> {
+    // A stalled partner (`--partner-stall`) stops reading after its first stanza.
+    let mut stall = match PARTNER_STALL_MS.load(Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
     loop {
         let el = match c.next() {
             Ok(StreamEvent::Element(e)) => e,
@@ -243,8 +248,15 @@ pub fn receive_stanzas(mut c: Conn, ledger: &Ledger, content_ns: &str) -> Result
             Err(e) => return Err(e),
         };
         record_stanza(&el, ledger, content_ns);
+        if let Some(pause) = stall.take() {
+            std::thread::sleep(pause);
+        }
     }
 }
+
+/// How long each partner stream stops reading after its first stanza (0: never),
+/// so that the gateway's send queues back up and its refusals can be seen.
+pub static PARTNER_STALL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub fn record_stanza(el: &Element, ledger: &Ledger, content_ns: &str) {
     if el.name != "message" {
