@@ -118,6 +118,13 @@ struct Args {
 }
 
 const EXIT_ERROR: i32 = 1;
+
+/// The tool's SIP sockets get a large receive buffer, as the gateway's does, so
+/// that a burst of answers is not dropped on the tool's side and misread as the
+/// gateway's slowness (the kernel caps it at net.core.rmem_max).
+fn roomy(sock: &UdpSocket) {
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(sock, 4 * 1024 * 1024);
+}
 const EXIT_CHECK_FAILED: i32 = 3;
 
 fn main() {
@@ -147,6 +154,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let domains = domains(args.streams);
     let next_hop_sock = UdpSocket::bind(args.next_hop)
         .map_err(|e| format!("bind next hop {}: {e}", args.next_hop))?;
+    roomy(&next_hop_sock);
     let next_hop = next_hop_sock.local_addr().map_err(|e| e.to_string())?;
     let listener =
         TcpListener::bind(args.listen).map_err(|e| format!("bind {}: {e}", args.listen))?;
@@ -324,6 +332,7 @@ fn run_world(
         give_up: Instant::now() + Duration::from_secs(30),
     };
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    roomy(&sock);
     sip::run_peer(warm_peer, sock, ledger.clone())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while ledger.outstanding() > 0 {
@@ -459,6 +468,7 @@ fn run_world(
             give_up,
         };
         let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        roomy(&sock);
         let ledger = ledger.clone();
         threads.push(std::thread::spawn(move || {
             sip::run_peer(peer, sock, ledger)
