@@ -30,6 +30,7 @@ pub const FLUSH_BYTES: usize = 64 * 1024;
 /// (64·T1 = 32 s) runs out, even when the partner's stream is still not up.
 const SIP_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
+mod deadlines;
 mod output;
 mod presence;
 mod sip;
@@ -187,7 +188,7 @@ pub struct Gateway {
     secret: String,
     conns: BTreeMap<ConnId, Conn>,
     /// Connection deadlines, earliest first; see `put`.
-    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>,
+    timers: deadlines::Deadlines<ConnId>,
     routes: HashMap<(String, String), Route>,
     /// Resolve query id → connection waiting for it.
     queries: HashMap<u64, ConnId>,
@@ -221,7 +222,7 @@ impl Gateway {
             rng,
             secret,
             conns: BTreeMap::new(),
-            timers: std::collections::BinaryHeap::new(),
+            timers: deadlines::Deadlines::default(),
             routes: HashMap::new(),
             queries: HashMap::new(),
             next_id: 1,
@@ -313,10 +314,7 @@ impl Gateway {
     /// entry per connection however busy the streams are.
     fn put(&mut self, mut c: Conn) {
         if let Some(d) = self.next_deadline(&c) {
-            if c.scheduled.is_none_or(|s| d < s) {
-                self.timers.push(std::cmp::Reverse((d, c.id)));
-                c.scheduled = Some(d);
-            }
+            self.timers.schedule(&mut c.scheduled, d, c.id);
         }
         self.conns.insert(c.id, c);
     }
@@ -339,8 +337,8 @@ impl Gateway {
             .routes
             .values()
             .filter_map(|r| r.queue.iter().find_map(|q| q.deadline));
-        let conns = self.timers.peek().map(|std::cmp::Reverse((t, _))| *t);
-        conns
+        self.timers
+            .next()
             .into_iter()
             .chain(queued)
             .chain(self.sip_next_deadline())
@@ -722,11 +720,7 @@ impl Gateway {
     /// Advances time: fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.set_clock(now);
-        while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((_, id)) = self.timers.pop_due(now) {
             let Some(mut c) = self.conns.remove(&id) else {
                 continue;
             };

@@ -52,7 +52,7 @@ pub(super) struct PresenceState {
     /// Watcher expiries and subscription refreshes, earliest first. An entry whose
     /// dialog moved on (refreshed, ended) is skipped when it comes up, so neither
     /// the next deadline nor the timeouts walk every dialog.
-    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, PresenceTimer)>>,
+    timers: super::deadlines::Deadlines<PresenceTimer>,
 }
 
 /// What a presence timer entry is for. Watchers sort first, as they fired first
@@ -207,10 +207,8 @@ impl Gateway {
         );
         self.sip_respond(key, resp, now);
         let expires_at = now + Duration::from_secs(expires);
-        self.presence.timers.push(std::cmp::Reverse((
-            expires_at,
-            PresenceTimer::Watcher(dialog.clone()),
-        )));
+        let timer = PresenceTimer::Watcher(dialog.clone());
+        self.presence.timers.push(expires_at, timer);
         self.presence.watchers.insert(
             dialog.clone(),
             Watcher {
@@ -256,8 +254,8 @@ impl Gateway {
         } else {
             if let Some(w) = self.presence.watchers.get_mut(dialog) {
                 w.expires_at = now + Duration::from_secs(expires);
-                let entry = (w.expires_at, PresenceTimer::Watcher(dialog.to_owned()));
-                self.presence.timers.push(std::cmp::Reverse(entry));
+                let timer = PresenceTimer::Watcher(dialog.to_owned());
+                self.presence.timers.push(w.expires_at, timer);
             }
             self.notify(dialog, None, now);
         }
@@ -445,14 +443,9 @@ impl Gateway {
     /// revokes one (RFC 6121 §3.2). Nothing is sent to XMPP, so an error never
     /// answers an error.
     fn presence_error(&mut self, stanza: &Element, local: &Jid, remote: &Jid, now: Instant) {
-        let error = stanza.find(ns::SERVER, "error");
-        let condition = error
-            .and_then(|e| {
-                e.elements()
-                    .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
-            })
-            .map_or("undefined-condition", |c| c.name.as_str());
-        let error_type = error
+        let condition = crate::translate::error::stanza_error_condition(stanza);
+        let error_type = stanza
+            .find(ns::SERVER, "error")
             .and_then(|e| e.get_attr("type"))
             .unwrap_or_else(|| crate::translate::error::error_type(condition));
         // RFC 6665 §4.2.2: `probation` asks the client to come back after
@@ -516,10 +509,8 @@ impl Gateway {
         );
         let our_tag = self.rng.hex(6);
         let refresh_at = now + Duration::from_secs(MAX_EXPIRES * 4 / 5);
-        self.presence.timers.push(std::cmp::Reverse((
-            refresh_at,
-            PresenceTimer::Subscription(call_id.clone()),
-        )));
+        let timer = PresenceTimer::Subscription(call_id.clone());
+        self.presence.timers.push(refresh_at, timer);
         self.presence.subscriptions.insert(
             call_id.clone(),
             Subscription {
@@ -587,11 +578,8 @@ impl Gateway {
             .unwrap_or(MAX_EXPIRES)
             .clamp(MIN_EXPIRES, MAX_EXPIRES);
         s.refresh_at = now + Duration::from_secs(granted * 4 / 5);
-        let entry = (
-            s.refresh_at,
-            PresenceTimer::Subscription(call_id.to_owned()),
-        );
-        self.presence.timers.push(std::cmp::Reverse(entry));
+        let timer = PresenceTimer::Subscription(call_id.to_owned());
+        self.presence.timers.push(s.refresh_at, timer);
     }
 
     pub(super) fn subscribe_failed(&mut self, call_id: &str, code: u16, now: Instant) {
@@ -702,23 +690,12 @@ impl Gateway {
     // ---- timers -----------------------------------------------------------------
 
     pub(super) fn presence_next_deadline(&self) -> Option<Instant> {
-        let t = self
-            .presence
-            .timers
-            .peek()
-            .map(|std::cmp::Reverse((t, _))| *t);
         let r = self.presence.retries.iter().map(|(t, _, _)| *t);
-        t.into_iter().chain(r).min()
+        self.presence.timers.next().into_iter().chain(r).min()
     }
 
     pub(super) fn presence_timeouts(&mut self, now: Instant) {
-        while let Some(std::cmp::Reverse((at, _))) = self.presence.timers.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(std::cmp::Reverse((_, timer))) = self.presence.timers.pop() else {
-                break;
-            };
+        while let Some((_, timer)) = self.presence.timers.pop_due(now) {
             match timer {
                 PresenceTimer::Watcher(d) => {
                     if self
@@ -739,8 +716,8 @@ impl Gateway {
                         continue;
                     }
                     s.refresh_at = now + Duration::from_secs(MAX_EXPIRES * 4 / 5);
-                    let entry = (s.refresh_at, PresenceTimer::Subscription(call_id.clone()));
-                    self.presence.timers.push(std::cmp::Reverse(entry));
+                    let timer = PresenceTimer::Subscription(call_id.clone());
+                    self.presence.timers.push(s.refresh_at, timer);
                     self.send_subscribe(&call_id, MAX_EXPIRES, now);
                 }
             }

@@ -15,10 +15,9 @@ use crate::translate::error::sip_to_condition;
 use crate::translate::message::{message_to_sip_between, sip_to_message};
 use crate::xml::{ns, Element};
 
-/// Most SIP server transactions and subscription dialogs held at once: past
-/// that, new requests get 503 instead of growing memory without bound.
 /// Most SIP requests (either way) in progress: received and not yet answered, or
-/// sent and not yet answered. Also the cap on presence dialogs.
+/// sent and not yet answered (past that, 503 rather than memory without bound).
+/// Also the cap on presence dialogs.
 pub(super) const MAX_SIP_STATE: usize = 10_000;
 
 /// Most server transactions kept in all, answered ones included: on UDP an
@@ -108,7 +107,7 @@ pub(super) struct SipState {
     /// were set, so simultaneous timeouts are reported in the order the requests
     /// went out. An entry may be stale (its transaction moved on or ended); that
     /// costs one empty wakeup, and keeps `poll_timeout` from walking every transaction.
-    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, bool, String)>>,
+    timers: super::deadlines::Deadlines<(u64, bool, String)>,
     timer_seq: u64,
     /// Server transactions not yet answered with a final response.
     answering: usize,
@@ -117,7 +116,7 @@ pub(super) struct SipState {
     /// SIP stream deadlines, earliest first: at most about one live entry per
     /// connection (see `SipStream::scheduled`); entries for closed connections or
     /// superseded deadlines are dropped when they come up.
-    stream_timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, super::ConnId)>>,
+    stream_timers: super::deadlines::Deadlines<super::ConnId>,
 }
 
 /// How long a SIP stream may hold an unfinished message (or TLS handshake): the
@@ -281,9 +280,7 @@ impl Gateway {
         if let Some(d) = deadline {
             self.sip.timer_seq += 1;
             let seq = self.sip.timer_seq;
-            self.sip
-                .timers
-                .push(std::cmp::Reverse((d, seq, client, key.to_owned())));
+            self.sip.timers.push(d, (seq, client, key.to_owned()));
         }
     }
 
@@ -370,10 +367,7 @@ impl Gateway {
             return;
         };
         let (d, _) = s.deadline(idle);
-        if s.scheduled.is_none_or(|at| d < at) {
-            s.scheduled = Some(d);
-            self.sip.stream_timers.push(std::cmp::Reverse((d, conn)));
-        }
+        self.sip.stream_timers.schedule(&mut s.scheduled, d, conn);
     }
 
     /// Every SIP stream's deadline computed afresh (after a reload: the idle bound
@@ -392,11 +386,7 @@ impl Gateway {
     /// whose deadline moved later.
     fn sip_stream_timeouts(&mut self, now: Instant) {
         let idle = self.config.gateway.stream_inactivity_timeout;
-        while let Some(std::cmp::Reverse((at, conn))) = self.sip.stream_timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.sip.stream_timers.pop();
+        while let Some((at, conn)) = self.sip.stream_timers.pop_due(now) {
             let Some(s) = self.sip.streams.get_mut(&conn) else {
                 continue;
             };
@@ -769,13 +759,7 @@ impl Gateway {
         );
         let (request, purpose) = if is_error {
             // Our MESSAGE was already answered with 200; tell the SIP user in words.
-            let condition = stanza
-                .find(ns::SERVER, "error")
-                .and_then(|e| {
-                    e.elements()
-                        .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
-                })
-                .map_or_else(|| "undefined-condition".to_owned(), |c| c.name.clone());
+            let condition = crate::translate::error::stanza_error_condition(&stanza);
             let notice = Element::new(ns::SERVER, "message")
                 .attr("from", &from.to_string())
                 .attr("to", &to.to_string())
@@ -895,14 +879,11 @@ impl Gateway {
     }
 
     pub(super) fn sip_next_deadline(&self) -> Option<Instant> {
-        let sip = self.sip.timers.peek().map(|std::cmp::Reverse((t, ..))| *t);
-        let streams = self
-            .sip
-            .stream_timers
-            .peek()
-            .map(|std::cmp::Reverse((t, _))| *t);
-        sip.into_iter()
-            .chain(streams)
+        self.sip
+            .timers
+            .next()
+            .into_iter()
+            .chain(self.sip.stream_timers.next())
             .chain(self.presence_next_deadline())
             .min()
     }
@@ -923,11 +904,7 @@ impl Gateway {
 
     pub(super) fn sip_timeouts(&mut self, now: Instant) {
         use crate::sip::transaction::State;
-        while let Some(std::cmp::Reverse((at, _, client, key))) = self.sip.timers.peek().cloned() {
-            if at > now {
-                break;
-            }
-            self.sip.timers.pop();
+        while let Some((_, (_, client, key))) = self.sip.timers.pop_due(now) {
             if !client {
                 if let Some(st) = self.sip.server.get_mut(&key) {
                     st.tx.on_timeout(now);

@@ -3,6 +3,19 @@
 //! project's reference notes; where the notes mark a row as unconfirmed, the choice
 //! is the most specific code of the same meaning, and `docs/error-mapping.md` says so.
 
+/// The defined condition of an error stanza's `<error/>` (RFC 6120 §8.3.2), or
+/// `undefined-condition` when it names none.
+pub fn stanza_error_condition(stanza: &crate::xml::Element) -> &str {
+    use crate::xml::ns;
+    stanza
+        .find(ns::SERVER, "error")
+        .and_then(|e| {
+            e.elements()
+                .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
+        })
+        .map_or("undefined-condition", |c| c.name.as_str())
+}
+
 /// The 22 stanza error conditions of RFC 6120 §8.3.3.
 pub const STANZA_CONDITIONS: [&str; 22] = [
     "bad-request",
