@@ -306,8 +306,8 @@ impl Host {
         let Some(b) = self.backlog.get_mut(&conn) else {
             return;
         };
-        let now = std::time::Instant::now();
         if pending > SEND_QUEUE_LIMIT {
+            let now = std::time::Instant::now();
             let sip = b.sip;
             tracing::warn!(
                 "{conn}: closed: the peer left {pending} bytes unread (limit {SEND_QUEUE_LIMIT})"
@@ -321,7 +321,8 @@ impl Host {
             }
         } else if !b.sip && !b.congested && pending > SEND_HIGH_WATER && io.watch_drain(conn) {
             b.congested = true;
-            self.gateway.set_congested(now, conn, true);
+            self.gateway
+                .set_congested(std::time::Instant::now(), conn, true);
         }
     }
 }
