@@ -39,6 +39,22 @@ impl Backlog {
     }
 }
 
+/// Most bytes a writer gathers into one write.
+const BATCH: usize = 64 * 1024;
+
+/// Fills `batch` with `first` and whatever else `more` has ready, up to [`BATCH`]:
+/// what is queued goes out in one write, with fewer syscalls.
+pub fn gather(batch: &mut Vec<u8>, first: &[u8], mut more: impl FnMut() -> Option<Vec<u8>>) {
+    batch.clear();
+    batch.extend_from_slice(first);
+    while batch.len() < BATCH {
+        match more() {
+            Some(next) => batch.extend_from_slice(&next),
+            None => break,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use isthmus_core::gateway::{overloaded_reply, ConnId};
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
 use isthmus_host::resolve::Resolver;
-use isthmus_host::sendq::Backlog;
+use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
 use smol::channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use smol::future::FutureExt;
@@ -52,14 +52,7 @@ impl Io for SmolIo {
         spawn(async move {
             let mut batch = Vec::new();
             while let Ok(first) = wrx.recv().await {
-                batch.clear();
-                batch.extend_from_slice(&first);
-                while batch.len() < 64 * 1024 {
-                    match wrx.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
+                sendq::gather(&mut batch, &first, || wrx.try_recv().ok());
                 if writer.write_all(&batch).await.is_err() {
                     let _ = writer.shutdown(Shutdown::Both);
                     return;

@@ -19,7 +19,7 @@ use isthmus_core::gateway::{overloaded_reply, ConnId};
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
 use isthmus_host::resolve::Resolver;
-use isthmus_host::sendq::Backlog;
+use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
 
 type In = Input<TcpStream>;
@@ -75,15 +75,7 @@ fn spawn_writer(
     thread::spawn(move || {
         let mut batch = Vec::new();
         while let Ok(first) = queue.recv() {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            // What else is queued goes out in the same write: fewer syscalls.
-            while batch.len() < 64 * 1024 {
-                match queue.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
+            sendq::gather(&mut batch, &first, || queue.try_recv().ok());
             if let Err(e) = stream.write_all(&batch) {
                 log(&format!("{conn}: write failed: {e}"));
                 // The reader sees the shutdown and reports the close.
