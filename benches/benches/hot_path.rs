@@ -11,18 +11,6 @@ use isthmus_core::jid::Jid;
 use isthmus_core::sip::{SipLimits, SipMessage};
 use isthmus_tests::scenario::{run_pair, PairSetup, Pki};
 
-/// The baseline: quick-xml tokenizing the same bytes, events discarded.
-fn tokenize(bytes: &[u8]) -> usize {
-    let mut r = quick_xml::Reader::from_reader(bytes);
-    let mut n = 0;
-    loop {
-        match r.read_event() {
-            Ok(quick_xml::events::Event::Eof) | Err(_) => return n,
-            Ok(_) => n += 1,
-        }
-    }
-}
-
 fn hot_path(c: &mut Criterion) {
     let config = config();
     let mut g = c.benchmark_group("stanza");

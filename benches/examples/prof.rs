@@ -1,7 +1,7 @@
 //! One hot path in a loop, for instruction-level profiling where criterion's
 //! harness would get in the way:
 //! `valgrind --tool=callgrind --toggle-collect='isthmus_benches::inbound*' target/release/examples/prof in 2000`
-//! Paths: `in` and `out` (the pipelines), `win` and `wout` (the whole gateway).
+//! Paths: `tok` (the quick-xml baseline), `in` and `out` (the pipelines), `win` and `wout` (the whole gateway).
 //! Runs five rounds of N and prints the time per operation of each.
 
 use isthmus_benches::*;
@@ -26,6 +26,7 @@ fn main() {
                     &c,
                     MESSAGE.as_bytes(),
                 ))),
+                "tok" => drop(std::hint::black_box(tokenize(MESSAGE.as_bytes()))),
                 "out" => drop(std::hint::black_box(outbound(&sip))),
                 "win" => drop(std::hint::black_box(w.inbound(MESSAGE.as_bytes()))),
                 "wout" => drop(std::hint::black_box(o.outbound())),
