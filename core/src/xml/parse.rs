@@ -1,0 +1,490 @@
+//! The element parser: one pass over the bytes of one element, namespaces resolved
+//! as each tag is read, text unescaped only where it holds a reference. It reads
+//! what XMPP's restricted XML allows and refuses the rest; it also says when the
+//! bytes end before the element does, so the reader can try it on whatever a read
+//! brought before falling back to the resumable scanner.
+
+use std::borrow::Cow;
+
+use super::reader::{xml_chars, Limits, XmlError};
+use super::{ns, Attribute, Element, Node};
+
+/// Why parsing stopped short of an element.
+#[derive(Debug)]
+pub(super) enum Stop {
+    /// The bytes end inside the element.
+    Incomplete,
+    Bad(XmlError),
+}
+
+impl From<XmlError> for Stop {
+    fn from(e: XmlError) -> Self {
+        Stop::Bad(e)
+    }
+}
+
+/// Namespace declarations: prefix (empty for the default namespace) and URI.
+type Scope<'a> = Vec<(&'a str, Cow<'a, str>)>;
+
+/// A start tag as read, before it becomes an element.
+pub(super) struct Tag<'a> {
+    pub qname: &'a str,
+    pub ns: String,
+    pub local: &'a str,
+    pub attrs: Vec<Attribute>,
+    /// `<… />`
+    pub empty: bool,
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Bytes that end a name.
+fn ends_name(b: u8) -> bool {
+    is_space(b) || matches!(b, b'/' | b'>' | b'=' | b'<' | b'\'' | b'"' | b'&')
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Result<u8, Stop> {
+        self.b.get(self.at).copied().ok_or(Stop::Incomplete)
+    }
+
+    fn skip_space(&mut self) -> bool {
+        let from = self.at;
+        while self.b.get(self.at).is_some_and(|b| is_space(*b)) {
+            self.at += 1;
+        }
+        self.at > from
+    }
+
+    fn name(&mut self) -> Result<&'a [u8], Stop> {
+        let from = self.at;
+        loop {
+            let b = self.peek()?;
+            if ends_name(b) {
+                break;
+            }
+            self.at += 1;
+        }
+        Ok(self.b.get(from..self.at).unwrap_or_default())
+    }
+}
+
+/// Parses the element that starts at the first byte of `bytes` (a `<` followed by a
+/// name). Returns it with the number of bytes it spans. `outer` holds the
+/// declarations in scope from outside (the stream header's).
+pub(super) fn element(
+    bytes: &[u8],
+    outer: &[(String, String)],
+    limits: &Limits,
+) -> Result<(Element, usize), Stop> {
+    let mut c = Cursor { b: bytes, at: 0 };
+    if c.peek()? != b'<' {
+        return Err(XmlError::NotWellFormed("text outside of any element".into()).into());
+    }
+    c.at += 1;
+    let mut scope: Scope<'_> = Vec::new();
+    // Open elements, each with its raw name and the scope length to restore.
+    let mut stack: Vec<(Element, &[u8], usize)> = Vec::new();
+    loop {
+        // At the byte after a '<'.
+        match c.peek()? {
+            b'/' => {
+                c.at += 1;
+                let name = c.name()?;
+                c.skip_space();
+                if c.peek()? != b'>' {
+                    return Err(XmlError::NotWellFormed(format!(
+                        "</{}> is malformed",
+                        String::from_utf8_lossy(name)
+                    ))
+                    .into());
+                }
+                c.at += 1;
+                let Some((el, opened, mark)) = stack.pop() else {
+                    return Err(XmlError::NotWellFormed("an unmatched end tag".into()).into());
+                };
+                if name != opened {
+                    return Err(XmlError::NotWellFormed(format!(
+                        "</{}> does not close <{}>",
+                        String::from_utf8_lossy(name),
+                        String::from_utf8_lossy(opened)
+                    ))
+                    .into());
+                }
+                scope.truncate(mark);
+                match stack.last_mut() {
+                    Some((parent, _, _)) => parent.children.push(Node::Element(el)),
+                    None => return Ok((el, c.at)),
+                }
+            }
+            b'!' => {
+                c.at += 1;
+                let rest = c.b.get(c.at..).unwrap_or_default();
+                const CDATA: &[u8] = b"[CDATA[";
+                if !rest.starts_with(CDATA) {
+                    if CDATA.starts_with(rest) {
+                        return Err(Stop::Incomplete);
+                    }
+                    return Err(XmlError::RestrictedXml(if rest.first() == Some(&b'-') {
+                        "a comment".into()
+                    } else {
+                        "a DTD or entity declaration".into()
+                    })
+                    .into());
+                }
+                c.at += CDATA.len();
+                let body = c.b.get(c.at..).unwrap_or_default();
+                let Some(len) = memchr::memmem::find(body, b"]]>") else {
+                    return Err(Stop::Incomplete);
+                };
+                let raw = body.get(..len).unwrap_or_default();
+                let text = std::str::from_utf8(raw)
+                    .map_err(|_| XmlError::NotWellFormed("CDATA is not UTF-8".into()))?;
+                xml_chars(text)?;
+                append_text(&mut stack, Cow::Borrowed(text))?;
+                c.at += len + 3;
+            }
+            b'?' => {
+                return Err(XmlError::RestrictedXml("a processing instruction".into()).into());
+            }
+            _ => {
+                let mark = scope.len();
+                let raw_name_start = c.at;
+                let tag = start_tag(&mut c, &mut scope, outer, limits)?;
+                let raw_name =
+                    c.b.get(raw_name_start..raw_name_start + tag.qname.len())
+                        .unwrap_or_default();
+                if stack.len() + 1 > limits.max_depth {
+                    return Err(XmlError::PolicyViolation(format!(
+                        "elements nested deeper than {}",
+                        limits.max_depth
+                    ))
+                    .into());
+                }
+                let el = Element {
+                    ns: tag.ns,
+                    name: tag.local.to_owned(),
+                    attrs: tag.attrs,
+                    children: Vec::new(),
+                };
+                if tag.empty {
+                    scope.truncate(mark);
+                    match stack.last_mut() {
+                        Some((parent, _, _)) => parent.children.push(Node::Element(el)),
+                        None => return Ok((el, c.at)),
+                    }
+                } else {
+                    stack.push((el, raw_name, mark));
+                }
+            }
+        }
+        // Character data up to the next markup.
+        let rest = c.b.get(c.at..).unwrap_or_default();
+        let Some(len) = memchr::memchr(b'<', rest) else {
+            return Err(Stop::Incomplete);
+        };
+        if len > 0 {
+            let raw = rest.get(..len).unwrap_or_default();
+            append_text(&mut stack, unescape(raw, Context::Text)?)?;
+        }
+        c.at += len + 1;
+    }
+}
+
+fn append_text(stack: &mut [(Element, &[u8], usize)], text: Cow<'_, str>) -> Result<(), XmlError> {
+    let Some((el, _, _)) = stack.last_mut() else {
+        return Err(XmlError::NotWellFormed(
+            "text outside of any element".into(),
+        ));
+    };
+    if let Some(Node::Text(t)) = el.children.last_mut() {
+        t.push_str(&text);
+    } else if !text.is_empty() {
+        el.children.push(Node::Text(text.into_owned()));
+    }
+    Ok(())
+}
+
+/// Reads a start tag from the byte after its `<` through its `>`: declares its
+/// namespaces in `scope`, resolves the element's and the attributes' namespaces
+/// (`outer` is consulted after `scope`).
+fn start_tag<'a>(
+    c: &mut Cursor<'a>,
+    scope: &mut Scope<'a>,
+    outer: &[(String, String)],
+    limits: &Limits,
+) -> Result<Tag<'a>, Stop> {
+    let raw = c.name()?;
+    if raw.is_empty() {
+        return Err(XmlError::NotWellFormed("a tag without a name".into()).into());
+    }
+    let qname = utf8_name(raw)?;
+    let mut attrs = Vec::new();
+    // Raw keys seen, for the duplicate check.
+    let mut keys: Vec<&[u8]> = Vec::new();
+    // Prefixed attributes wait until every declaration on the tag is known.
+    let mut prefixed: Vec<(usize, &'a str)> = Vec::new();
+    let empty = loop {
+        let spaced = c.skip_space();
+        match c.peek()? {
+            b'>' => {
+                c.at += 1;
+                break false;
+            }
+            b'/' => {
+                c.at += 1;
+                if c.peek()? != b'>' {
+                    return Err(XmlError::NotWellFormed(format!(
+                        "'/' not followed by '>' in <{qname}>"
+                    ))
+                    .into());
+                }
+                c.at += 1;
+                break true;
+            }
+            b'<' => return Err(XmlError::NotWellFormed("'<' inside a tag".into()).into()),
+            _ if !spaced => {
+                return Err(XmlError::NotWellFormed(format!(
+                    "no whitespace before an attribute of <{qname}>"
+                ))
+                .into());
+            }
+            _ => {}
+        }
+        if keys.len() >= limits.max_attributes {
+            return Err(XmlError::PolicyViolation(format!(
+                "more than {} attributes on <{qname}>",
+                limits.max_attributes
+            ))
+            .into());
+        }
+        let raw_key = c.name()?;
+        c.skip_space();
+        let quote = if c.peek()? == b'=' {
+            c.at += 1;
+            c.skip_space();
+            c.peek()?
+        } else {
+            0
+        };
+        if raw_key.is_empty() || !matches!(quote, b'\'' | b'"') {
+            return Err(XmlError::NotWellFormed(format!(
+                "a malformed attribute on <{qname}>: {}",
+                String::from_utf8_lossy(raw_key)
+            ))
+            .into());
+        }
+        let key = utf8_name(raw_key)?;
+        if keys.contains(&raw_key) {
+            return Err(
+                XmlError::NotWellFormed(format!("attribute {key} twice on <{qname}>")).into(),
+            );
+        }
+        keys.push(raw_key);
+        c.at += 1;
+        let rest = c.b.get(c.at..).unwrap_or_default();
+        let Some(len) = memchr::memchr(quote, rest) else {
+            return Err(Stop::Incomplete);
+        };
+        let raw_value = rest.get(..len).unwrap_or_default();
+        c.at += len + 1;
+        let value = unescape(raw_value, Context::Attribute(key))?;
+        if key == "xmlns" {
+            scope.push(("", value));
+        } else if let Some(prefix) = key.strip_prefix("xmlns:") {
+            if value.is_empty() {
+                return Err(XmlError::NotWellFormed(format!(
+                    "prefix {prefix} bound to no namespace"
+                ))
+                .into());
+            }
+            scope.push((prefix, value));
+        } else if key.contains(':') {
+            prefixed.push((attrs.len(), key));
+            attrs.push(Attribute {
+                ns: None,
+                name: String::new(),
+                value: value.into_owned(),
+            });
+        } else {
+            attrs.push(Attribute {
+                ns: None,
+                name: key.to_owned(),
+                value: value.into_owned(),
+            });
+        }
+    };
+    let lookup = |scope: &[(&str, Cow<'_, str>)], prefix: &str| -> Option<String> {
+        match scope.iter().rev().find(|(p, _)| *p == prefix) {
+            Some((_, u)) => Some(u.as_ref().to_owned()),
+            None => outer
+                .iter()
+                .rev()
+                .find(|(p, _)| p == prefix)
+                .map(|(_, u)| u.clone()),
+        }
+    };
+    let (ns_uri, local) = match qname.split_once(':') {
+        Some((prefix, local)) => match lookup(scope, prefix) {
+            Some(u) => (u, local),
+            None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>")).into()),
+        },
+        None => (lookup(scope, "").unwrap_or_default(), qname),
+    };
+    for (at, key) in prefixed {
+        let (ns_attr, name) = match key.split_once(':') {
+            Some(("xml", local)) => (ns::XML.to_owned(), local),
+            Some((prefix, local)) => match lookup(scope, prefix) {
+                Some(u) => (u, local),
+                None => return Err(XmlError::BadNamespacePrefix(format!("attribute {key}")).into()),
+            },
+            None => continue,
+        };
+        if let Some(a) = attrs.get_mut(at) {
+            a.ns = Some(ns_attr);
+            a.name = name.to_owned();
+        }
+    }
+    Ok(Tag {
+        qname,
+        ns: ns_uri,
+        local,
+        attrs,
+        empty,
+    })
+}
+
+/// Reads the stream header's start tag (`bytes` starts with its `<`), returning it
+/// with the declarations it makes.
+pub(super) fn header_tag<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+) -> Result<(Tag<'a>, Vec<(String, String)>), XmlError> {
+    let mut c = Cursor { b: bytes, at: 0 };
+    let incomplete = || XmlError::NotWellFormed("the stream header is incomplete".into());
+    if c.peek().map_err(|_| incomplete())? != b'<' {
+        return Err(XmlError::NotWellFormed("expected the stream header".into()));
+    }
+    c.at += 1;
+    let mut scope = Vec::new();
+    let tag = match start_tag(&mut c, &mut scope, &[], limits) {
+        Ok(tag) => tag,
+        Err(Stop::Incomplete) => return Err(incomplete()),
+        Err(Stop::Bad(e)) => return Err(e),
+    };
+    if tag.empty {
+        return Err(XmlError::NotWellFormed(
+            "the stream header closes itself".into(),
+        ));
+    }
+    let scope = scope
+        .into_iter()
+        .map(|(p, u)| (p.to_owned(), u.into_owned()))
+        .collect();
+    Ok((tag, scope))
+}
+
+#[derive(Clone, Copy)]
+enum Context<'a> {
+    Text,
+    Attribute(&'a str),
+}
+
+/// Character data or an attribute value with its references replaced, checked for
+/// UTF-8 and for characters XML does not allow. Borrowed when nothing is escaped.
+fn unescape<'a>(raw: &'a [u8], context: Context<'_>) -> Result<Cow<'a, str>, XmlError> {
+    let text = std::str::from_utf8(raw).map_err(|_| {
+        XmlError::NotWellFormed(match context {
+            Context::Text => "text is not UTF-8".to_owned(),
+            Context::Attribute(key) => format!("attribute {key} is not UTF-8"),
+        })
+    })?;
+    if let Context::Attribute(key) = context {
+        if text.contains('<') {
+            return Err(XmlError::NotWellFormed(format!(
+                "'<' in the value of attribute {key}"
+            )));
+        }
+    }
+    let Some(first) = memchr::memchr(b'&', raw) else {
+        xml_chars(text)?;
+        return Ok(Cow::Borrowed(text));
+    };
+    let mut out = String::with_capacity(text.len());
+    out.push_str(text.get(..first).unwrap_or_default());
+    let mut rest = text.get(first..).unwrap_or_default();
+    while let Some(amp) = rest.find('&') {
+        out.push_str(rest.get(..amp).unwrap_or_default());
+        let after = rest.get(amp + 1..).unwrap_or_default();
+        let Some(semi) = after.find(';') else {
+            return Err(XmlError::NotWellFormed(
+                "an '&' that starts no reference".into(),
+            ));
+        };
+        let name = after.get(..semi).unwrap_or_default();
+        let is_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '#' | '_' | '-' | '.' | ':'));
+        if !is_name {
+            return Err(XmlError::NotWellFormed(
+                "an '&' that starts no reference".into(),
+            ));
+        }
+        let c = match name {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "apos" => '\'',
+            "quot" => '"',
+            _ => match name.strip_prefix('#') {
+                Some(code) => char_ref(code).ok_or_else(|| {
+                    XmlError::NotWellFormed(format!(
+                        "character reference: &{name}; is not a character"
+                    ))
+                })?,
+                None => {
+                    return Err(XmlError::RestrictedXml(match context {
+                        Context::Text => format!("the entity reference &{name};"),
+                        Context::Attribute(key) => {
+                            format!("an entity reference in attribute {key}")
+                        }
+                    }))
+                }
+            },
+        };
+        out.push(c);
+        rest = after.get(semi + 1..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    xml_chars(&out)?;
+    Ok(Cow::Owned(out))
+}
+
+/// `#x1F389` or `#127881`, without the `&#` and `;`.
+fn char_ref(code: &str) -> Option<char> {
+    let (digits, radix) = match code.strip_prefix('x') {
+        Some(hex) => (hex, 16),
+        None => (code, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let value = u32::from_str_radix(digits, radix).ok()?;
+    char::from_u32(value)
+}
+
+/// A name as text, checked: borrowed from the tag, not copied.
+fn utf8_name(b: &[u8]) -> Result<&str, XmlError> {
+    let name = std::str::from_utf8(b)
+        .map_err(|_| XmlError::NotWellFormed("a name is not UTF-8".into()))?;
+    xml_chars(name)?;
+    Ok(name)
+}
