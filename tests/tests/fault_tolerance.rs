@@ -108,7 +108,10 @@ fn condition(el: &Element) -> (String, String) {
         .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
         .map(|c| c.name.clone())
         .unwrap_or_default();
-    (cond, err.get_attr("type").unwrap_or_default().to_owned())
+    (
+        cond.to_string(),
+        err.get_attr("type").unwrap_or_default().to_owned(),
+    )
 }
 
 fn bounced(net: &Net, node: &str) -> Vec<(String, &'static str)> {

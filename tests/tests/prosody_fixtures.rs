@@ -23,7 +23,7 @@ fn read(set: &str, file: &str) -> Vec<u8> {
 }
 
 fn label(el: &Element) -> String {
-    let prefix = match el.ns.as_str() {
+    let prefix = match &*el.ns {
         ns::STREAM => "stream:",
         ns::DIALBACK => "db:",
         _ => "",
@@ -56,10 +56,7 @@ fn labels(bytes: &[u8], rng: Option<&mut Rng>) -> (Vec<String>, Vec<Element>) {
                 Ok(Some(StreamEvent::End)) => out.push("</stream:stream>".to_owned()),
                 Ok(Some(StreamEvent::Element(el))) => {
                     out.push(label(&el));
-                    if matches!(
-                        el.name.as_str(),
-                        "starttls" | "proceed" | "auth" | "success"
-                    ) {
+                    if matches!(&*el.name, "starttls" | "proceed" | "auth" | "success") {
                         reader.restart();
                     }
                     elements.push(el);

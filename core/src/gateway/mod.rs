@@ -1099,7 +1099,7 @@ impl Gateway {
                 let reason = el
                     .elements()
                     .find(|e| e.name != "text")
-                    .map_or_else(|| "failure".to_owned(), |e| e.name.clone());
+                    .map_or_else(|| "failure".to_owned(), |e| e.name.to_string());
                 let row = self.row_for(&c.remote).unwrap_or_default();
                 if row.allows(Method::DialbackOverTls) && c.peer_dialback {
                     return self.start_dialback(c, now);
@@ -1636,13 +1636,13 @@ impl Gateway {
             return self.inbound_sasl(c, &el, &row, now);
         }
         if el.ns == ns::DIALBACK {
-            return match el.name.as_str() {
+            return match &*el.name {
                 "result" => self.inbound_db_result(c, &el, &row, now),
                 "verify" => self.inbound_db_verify(c, &el, now),
                 _ => Err(err("unsupported-stanza-type", format!("<db:{}/>", el.name))),
             };
         }
-        if el.ns == ns::SERVER && matches!(el.name.as_str(), "message" | "presence" | "iq") {
+        if el.ns == ns::SERVER && matches!(&*el.name, "message" | "presence" | "iq") {
             return self.inbound_stanza(c, el, now);
         }
         Err(err(
@@ -2223,7 +2223,7 @@ fn stream_error_parts(el: &Element) -> (String, String) {
     let cond = el
         .elements()
         .find(|e| e.ns == ns::STREAMS_ERR && e.name != "text")
-        .map_or_else(|| "undefined-condition".to_owned(), |e| e.name.clone());
+        .map_or_else(|| "undefined-condition".to_owned(), |e| e.name.to_string());
     let text = el
         .find(ns::STREAMS_ERR, "text")
         .map(|t| t.text_content())

@@ -715,7 +715,7 @@ impl Gateway {
             self.out.push(Output::Deliver(stanza));
             return;
         }
-        match stanza.name.as_str() {
+        match &*stanza.name {
             "message" => self.message_to_sip_user(stanza, now),
             "presence" => self.xmpp_presence(stanza, now),
             _ => {

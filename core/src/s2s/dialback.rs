@@ -134,7 +134,7 @@ pub fn error_condition(el: &Element) -> Option<String> {
         .find(|e| e.name == "error")?
         .elements()
         .find(|e| e.ns == ns::STANZAS_ERR && e.name != "text")
-        .map(|e| e.name.clone())
+        .map(|e| e.name.to_string())
 }
 
 #[cfg(test)]

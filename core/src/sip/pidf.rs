@@ -133,7 +133,7 @@ impl Pidf {
             .flat_map(|a| {
                 a.elements()
                     .filter(|e| e.ns == NS_RPID)
-                    .map(|e| e.name.clone())
+                    .map(|e| e.name.to_string())
             })
             .collect();
         Ok(Pidf {
@@ -165,7 +165,7 @@ impl Pidf {
             let mut e = Element::new(NS, "note").text(&n.text);
             if let Some(l) = &n.lang {
                 e.attrs.push(crate::xml::Attribute {
-                    ns: Some(ns::XML.to_owned()),
+                    ns: Some(ns::XML.into()),
                     name: "lang".into(),
                     value: l.clone(),
                 });

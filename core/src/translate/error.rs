@@ -13,7 +13,7 @@ pub fn stanza_error_condition(stanza: &crate::xml::Element) -> &str {
             e.elements()
                 .find(|c| c.ns == ns::STANZAS_ERR && c.name != "text")
         })
-        .map_or("undefined-condition", |c| c.name.as_str())
+        .map_or("undefined-condition", |c| &*c.name)
 }
 
 /// The 22 stanza error conditions of RFC 6120 §8.3.3.

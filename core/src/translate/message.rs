@@ -116,7 +116,7 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
         let first = trim(split_byte(lang, b',').next().unwrap_or_default());
         if !first.is_empty() {
             stanza.attrs.push(Attribute {
-                ns: Some(ns::XML.to_owned()),
+                ns: Some(ns::XML.into()),
                 name: "lang".into(),
                 value: first.to_owned(),
             });

@@ -175,7 +175,7 @@ pub fn pidf_to_presence(pidf: &Pidf, from: &Jid, to: &Jid, with_status: bool) ->
             let mut status = Element::new(ns::SERVER, "status").text(&note.text);
             if let Some(l) = &note.lang {
                 status.attrs.push(Attribute {
-                    ns: Some(ns::XML.to_owned()),
+                    ns: Some(ns::XML.into()),
                     name: "lang".into(),
                     value: l.clone(),
                 });

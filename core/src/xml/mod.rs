@@ -6,6 +6,8 @@ mod parse;
 mod reader;
 mod writer;
 
+use std::borrow::Cow;
+
 pub use reader::{parse_document, Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
 pub use writer::{escape_attr, escape_text, write_element, write_element_with, StreamHeaderOut};
 
@@ -29,12 +31,84 @@ pub mod ns {
     pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 }
 
+/// An element's or attribute's namespace or local name. The names the gateway
+/// reads on every stanza are borrowed from a fixed table (see [`name`]), so only
+/// unusual names cost an allocation.
+pub type Name = Cow<'static, str>;
+
+/// `s` as a [`Name`]: one of the common names without a copy, any other copied.
+pub fn name(s: &str) -> Name {
+    let common: &'static str = match s {
+        // Namespaces.
+        ns::SERVER => ns::SERVER,
+        ns::CLIENT => ns::CLIENT,
+        ns::STREAM => ns::STREAM,
+        ns::DIALBACK => ns::DIALBACK,
+        ns::DIALBACK_FEATURE => ns::DIALBACK_FEATURE,
+        ns::TLS => ns::TLS,
+        ns::SASL => ns::SASL,
+        ns::STREAMS_ERR => ns::STREAMS_ERR,
+        ns::STANZAS_ERR => ns::STANZAS_ERR,
+        ns::XML => ns::XML,
+        "http://jabber.org/protocol/chatstates" => "http://jabber.org/protocol/chatstates",
+        "urn:ietf:params:xml:ns:pidf" => "urn:ietf:params:xml:ns:pidf",
+        "urn:xmpp:receipts" => "urn:xmpp:receipts",
+        "urn:xmpp:delay" => "urn:xmpp:delay",
+        // Stanzas and their children.
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        "body" => "body",
+        "thread" => "thread",
+        "subject" => "subject",
+        "active" => "active",
+        "composing" => "composing",
+        "paused" => "paused",
+        "inactive" => "inactive",
+        "gone" => "gone",
+        "show" => "show",
+        "status" => "status",
+        "priority" => "priority",
+        "error" => "error",
+        "text" => "text",
+        "delay" => "delay",
+        "request" => "request",
+        "received" => "received",
+        // Stream negotiation.
+        "stream" => "stream",
+        "features" => "features",
+        "result" => "result",
+        "verify" => "verify",
+        "starttls" => "starttls",
+        "proceed" => "proceed",
+        "required" => "required",
+        "mechanisms" => "mechanisms",
+        "mechanism" => "mechanism",
+        "auth" => "auth",
+        "success" => "success",
+        "failure" => "failure",
+        "dialback" => "dialback",
+        // Attributes.
+        "from" => "from",
+        "to" => "to",
+        "type" => "type",
+        "id" => "id",
+        "lang" => "lang",
+        "version" => "version",
+        "code" => "code",
+        "by" => "by",
+        "stamp" => "stamp",
+        _ => return Cow::Owned(s.to_owned()),
+    };
+    Cow::Borrowed(common)
+}
+
 /// One attribute. `ns` is `None` for unprefixed attributes (the common case) and the
 /// resolved namespace URI otherwise (`xml:lang` has [`ns::XML`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attribute {
-    pub ns: Option<String>,
-    pub name: String,
+    pub ns: Option<Name>,
+    pub name: Name,
     pub value: String,
 }
 
@@ -49,8 +123,8 @@ pub enum Node {
 /// carried it on the wire, `name` its local name. Text is unescaped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
-    pub ns: String,
-    pub name: String,
+    pub ns: Name,
+    pub name: Name,
     pub attrs: Vec<Attribute>,
     pub children: Vec<Node>,
 }
@@ -58,8 +132,8 @@ pub struct Element {
 impl Element {
     pub fn new(ns: &str, name: &str) -> Self {
         Element {
-            ns: ns.to_owned(),
-            name: name.to_owned(),
+            ns: self::name(ns),
+            name: self::name(name),
             attrs: Vec::new(),
             children: Vec::new(),
         }
@@ -104,7 +178,7 @@ impl Element {
             Some(a) => a.value = value.to_owned(),
             None => self.attrs.push(Attribute {
                 ns: None,
-                name: name.to_owned(),
+                name: self::name(name),
                 value: value.to_owned(),
             }),
         }

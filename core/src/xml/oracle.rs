@@ -119,8 +119,8 @@ fn element(
 ) -> Result<Element, XmlError> {
     let (ns_uri, name, attrs) = open_tag_in(s, scope, outer, limits)?;
     Ok(Element {
-        ns: ns_uri,
-        name,
+        ns: ns_uri.into(),
+        name: name.into(),
         attrs,
         children: Vec::new(),
     })
@@ -169,13 +169,13 @@ fn open_tag_in(
             prefixed.push((attrs.len(), key.to_owned()));
             attrs.push(Attribute {
                 ns: None,
-                name: String::new(),
+                name: String::new().into(),
                 value: value.into_owned(),
             });
         } else {
             attrs.push(Attribute {
                 ns: None,
-                name: key.to_owned(),
+                name: key.to_owned().into(),
                 value: value.into_owned(),
             });
         }
@@ -205,8 +205,8 @@ fn open_tag_in(
             None => continue,
         };
         if let Some(a) = attrs.get_mut(at) {
-            a.ns = Some(ns_attr);
-            a.name = name;
+            a.ns = Some(ns_attr.into());
+            a.name = name.into();
         }
     }
     Ok((ns_uri, local, attrs))

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use super::reader::{xml_chars, Limits, XmlError};
-use super::{ns, Attribute, Element, Node};
+use super::{name, ns, Attribute, Element, Name, Node};
 
 /// Why parsing stopped short of an element.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ type Scope<'a> = Vec<(&'a str, Cow<'a, str>)>;
 /// A start tag as read, before it becomes an element.
 pub(super) struct Tag<'a> {
     pub qname: &'a str,
-    pub ns: String,
+    pub ns: Name,
     pub local: &'a str,
     pub attrs: Vec<Attribute>,
     /// `<… />`
@@ -170,7 +170,7 @@ pub(super) fn element(
                 }
                 let el = Element {
                     ns: tag.ns,
-                    name: tag.local.to_owned(),
+                    name: name(tag.local),
                     attrs: tag.attrs,
                     children: Vec::new(),
                 };
@@ -226,9 +226,9 @@ fn start_tag<'a>(
         return Err(XmlError::NotWellFormed("a tag without a name".into()).into());
     }
     let qname = utf8_name(raw)?;
-    let mut attrs = Vec::new();
-    // Raw keys seen, for the duplicate check.
-    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut attrs: Vec<Attribute> = Vec::new();
+    let mark = scope.len();
+    let mut count = 0;
     // Prefixed attributes wait until every declaration on the tag is known.
     let mut prefixed: Vec<(usize, &'a str)> = Vec::new();
     let empty = loop {
@@ -258,7 +258,7 @@ fn start_tag<'a>(
             }
             _ => {}
         }
-        if keys.len() >= limits.max_attributes {
+        if count >= limits.max_attributes {
             return Err(XmlError::PolicyViolation(format!(
                 "more than {} attributes on <{qname}>",
                 limits.max_attributes
@@ -282,12 +282,30 @@ fn start_tag<'a>(
             .into());
         }
         let key = utf8_name(raw_key)?;
-        if keys.contains(&raw_key) {
+        // Each key went to one of three places: look where this one would have.
+        let twice = match key.strip_prefix("xmlns") {
+            Some("") => scope
+                .get(mark..)
+                .unwrap_or_default()
+                .iter()
+                .any(|(p, _)| p.is_empty()),
+            Some(rest) if rest.starts_with(':') => {
+                let prefix = rest.get(1..).unwrap_or_default();
+                scope
+                    .get(mark..)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(p, _)| *p == prefix)
+            }
+            _ if key.contains(':') => prefixed.iter().any(|(_, k)| *k == key),
+            _ => attrs.iter().any(|a| a.ns.is_none() && a.name == key),
+        };
+        if twice {
             return Err(
                 XmlError::NotWellFormed(format!("attribute {key} twice on <{qname}>")).into(),
             );
         }
-        keys.push(raw_key);
+        count += 1;
         c.at += 1;
         let rest = c.b.get(c.at..).unwrap_or_default();
         let Some(len) = memchr::memchr(quote, rest) else {
@@ -310,38 +328,38 @@ fn start_tag<'a>(
             prefixed.push((attrs.len(), key));
             attrs.push(Attribute {
                 ns: None,
-                name: String::new(),
+                name: Name::Borrowed(""),
                 value: value.into_owned(),
             });
         } else {
             attrs.push(Attribute {
                 ns: None,
-                name: key.to_owned(),
+                name: name(key),
                 value: value.into_owned(),
             });
         }
     };
-    let lookup = |scope: &[(&str, Cow<'_, str>)], prefix: &str| -> Option<String> {
+    let lookup = |prefix: &str| -> Option<Name> {
         match scope.iter().rev().find(|(p, _)| *p == prefix) {
-            Some((_, u)) => Some(u.as_ref().to_owned()),
+            Some((_, u)) => Some(name(u)),
             None => outer
                 .iter()
                 .rev()
                 .find(|(p, _)| p == prefix)
-                .map(|(_, u)| u.clone()),
+                .map(|(_, u)| name(u)),
         }
     };
     let (ns_uri, local) = match qname.split_once(':') {
-        Some((prefix, local)) => match lookup(scope, prefix) {
+        Some((prefix, local)) => match lookup(prefix) {
             Some(u) => (u, local),
             None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>")).into()),
         },
-        None => (lookup(scope, "").unwrap_or_default(), qname),
+        None => (lookup("").unwrap_or_default(), qname),
     };
     for (at, key) in prefixed {
-        let (ns_attr, name) = match key.split_once(':') {
-            Some(("xml", local)) => (ns::XML.to_owned(), local),
-            Some((prefix, local)) => match lookup(scope, prefix) {
+        let (ns_attr, local) = match key.split_once(':') {
+            Some(("xml", local)) => (Name::Borrowed(ns::XML), local),
+            Some((prefix, local)) => match lookup(prefix) {
                 Some(u) => (u, local),
                 None => return Err(XmlError::BadNamespacePrefix(format!("attribute {key}")).into()),
             },
@@ -349,7 +367,7 @@ fn start_tag<'a>(
         };
         if let Some(a) = attrs.get_mut(at) {
             a.ns = Some(ns_attr);
-            a.name = name.to_owned();
+            a.name = name(local);
         }
     }
     Ok(Tag {
@@ -407,7 +425,7 @@ fn unescape<'a>(raw: &'a [u8], context: Context<'_>) -> Result<Cow<'a, str>, Xml
         })
     })?;
     if let Context::Attribute(key) = context {
-        if text.contains('<') {
+        if memchr::memchr(b'<', raw).is_some() {
             return Err(XmlError::NotWellFormed(format!(
                 "'<' in the value of attribute {key}"
             )));

@@ -91,7 +91,7 @@ fn write_inner(out: &mut String, el: &Element, inherited: &str, db_prefix: bool)
     // Children in no-prefix form inherit this element's namespace; prefixed ones
     // (stream:, db:) leave the default namespace as it was.
     let child_default = if prefix.is_empty() {
-        el.ns.as_str()
+        &*el.ns
     } else {
         inherited
     };
