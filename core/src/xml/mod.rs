@@ -217,7 +217,7 @@ impl Element {
     /// Serialises the element as it would appear inside a stream whose default
     /// namespace is `default_ns` (see [`write_element`]).
     pub fn to_xml(&self, default_ns: &str) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(writer::size_hint(self));
         write_element(&mut out, self, default_ns);
         out
     }

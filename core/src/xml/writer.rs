@@ -14,17 +14,55 @@ pub fn escape_attr(s: &str) -> Cow<'_, str> {
     escape(s, true)
 }
 
-fn escape(s: &str, attr: bool) -> Cow<'_, str> {
-    let needs = |c: char| {
-        matches!(c, '&' | '<' | '>' | '\r')
-            || (attr && matches!(c, '\'' | '"' | '\n' | '\t'))
-            || !is_xml_char(c)
-    };
-    if !s.chars().any(needs) {
-        return Cow::Borrowed(s);
+/// Which bytes may need escaping: in text, the markup characters and CR; in an
+/// attribute value, the quotes, LF and tab as well; anywhere, the C0 controls and
+/// 0xEF (the lead byte of U+FFFE and U+FFFF), which XML cannot carry.
+const fn table(attr: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = !matches!(b as u8, b'\t' | b'\n') || attr;
+        b += 1;
     }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[0xEF] = true;
+    if attr {
+        t[b'\'' as usize] = true;
+        t[b'"' as usize] = true;
+    }
+    t
+}
+
+const TEXT: [bool; 256] = table(false);
+const ATTR: [bool; 256] = table(true);
+
+fn first_escape(s: &str, attr: bool) -> Option<usize> {
+    let t = if attr { &ATTR } else { &TEXT };
+    s.bytes().position(|b| t[usize::from(b)])
+}
+
+fn escape(s: &str, attr: bool) -> Cow<'_, str> {
+    match first_escape(s, attr) {
+        None => Cow::Borrowed(s),
+        Some(_) => {
+            let mut out = String::with_capacity(s.len() + 16);
+            escape_into(&mut out, s, attr);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// Appends `s` to `out`, escaped: runs that need nothing are copied whole.
+fn escape_into(out: &mut String, s: &str, attr: bool) {
+    let mut rest = s;
+    while let Some(at) = first_escape(rest, attr) {
+        out.push_str(rest.get(..at).unwrap_or_default());
+        let tail = rest.get(at..).unwrap_or_default();
+        let Some(c) = tail.chars().next() else {
+            return;
+        };
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
@@ -41,8 +79,28 @@ fn escape(s: &str, attr: bool) -> Cow<'_, str> {
             c if !is_xml_char(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
+        rest = tail.get(c.len_utf8()..).unwrap_or_default();
     }
-    Cow::Owned(out)
+    out.push_str(rest);
+}
+
+/// About how many bytes `el` takes written out, so the output is allocated once.
+pub(super) fn size_hint(el: &Element) -> usize {
+    let tags = 2 * el.name.len() + el.ns.len() + 16;
+    let attrs: usize = el
+        .attrs
+        .iter()
+        .map(|a| a.name.len() + a.value.len() + 8)
+        .sum();
+    let children: usize = el
+        .children
+        .iter()
+        .map(|c| match c {
+            Node::Element(e) => size_hint(e),
+            Node::Text(t) => t.len() + 8,
+        })
+        .sum();
+    tags + attrs + children
 }
 
 /// Writes `el` as it appears inside a stream whose default namespace is `default_ns`.
@@ -72,7 +130,7 @@ fn write_inner(out: &mut String, el: &Element, inherited: &str, db_prefix: bool)
     out.push_str(&el.name);
     if declare {
         out.push_str(" xmlns='");
-        out.push_str(&escape_attr(&el.ns));
+        escape_into(out, &el.ns, true);
         out.push('\'');
     }
     for a in &el.attrs {
@@ -85,7 +143,7 @@ fn write_inner(out: &mut String, el: &Element, inherited: &str, db_prefix: bool)
         }
         out.push_str(&a.name);
         out.push_str("='");
-        out.push_str(&escape_attr(&a.value));
+        escape_into(out, &a.value, true);
         out.push('\'');
     }
     // Children in no-prefix form inherit this element's namespace; prefixed ones
@@ -103,7 +161,7 @@ fn write_inner(out: &mut String, el: &Element, inherited: &str, db_prefix: bool)
     for child in &el.children {
         match child {
             Node::Element(c) => write_inner(out, c, child_default, db_prefix),
-            Node::Text(t) => out.push_str(&escape_text(t)),
+            Node::Text(t) => escape_into(out, t, false),
         }
     }
     out.push_str("</");
@@ -165,6 +223,56 @@ mod tests {
         // Characters XML cannot carry become U+FFFD; tab and LF stay in text.
         assert_eq!(escape_text("a\u{1}b\u{FFFF}\t\n"), "a\u{FFFD}b\u{FFFD}\t\n");
         assert_eq!(escape_attr("\u{0}"), "\u{FFFD}");
+    }
+
+    /// The byte-table escaper against the definition, one character at a time.
+    #[test]
+    fn escaping_matches_the_definition() {
+        fn by_char(s: &str, attr: bool) -> String {
+            s.chars()
+                .map(|c| match c {
+                    '&' => "&amp;".to_owned(),
+                    '<' => "&lt;".to_owned(),
+                    '>' => "&gt;".to_owned(),
+                    '\r' => "&#13;".to_owned(),
+                    '\'' if attr => "&apos;".to_owned(),
+                    '"' if attr => "&quot;".to_owned(),
+                    '\n' if attr => "&#10;".to_owned(),
+                    '\t' if attr => "&#9;".to_owned(),
+                    c if !is_xml_char(c) => "\u{FFFD}".to_owned(),
+                    c => c.to_string(),
+                })
+                .collect()
+        }
+        let alphabet = [
+            'a',
+            ' ',
+            '&',
+            '<',
+            '>',
+            '\'',
+            '"',
+            '\r',
+            '\n',
+            '\t',
+            '\u{0}',
+            '\u{1f}',
+            '\u{e9}',
+            '\u{feff}',
+            '\u{fffd}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{1f389}',
+        ];
+        let mut rng = crate::rng::Rng::new(11);
+        for _ in 0..5000 {
+            let len = (rng.next_u64() % 12) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize])
+                .collect();
+            assert_eq!(escape_text(&s), by_char(&s, false), "{s:?}");
+            assert_eq!(escape_attr(&s), by_char(&s, true), "{s:?}");
+        }
     }
 
     #[test]
