@@ -26,6 +26,15 @@ impl From<XmlError> for Stop {
 /// Namespace declarations: prefix (empty for the default namespace) and URI.
 type Scope<'a> = Vec<(&'a str, Cow<'a, str>)>;
 
+/// An element not yet closed: where its name lies in the bytes, and the scope
+/// length to restore when it closes.
+#[derive(Debug)]
+pub(super) struct Open {
+    el: Element,
+    name_at: (usize, usize),
+    mark: usize,
+}
+
 /// A start tag as read, before it becomes an element.
 pub(super) struct Tag<'a> {
     pub qname: &'a str,
@@ -79,10 +88,13 @@ impl<'a> Cursor<'a> {
 /// Parses the element that starts at the first byte of `bytes` (a `<` followed by a
 /// name). Returns it with the number of bytes it spans. `outer` holds the
 /// declarations in scope from outside (the stream header's).
+/// `open` is scratch space for the elements not yet closed, kept by the caller so
+/// that its allocation is reused.
 pub(super) fn element(
     bytes: &[u8],
     outer: &[(String, String)],
     limits: &Limits,
+    open: &mut Vec<Open>,
 ) -> Result<(Element, usize), Stop> {
     let mut c = Cursor { b: bytes, at: 0 };
     if c.peek()? != b'<' {
@@ -90,8 +102,8 @@ pub(super) fn element(
     }
     c.at += 1;
     let mut scope: Scope<'_> = Vec::new();
-    // Open elements, each with its raw name and the scope length to restore.
-    let mut stack: Vec<(Element, &[u8], usize)> = Vec::new();
+    open.clear();
+    let stack = open;
     loop {
         // At the byte after a '<'.
         match c.peek()? {
@@ -107,9 +119,10 @@ pub(super) fn element(
                     .into());
                 }
                 c.at += 1;
-                let Some((el, opened, mark)) = stack.pop() else {
+                let Some(Open { el, name_at, mark }) = stack.pop() else {
                     return Err(XmlError::NotWellFormed("an unmatched end tag".into()).into());
                 };
+                let opened = c.b.get(name_at.0..name_at.1).unwrap_or_default();
                 if name != opened {
                     return Err(XmlError::NotWellFormed(format!(
                         "</{}> does not close <{}>",
@@ -120,7 +133,7 @@ pub(super) fn element(
                 }
                 scope.truncate(mark);
                 match stack.last_mut() {
-                    Some((parent, _, _)) => parent.children.push(Node::Element(el)),
+                    Some(parent) => parent.el.children.push(Node::Element(el)),
                     None => return Ok((el, c.at)),
                 }
             }
@@ -148,7 +161,7 @@ pub(super) fn element(
                 let text = std::str::from_utf8(raw)
                     .map_err(|_| XmlError::NotWellFormed("CDATA is not UTF-8".into()))?;
                 xml_chars(text)?;
-                append_text(&mut stack, Cow::Borrowed(text))?;
+                append_text(stack, Cow::Borrowed(text))?;
                 c.at += len + 3;
             }
             b'?' => {
@@ -158,9 +171,7 @@ pub(super) fn element(
                 let mark = scope.len();
                 let raw_name_start = c.at;
                 let tag = start_tag(&mut c, &mut scope, outer, limits)?;
-                let raw_name =
-                    c.b.get(raw_name_start..raw_name_start + tag.qname.len())
-                        .unwrap_or_default();
+                let name_at = (raw_name_start, raw_name_start + tag.qname.len());
                 if stack.len() + 1 > limits.max_depth {
                     return Err(XmlError::PolicyViolation(format!(
                         "elements nested deeper than {}",
@@ -177,11 +188,11 @@ pub(super) fn element(
                 if tag.empty {
                     scope.truncate(mark);
                     match stack.last_mut() {
-                        Some((parent, _, _)) => parent.children.push(Node::Element(el)),
+                        Some(parent) => parent.el.children.push(Node::Element(el)),
                         None => return Ok((el, c.at)),
                     }
                 } else {
-                    stack.push((el, raw_name, mark));
+                    stack.push(Open { el, name_at, mark });
                 }
             }
         }
@@ -192,14 +203,14 @@ pub(super) fn element(
         };
         if len > 0 {
             let raw = rest.get(..len).unwrap_or_default();
-            append_text(&mut stack, unescape(raw, Context::Text)?)?;
+            append_text(stack, unescape(raw, Context::Text)?)?;
         }
         c.at += len + 1;
     }
 }
 
-fn append_text(stack: &mut [(Element, &[u8], usize)], text: Cow<'_, str>) -> Result<(), XmlError> {
-    let Some((el, _, _)) = stack.last_mut() else {
+fn append_text(stack: &mut [Open], text: Cow<'_, str>) -> Result<(), XmlError> {
+    let Some(Open { el, .. }) = stack.last_mut() else {
         return Err(XmlError::NotWellFormed(
             "text outside of any element".into(),
         ));
@@ -226,7 +237,11 @@ fn start_tag<'a>(
         return Err(XmlError::NotWellFormed("a tag without a name".into()).into());
     }
     let qname = utf8_name(raw)?;
-    let mut attrs: Vec<Attribute> = Vec::new();
+    // Sized once: as many '=' as there are before the next '>' is about right.
+    let rest = c.b.get(c.at..).unwrap_or_default();
+    let tag_len = memchr::memchr(b'>', rest).unwrap_or(rest.len());
+    let guess = memchr::memchr_iter(b'=', rest.get(..tag_len).unwrap_or_default()).count();
+    let mut attrs: Vec<Attribute> = Vec::with_capacity(guess.min(limits.max_attributes));
     let mark = scope.len();
     let mut count = 0;
     // Prefixed attributes wait until every declaration on the tag is known.

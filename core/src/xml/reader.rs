@@ -137,6 +137,8 @@ pub struct StreamReader {
     /// Names of the elements open in the construct being scanned, so that a wrong
     /// end tag is refused at once instead of waiting for the size limit.
     open_names: Vec<(usize, usize)>,
+    /// The parser's scratch space, kept for its allocation.
+    open: Vec<parse::Open>,
     /// Tests compare the reader with quick-xml's parse of the same bytes.
     #[cfg(test)]
     oracle: bool,
@@ -153,6 +155,7 @@ impl StreamReader {
             scope: Vec::new(),
             seen_decl: false,
             open_names: Vec::new(),
+            open: Vec::new(),
             #[cfg(test)]
             oracle: false,
         }
@@ -238,9 +241,7 @@ impl StreamReader {
                     StreamEvent::Header(header)
                 }
                 // Parsed where it lies in the buffer: no copy per stanza.
-                _ => StreamEvent::Element(
-                    self.parse_element(self.buf.get(start..end).unwrap_or_default())?,
-                ),
+                _ => StreamEvent::Element(self.parse_element(start, end)?),
             };
             self.compact();
             return Ok(Some(event));
@@ -534,12 +535,13 @@ impl StreamReader {
     }
 
     /// A complete element, as the scanner delimited it.
-    fn parse_element(&self, bytes: &[u8]) -> Result<Element, XmlError> {
+    fn parse_element(&mut self, start: usize, end: usize) -> Result<Element, XmlError> {
+        let bytes = self.buf.get(start..end).unwrap_or_default();
         #[cfg(test)]
         if self.oracle {
             return super::oracle::parse_element(bytes, &self.scope, &self.limits);
         }
-        match parse::element(bytes, &self.scope, &self.limits) {
+        match parse::element(bytes, &self.scope, &self.limits, &mut self.open) {
             Ok((el, _)) => Ok(el),
             Err(parse::Stop::Bad(e)) => Err(e),
             Err(parse::Stop::Incomplete) => {
@@ -569,7 +571,7 @@ impl StreamReader {
         }
         // Never more than the limit allows: past it, the scanner says so.
         let window = rest.get(..rest.len().min(self.limits.max_stanza_bytes))?;
-        let (el, len) = parse::element(window, &self.scope, &self.limits).ok()?;
+        let (el, len) = parse::element(window, &self.scope, &self.limits, &mut self.open).ok()?;
         self.pos += len;
         Some(el)
     }
