@@ -39,24 +39,6 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// A JID's string form, written without the formatting machinery.
-fn jid_string(jid: &Jid) -> String {
-    let (local, domain, resource) = (jid.local(), jid.domain(), jid.resource());
-    let mut s = String::with_capacity(
-        local.map_or(0, |l| l.len() + 1) + domain.len() + resource.map_or(0, |r| r.len() + 1),
-    );
-    if let Some(l) = local {
-        s.push_str(l);
-        s.push('@');
-    }
-    s.push_str(domain);
-    if let Some(r) = resource {
-        s.push('/');
-        s.push_str(r);
-    }
-    s
-}
-
 fn lang_of(el: &Element) -> Option<&str> {
     el.attrs
         .iter()
@@ -108,8 +90,8 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
     let to = sip_to_jid(target)
         .map_err(|e| Refusal::new(416, format!("Unsupported URI Scheme ({e})")))?;
     let mut stanza = Element::new(ns::SERVER, "message")
-        .attr("from", &jid_string(&from))
-        .attr("to", &jid_string(&to))
+        .attr("from", from.as_str())
+        .attr("to", to.as_str())
         .attr("type", "chat")
         .attr("id", id);
     if let Some(lang) = msg.header("Content-Language") {
