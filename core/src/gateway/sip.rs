@@ -185,6 +185,13 @@ pub(super) enum Purpose {
 }
 
 /// The server-transaction key (RFC 3261 §17.2.3): top Via branch, sent-by, method.
+/// A stanza's `from` and `to`, when both are there and valid.
+fn addresses_of(stanza: &Element) -> Option<(Jid, Jid)> {
+    let from = stanza.get_attr("from").and_then(|f| Jid::parse(f).ok());
+    let to = stanza.get_attr("to").and_then(|t| Jid::parse(t).ok());
+    Some((from?, to?))
+}
+
 fn server_key(msg: &SipMessage) -> Option<String> {
     let via = Via::parse(msg.header_values("Via").first()?).ok()?;
     let method = match msg.method()? {
@@ -711,13 +718,32 @@ impl Gateway {
 
     /// A stanza for a user of a served domain.
     pub(super) fn deliver_local(&mut self, stanza: Element, now: Instant) {
+        self.deliver_local_to(stanza, None, now);
+    }
+
+    /// As [`Gateway::deliver_local`], with the stanza's `from` and `to` when the
+    /// caller has parsed them already.
+    pub(super) fn deliver_local_to(
+        &mut self,
+        stanza: Element,
+        addresses: Option<(Jid, Jid)>,
+        now: Instant,
+    ) {
         if self.config.gateway.sip_next_hop.is_none() {
             self.out.push(Output::Deliver(stanza));
             return;
         }
         match stanza.name.as_str() {
-            "message" => self.message_to_sip_user(stanza, now),
-            "presence" => self.xmpp_presence(stanza, now),
+            "message" => {
+                if let Some((from, to)) = addresses.or_else(|| addresses_of(&stanza)) {
+                    self.message_to_sip_user(stanza, from, to, now);
+                }
+            }
+            "presence" => {
+                if let Some((from, to)) = addresses.or_else(|| addresses_of(&stanza)) {
+                    self.xmpp_presence(stanza, from, to, now);
+                }
+            }
             _ => {
                 // SIP users answer no iq: RFC 6120 §8.5.3.1's service-unavailable.
                 if let Some(reply) = error_reply(
@@ -733,13 +759,7 @@ impl Gateway {
         }
     }
 
-    fn message_to_sip_user(&mut self, stanza: Element, now: Instant) {
-        let (Some(from), Some(to)) = (
-            stanza.get_attr("from").and_then(|f| Jid::parse(f).ok()),
-            stanza.get_attr("to").and_then(|t| Jid::parse(t).ok()),
-        ) else {
-            return;
-        };
+    fn message_to_sip_user(&mut self, stanza: Element, from: Jid, to: Jid, now: Instant) {
         let is_error = stanza.get_attr("type") == Some("error");
         if !is_error {
             if let Err(refusal) =
