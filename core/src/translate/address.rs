@@ -142,28 +142,40 @@ pub fn jid_to_sip(jid: &Jid) -> String {
 /// JID → `sip:` URI, with the length of its prefix that is the bare JID's URI (the
 /// whole URI when there is no resource), so both come from one encoding.
 pub fn jid_to_sip_split(jid: &Jid) -> (String, usize) {
-    let local = jid.local().unwrap_or_default();
-    let mut s = String::with_capacity(
-        8 + local.len() + jid.domain().len() + jid.resource().map_or(0, |r| r.len() + 8),
-    );
-    s.push_str("sip:");
+    let mut s = String::with_capacity(sip_uri_capacity(jid));
+    let bare = push_jid_sip(&mut s, jid);
+    (s, bare)
+}
+
+/// Room for a JID's `sip:` URI when nothing in it needs escaping, and some to
+/// spare for a resource.
+pub fn sip_uri_capacity(jid: &Jid) -> usize {
+    8 + jid.local().map_or(0, str::len)
+        + jid.domain().len()
+        + jid.resource().map_or(0, |r| r.len() + 8)
+}
+
+/// Appends a JID's `sip:` URI to `out`, as [`jid_to_sip`] writes it; returns where
+/// in `out` the bare JID's URI ends.
+pub fn push_jid_sip(out: &mut String, jid: &Jid) -> usize {
+    out.push_str("sip:");
     if let Some(l) = jid.local() {
         // Without a backslash there is no XEP-0106 escape to undo.
         if l.contains('\\') {
-            push_encoded(&mut s, &unescape_node(l), is_user_char);
+            push_encoded(out, &unescape_node(l), is_user_char);
         } else {
-            push_encoded(&mut s, l, is_user_char);
+            push_encoded(out, l, is_user_char);
         }
-        s.push('@');
+        out.push('@');
     }
-    s.push_str(jid.domain());
-    let bare = s.len();
+    out.push_str(jid.domain());
+    let bare = out.len();
     if let Some(r) = jid.resource() {
-        s.push_str(";gr=");
+        out.push_str(";gr=");
         // A URI parameter value: keep it to unreserved characters.
-        push_encoded(&mut s, r, is_unreserved);
+        push_encoded(out, r, is_unreserved);
     }
-    (s, bare)
+    bare
 }
 
 #[cfg(test)]

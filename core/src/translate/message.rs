@@ -9,7 +9,9 @@ use crate::jid::Jid;
 use crate::sip::message::{split_byte, split_once_byte, trim, Header};
 use crate::sip::uri::NameAddr;
 use crate::sip::SipMessage;
-use crate::translate::address::{jid_to_sip_split, sip_to_jid, uri_to_jid};
+use crate::translate::address::{
+    jid_to_sip_split, push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid,
+};
 use crate::xml::{ns, parse_document, Attribute, Element};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
@@ -184,7 +186,7 @@ pub fn message_to_sip_between(
     let composing = stanza
         .elements()
         .find(|e| e.ns == CHATSTATES)
-        .map(|e| e.name.clone());
+        .map(|e| e.name.as_str());
     let (content_type, payload) = match (body, composing) {
         (Some(b), _) => ("text/plain;charset=UTF-8", b),
         (None, Some(state)) => {
@@ -203,10 +205,9 @@ pub fn message_to_sip_between(
         .filter(|t| !t.trim().is_empty());
     // One encoding of each JID: the To header is the Request-URI without `gr`.
     let (to_uri, to_bare) = jid_to_sip_split(to);
-    let (from_uri, _) = jid_to_sip_split(from);
-    let mut from_value = String::with_capacity(from_uri.len() + tag.len() + 7);
+    let mut from_value = String::with_capacity(sip_uri_capacity(from) + tag.len() + 7);
     from_value.push('<');
-    from_value.push_str(&from_uri);
+    push_jid_sip(&mut from_value, from);
     from_value.push_str(">;tag=");
     from_value.push_str(tag);
     let bare = to_uri.get(..to_bare).unwrap_or(&to_uri);
@@ -216,8 +217,8 @@ pub fn message_to_sip_between(
     to_value.push('>');
     // Names written here are canonical already; room for the Via and Max-Forwards
     // the SIP layer adds.
-    let header = |name: &str, value: String| Header {
-        name: name.to_owned(),
+    let header = |name: &'static str, value: String| Header {
+        name: Cow::Borrowed(name),
         value,
     };
     let mut headers = Vec::with_capacity(10);
@@ -230,10 +231,11 @@ pub fn message_to_sip_between(
     headers.push(header("CSeq", "1 MESSAGE".to_owned()));
     headers.push(header("Content-Type", content_type.to_owned()));
     if let Some(s) = stanza.find(ns::SERVER, "subject") {
-        headers.push(header(
-            "Subject",
-            s.text_content().replace(['\r', '\n'], " "),
-        ));
+        let mut subject = s.text_content();
+        if subject.contains(['\r', '\n']) {
+            subject = subject.replace(['\r', '\n'], " ");
+        }
+        headers.push(header("Subject", subject));
     }
     if let Some(lang) = lang_of(stanza) {
         headers.push(header("Content-Language", lang.to_owned()));
