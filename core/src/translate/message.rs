@@ -12,7 +12,7 @@ use crate::sip::SipMessage;
 use crate::translate::address::{
     jid_to_sip_split, push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid,
 };
-use crate::xml::{ns, parse_document, Attribute, Element};
+use crate::xml::{ns, parse_document, Attribute, Element, Node};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const ISCOMPOSING: &str = "urn:ietf:params:xml:ns:im-iscomposing";
@@ -39,6 +39,23 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.code, self.reason)
     }
+}
+
+/// An element's text, as `text_content` gives it, allocated once at its full size.
+fn text_of(el: &Element) -> String {
+    fn text(n: &Node) -> Option<&str> {
+        match n {
+            Node::Text(t) => Some(t),
+            Node::Element(_) => None,
+        }
+    }
+    let len = el.children.iter().filter_map(text).map(str::len).sum();
+    let mut out = String::with_capacity(len);
+    el.children
+        .iter()
+        .filter_map(text)
+        .for_each(|t| out.push_str(t));
+    out
 }
 
 fn lang_of(el: &Element) -> Option<&str> {
@@ -182,7 +199,7 @@ pub fn message_to_sip_between(
     tag: &str,
     call_id: &str,
 ) -> Result<Option<SipMessage>, String> {
-    let body = stanza.find(ns::SERVER, "body").map(|b| b.text_content());
+    let body = stanza.find(ns::SERVER, "body").map(text_of);
     let composing = stanza
         .elements()
         .find(|e| e.ns == CHATSTATES)
@@ -201,7 +218,7 @@ pub fn message_to_sip_between(
     };
     let thread = stanza
         .find(ns::SERVER, "thread")
-        .map(|t| t.text_content())
+        .map(text_of)
         .filter(|t| !t.trim().is_empty());
     // One encoding of each JID: the To header is the Request-URI without `gr`.
     let (to_uri, to_bare) = jid_to_sip_split(to);
@@ -231,7 +248,7 @@ pub fn message_to_sip_between(
     headers.push(header("CSeq", "1 MESSAGE".to_owned()));
     headers.push(header("Content-Type", content_type.to_owned()));
     if let Some(s) = stanza.find(ns::SERVER, "subject") {
-        let mut subject = s.text_content();
+        let mut subject = text_of(s);
         if subject.contains(['\r', '\n']) {
             subject = subject.replace(['\r', '\n'], " ");
         }
