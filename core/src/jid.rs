@@ -202,6 +202,11 @@ impl Jid {
         &self.full
     }
 
+    /// The bare JID's string form, `local@domain`, borrowed.
+    pub fn bare_str(&self) -> &str {
+        self.full.get(..self.domain_end).unwrap_or_default()
+    }
+
     pub fn bare(&self) -> Jid {
         Jid::assemble(self.local(), self.domain(), None)
     }
@@ -737,6 +742,8 @@ mod tests {
             "Jid { local: Some(\"romeo\"), domain: \"xmpp.example\", resource: Some(\"balcony\") }"
         );
         assert_eq!(j.bare().as_str(), "romeo@xmpp.example");
+        assert_eq!(j.bare_str(), "romeo@xmpp.example");
+        assert_eq!(j.bare().bare_str(), "romeo@xmpp.example");
         assert_eq!(
             j.bare().with_resource("orchard").map(|j| j.to_string()),
             Ok("romeo@xmpp.example/orchard".into())

@@ -261,17 +261,17 @@ impl Gateway {
     /// Records that SIP user `local` added XMPP contact `remote` (as a SIP client's
     /// SUBSCRIBE does), which the partner-type policy consults.
     pub fn add_contact(&mut self, local: &Jid, remote: &Jid) {
-        let (l, r) = (local.bare().to_string(), remote.bare().to_string());
-        let mut item = self.roster.get(&l, &r);
+        let (l, r) = (local.bare_str(), remote.bare_str());
+        let mut item = self.roster.get(l, r);
         if item.watch == crate::roster::Sub::None {
             item.watch = crate::roster::Sub::Pending;
         }
-        self.roster_set(&l, &r, item);
+        self.roster_set(l, r, item);
     }
 
     pub(super) fn contact_added(&self, local: &Jid, remote: &Jid) -> bool {
         self.roster
-            .get(&local.bare().to_string(), &remote.bare().to_string())
+            .get(local.bare_str(), remote.bare_str())
             .contact_added()
     }
 
