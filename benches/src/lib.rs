@@ -5,7 +5,7 @@ use isthmus_core::config::{Config, Partner, PartnerType, XmlLimits};
 use isthmus_core::jid::Jid;
 use isthmus_core::sip::pidf::Pidf;
 use isthmus_core::sip::{SipLimits, SipMessage};
-use isthmus_core::translate::message::{message_to_sip, sip_to_message};
+use isthmus_core::translate::message::{message_to_sip_between, sip_to_message};
 use isthmus_core::translate::presence::pidf_to_presence;
 use isthmus_core::xml::{ns, StreamEvent, StreamReader};
 
@@ -58,7 +58,8 @@ pub fn inbound(reader: &mut StreamReader, config: &Config, bytes: &[u8]) -> Opti
         return None;
     }
     isthmus_core::policy::inbound_message(config, &from, false).ok()?;
-    let msg = message_to_sip(&el, "t1", "c1").ok()??;
+    // The addresses parsed above, as the gateway passes them down.
+    let msg = message_to_sip_between(&el, &from, &to, "t1", "c1").ok()??;
     Some(msg.to_bytes())
 }
 

@@ -5,17 +5,49 @@
 //! localparts are lower-cased (RFC 7613's UsernameCaseMapped, without its
 //! disallowed-code-point tables); resourceparts keep their case.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use unicode_normalization::UnicodeNormalization;
 
-/// A parsed, normalised JID.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A parsed, normalised JID, held as its string form and where its parts lie in it:
+/// one allocation per JID.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Jid {
-    local: Option<String>,
-    domain: String,
-    resource: Option<String>,
+    /// `local@domain/resource`, normalised.
+    full: String,
+    /// The localpart's length; 0 without one (a localpart is never empty).
+    local_len: usize,
+    /// Where the domainpart ends: `full.len()` without a resource.
+    domain_end: usize,
+}
+
+impl fmt::Debug for Jid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jid")
+            .field("local", &self.local())
+            .field("domain", &self.domain())
+            .field("resource", &self.resource())
+            .finish()
+    }
+}
+
+/// Ordered by localpart, then domainpart, then resourcepart (no localpart or
+/// resourcepart first).
+impl Ord for Jid {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.local()
+            .cmp(&other.local())
+            .then_with(|| self.domain().cmp(other.domain()))
+            .then_with(|| self.resource().cmp(&other.resource()))
+    }
+}
+
+impl PartialOrd for Jid {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,75 +107,183 @@ impl Jid {
         }
         // RFC 7622 §3.1: the resource starts at the first '/', the localpart ends at
         // the first '@' before it.
-        let (bare, resource) = match s.split_once('/') {
+        let (bare, resource) = match split_once_byte(s, b'/') {
             Some((b, r)) => (b, Some(r)),
             None => (s, None),
         };
-        let (local, domain) = match bare.split_once('@') {
+        let (local, domain) = match split_once_byte(bare, b'@') {
             Some((l, d)) => (Some(l), d),
             None => (None, bare),
         };
+        // The common case: every part is in normal form already, so the JID is the
+        // input as it is.
+        if local.is_none_or(local_is_normal)
+            && domain_is_normal(domain)
+            && resource.is_none_or(resource_is_normal)
+        {
+            return Ok(Jid {
+                full: s.to_owned(),
+                local_len: local.map_or(0, str::len),
+                domain_end: bare.len(),
+            });
+        }
         Jid::new(local, domain, resource)
     }
 
     pub fn new(local: Option<&str>, domain: &str, resource: Option<&str>) -> Result<Jid, JidError> {
         let local = match local {
             None => None,
-            Some(l) => Some(normalize_local(l)?),
+            Some(l) if local_is_normal(l) => Some(Cow::Borrowed(l)),
+            Some(l) => Some(Cow::Owned(normalize_local(l)?)),
         };
         let resource = match resource {
             None => None,
-            Some(r) => Some(check_resource(r)?),
+            Some(r) => Some(resource_part(r)?),
         };
-        Ok(Jid {
-            local,
-            domain: normalize_domain(domain)?,
-            resource,
-        })
+        let domain = if domain_is_normal(domain) {
+            Cow::Borrowed(domain)
+        } else {
+            Cow::Owned(normalize_domain(domain)?)
+        };
+        Ok(Jid::assemble(
+            local.as_deref(),
+            &domain,
+            resource.as_deref(),
+        ))
     }
 
-    pub fn local(&self) -> Option<&str> {
-        self.local.as_deref()
-    }
-
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
-    pub fn resource(&self) -> Option<&str> {
-        self.resource.as_deref()
-    }
-
-    pub fn bare(&self) -> Jid {
+    /// A JID from parts already normalised and checked.
+    fn assemble(local: Option<&str>, domain: &str, resource: Option<&str>) -> Jid {
+        let mut full = String::with_capacity(
+            local.map_or(0, |l| l.len() + 1) + domain.len() + resource.map_or(0, |r| r.len() + 1),
+        );
+        if let Some(l) = local {
+            full.push_str(l);
+            full.push('@');
+        }
+        full.push_str(domain);
+        let domain_end = full.len();
+        if let Some(r) = resource {
+            full.push('/');
+            full.push_str(r);
+        }
         Jid {
-            local: self.local.clone(),
-            domain: self.domain.clone(),
-            resource: None,
+            full,
+            local_len: local.map_or(0, str::len),
+            domain_end,
         }
     }
 
+    pub fn local(&self) -> Option<&str> {
+        if self.local_len == 0 {
+            return None;
+        }
+        self.full.get(..self.local_len)
+    }
+
+    pub fn domain(&self) -> &str {
+        let start = if self.local_len == 0 {
+            0
+        } else {
+            self.local_len + 1
+        };
+        self.full.get(start..self.domain_end).unwrap_or_default()
+    }
+
+    pub fn resource(&self) -> Option<&str> {
+        if self.domain_end >= self.full.len() {
+            return None;
+        }
+        self.full.get(self.domain_end + 1..)
+    }
+
+    /// The string form, `local@domain/resource`.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The bare JID's string form, `local@domain`, borrowed.
+    pub fn bare_str(&self) -> &str {
+        self.full.get(..self.domain_end).unwrap_or_default()
+    }
+
+    pub fn bare(&self) -> Jid {
+        Jid::assemble(self.local(), self.domain(), None)
+    }
+
     pub fn is_bare(&self) -> bool {
-        self.resource.is_none()
+        self.domain_end >= self.full.len()
     }
 
     pub fn with_resource(&self, r: &str) -> Result<Jid, JidError> {
-        Ok(Jid {
-            resource: Some(check_resource(r)?),
-            ..self.bare()
-        })
+        let r = resource_part(r)?;
+        Ok(Jid::assemble(self.local(), self.domain(), Some(&r)))
     }
 }
 
 impl fmt::Display for Jid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(l) = &self.local {
-            write!(f, "{l}@")?;
+        f.write_str(&self.full)
+    }
+}
+
+/// Splits at the first `b`, an ASCII byte (so both sides are `str`s).
+fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = memchr::memchr(b, s.as_bytes())?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// Whether a localpart is valid and already normal: printable ASCII, no upper case,
+/// none of the characters a localpart may not hold, within the length limit.
+fn local_is_normal(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= MAX_PART
+        && l.bytes().all(|b| {
+            matches!(b, 0x21..=0x7e)
+                && !b.is_ascii_uppercase()
+                && !matches!(b, b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@')
+        })
+}
+
+/// Whether a resourcepart is valid and already normal: printable ASCII (NFC as it
+/// is), within the length limit.
+fn resource_is_normal(r: &str) -> bool {
+    !r.is_empty() && r.len() <= MAX_PART && r.bytes().all(|b| matches!(b, 0x20..=0x7e))
+}
+
+/// Whether a domainpart is valid and already normal: lower-case letters, digits,
+/// '-' and '_' in non-empty labels of at most 63 octets that neither start nor end
+/// with '-', no trailing dot, within the length limit.
+fn domain_is_normal(d: &str) -> bool {
+    if d.is_empty() || d.len() > MAX_PART {
+        return false;
+    }
+    let mut label_len = 0usize;
+    // As if after a dot: a leading dot (an empty label) or hyphen is refused.
+    let mut prev = b'.';
+    for b in d.bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'_' => {}
+            b'-' if prev != b'.' => {}
+            b'.' if prev != b'.' && prev != b'-' => label_len = 0,
+            _ => return false,
         }
-        f.write_str(&self.domain)?;
-        if let Some(r) = &self.resource {
-            write!(f, "/{r}")?;
+        if b != b'.' {
+            label_len += 1;
+            if label_len > 63 {
+                return false;
+            }
         }
-        Ok(())
+        prev = b;
+    }
+    prev != b'.' && prev != b'-'
+}
+
+fn resource_part(r: &str) -> Result<Cow<'_, str>, JidError> {
+    if resource_is_normal(r) {
+        Ok(Cow::Borrowed(r))
+    } else {
+        check_resource(r).map(Cow::Owned)
     }
 }
 
@@ -517,6 +657,111 @@ mod tests {
             assert_eq!(unescape_node(escaped), raw, "{escaped}");
         }
         assert!(escape_node(" lead").is_err());
+    }
+
+    /// The full normalisation of every part, with no fast path: what `parse` must
+    /// agree with.
+    fn parse_slowly(s: &str) -> Result<(Option<String>, String, Option<String>), JidError> {
+        if s.is_empty() {
+            return Err(JidError::Empty);
+        }
+        let (bare, resource) = match s.split_once('/') {
+            Some((b, r)) => (b, Some(r)),
+            None => (s, None),
+        };
+        let (local, domain) = match bare.split_once('@') {
+            Some((l, d)) => (Some(l), d),
+            None => (None, bare),
+        };
+        let local = local.map(normalize_local).transpose()?;
+        let resource = resource.map(check_resource).transpose()?;
+        Ok((local, normalize_domain(domain)?, resource))
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_full_normalisation() {
+        let alphabet: Vec<char> = "aZ0-_.@/ \t\"é\u{308}[]:x9-.".chars().collect();
+        let mut rng = crate::rng::Rng::new(7);
+        let label = "y".repeat(63);
+        for i in 0..20_000 {
+            let len = (rng.next_u64() % 14) as usize;
+            let mut s: String = (0..len)
+                .map(|_| alphabet[(rng.next_u64() as usize) % alphabet.len()])
+                .collect();
+            if i % 7 == 0 {
+                s.insert_str(0, &label);
+            }
+            let fast = Jid::parse(&s).map(|j| {
+                assert_eq!(j.to_string(), j.as_str());
+                (
+                    j.local().map(str::to_owned),
+                    j.domain().to_owned(),
+                    j.resource().map(str::to_owned),
+                )
+            });
+            assert_eq!(fast, parse_slowly(&s), "{s:?}");
+        }
+        for s in [
+            "a@b.c",
+            "a@b.c.",
+            "a@-b.c",
+            "a@b-.c",
+            "a@b..c",
+            "a@.b",
+            "a@b.c/r",
+            "a@b.c/ r ",
+            "b.c/r@s/t",
+            "192.0.2.1",
+            "1.2.3.4.5",
+            "a@[::1]/x",
+            "A@B.C/D",
+        ] {
+            let fast = Jid::parse(s).map(|j| {
+                (
+                    j.local().map(str::to_owned),
+                    j.domain().to_owned(),
+                    j.resource().map(str::to_owned),
+                )
+            });
+            assert_eq!(fast, parse_slowly(s), "{s:?}");
+        }
+        let long = format!("{}@a.b", "l".repeat(MAX_PART));
+        assert!(Jid::parse(&long).is_ok());
+        let long_label = format!("a@{}.b", "x".repeat(64));
+        assert_eq!(
+            Jid::parse(&long_label).map(|j| j.to_string()),
+            parse_slowly(&long_label).map(|_| String::new())
+        );
+    }
+
+    #[test]
+    fn parts_order_and_debug() {
+        let j = Jid::parse("romeo@xmpp.example/balcony").expect("jid");
+        assert_eq!(
+            format!("{j:?}"),
+            "Jid { local: Some(\"romeo\"), domain: \"xmpp.example\", resource: Some(\"balcony\") }"
+        );
+        assert_eq!(j.bare().as_str(), "romeo@xmpp.example");
+        assert_eq!(j.bare_str(), "romeo@xmpp.example");
+        assert_eq!(j.bare().bare_str(), "romeo@xmpp.example");
+        assert_eq!(
+            j.bare().with_resource("orchard").map(|j| j.to_string()),
+            Ok("romeo@xmpp.example/orchard".into())
+        );
+        let d = Jid::parse("xmpp.example").expect("jid");
+        assert_eq!((d.local(), d.resource()), (None, None));
+        assert_eq!(
+            Jid::new(Some("Romeo"), "XMPP.example.", Some("Balcony")).map(|j| j.to_string()),
+            Ok("romeo@xmpp.example/Balcony".into())
+        );
+        // As the (local, domain, resource) tuples order.
+        let mut v: Vec<Jid> = ["b@a", "a", "a/x", "a@b", "a@a/z", "a@a", "b"]
+            .iter()
+            .map(|s| Jid::parse(s).expect("jid"))
+            .collect();
+        v.sort();
+        let got: Vec<String> = v.iter().map(Jid::to_string).collect();
+        assert_eq!(got, ["a", "a/x", "b", "a@a", "a@a/z", "a@b", "b@a"]);
     }
 
     #[test]

@@ -24,18 +24,26 @@ impl Rng {
 
     /// `bytes` random bytes as lowercase hex.
     pub fn hex(&mut self, bytes: usize) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(bytes * 2);
-        while out.len() < bytes * 2 {
+        self.push_hex(&mut out, bytes);
+        out
+    }
+
+    /// Appends `bytes` random bytes as lowercase hex to `out`, drawing from the
+    /// generator as [`Rng::hex`] does.
+    pub fn push_hex(&mut self, out: &mut String, bytes: usize) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut left = bytes;
+        while left > 0 {
             for b in self.next_u64().to_be_bytes() {
-                if out.len() < bytes * 2 {
+                if left > 0 {
                     // Per message (branches, tags, Call-IDs): no formatting machinery.
                     out.push(char::from(DIGITS[usize::from(b >> 4)]));
                     out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+                    left -= 1;
                 }
             }
         }
-        out
     }
 }
 

@@ -30,7 +30,7 @@ fn essence(m: &SipMessage) -> (StartLine, Vec<(String, String)>, Vec<u8>) {
         .iter()
         .map(|h| {
             (
-                h.name.clone(),
+                h.name.to_string(),
                 if h.name == "Content-Length" {
                     h.value.trim().to_owned()
                 } else {

@@ -600,7 +600,7 @@ impl Gateway {
         };
         if self.config.serves(&remote) {
             // Both ends are ours: no federation needed.
-            self.deliver_local(queued.stanza.clone(), now);
+            self.deliver_local_to(queued.stanza.clone(), Some((from, to)), now);
             self.stanza_written(queued, now);
             return Ok(());
         }
@@ -1914,7 +1914,7 @@ impl Gateway {
             ));
         }
         c.last_activity = now;
-        self.deliver_local(el, now);
+        self.deliver_local_to(el, Some((from, to)), now);
         Ok(Flow::Continue)
     }
 

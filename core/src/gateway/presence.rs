@@ -346,13 +346,7 @@ impl Gateway {
 
     // ---- XMPP presence for SIP users ---------------------------------------------
 
-    pub(super) fn xmpp_presence(&mut self, stanza: Element, now: Instant) {
-        let (Some(from), Some(to)) = (
-            stanza.get_attr("from").and_then(|f| Jid::parse(f).ok()),
-            stanza.get_attr("to").and_then(|t| Jid::parse(t).ok()),
-        ) else {
-            return;
-        };
+    pub(super) fn xmpp_presence(&mut self, stanza: Element, from: Jid, to: Jid, now: Instant) {
         let (remote, local) = (from.bare(), to.bare());
         let (l, r) = (local.to_string(), remote.to_string());
         let mut item = self.roster.get(&l, &r);

@@ -3,7 +3,8 @@
 //! each SIP transaction is answered with what happened on the XMPP side.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{error_reply, Event, Gateway, Output};
@@ -185,6 +186,62 @@ pub(super) enum Purpose {
 }
 
 /// The server-transaction key (RFC 3261 §17.2.3): top Via branch, sent-by, method.
+/// Appends an address as its `Display` writes it; IPv4 without the formatting
+/// machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => push_ipv4(out, v4),
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_ipv4(out: &mut String, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_decimal(out, u32::from(octet));
+    }
+}
+
+/// Appends a socket address as its `Display` writes it; IPv4 without the
+/// formatting machinery.
+fn push_socket_addr(out: &mut String, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            push_ipv4(out, *v4.ip());
+            out.push(':');
+            push_decimal(out, u32::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
+}
+
+fn push_decimal(out: &mut String, n: u32) {
+    let mut div = 1;
+    while div <= n / 10 {
+        div *= 10;
+    }
+    loop {
+        out.push(char::from(b'0' + (n / div % 10) as u8));
+        if div == 1 {
+            break;
+        }
+        div /= 10;
+    }
+}
+
+/// A stanza's `from` and `to`, when both are there and valid.
+fn addresses_of(stanza: &Element) -> Option<(Jid, Jid)> {
+    let from = stanza.get_attr("from").and_then(|f| Jid::parse(f).ok());
+    let to = stanza.get_attr("to").and_then(|t| Jid::parse(t).ok());
+    Some((from?, to?))
+}
+
 fn server_key(msg: &SipMessage) -> Option<String> {
     let via = Via::parse(msg.header_values("Via").first()?).ok()?;
     let method = match msg.method()? {
@@ -204,17 +261,17 @@ impl Gateway {
     /// Records that SIP user `local` added XMPP contact `remote` (as a SIP client's
     /// SUBSCRIBE does), which the partner-type policy consults.
     pub fn add_contact(&mut self, local: &Jid, remote: &Jid) {
-        let (l, r) = (local.bare().to_string(), remote.bare().to_string());
-        let mut item = self.roster.get(&l, &r);
+        let (l, r) = (local.bare_str(), remote.bare_str());
+        let mut item = self.roster.get(l, r);
         if item.watch == crate::roster::Sub::None {
             item.watch = crate::roster::Sub::Pending;
         }
-        self.roster_set(&l, &r, item);
+        self.roster_set(l, r, item);
     }
 
     pub(super) fn contact_added(&self, local: &Jid, remote: &Jid) -> bool {
         self.roster
-            .get(&local.bare().to_string(), &remote.bare().to_string())
+            .get(local.bare_str(), remote.bare_str())
             .contact_added()
     }
 
@@ -245,15 +302,20 @@ impl Gateway {
             return;
         }
         self.sip.in_flight += 1;
-        let branch = format!("z9hG4bK{}", self.rng.hex(8));
+        let mut branch = String::with_capacity(7 + 16);
+        branch.push_str("z9hG4bK");
+        self.rng.push_hex(&mut branch, 8);
+        // "SIP/2.0/UDP {sip_address};branch={branch}"
+        let mut via = String::with_capacity(12 + 47 + 8 + branch.len());
+        via.push_str("SIP/2.0/UDP ");
+        push_socket_addr(&mut via, self.config.gateway.sip_address);
+        via.push_str(";branch=");
+        via.push_str(&branch);
         request.headers.insert(
             0,
             crate::sip::Header {
                 name: "Via".into(),
-                value: format!(
-                    "SIP/2.0/UDP {};branch={branch}",
-                    self.config.gateway.sip_address
-                ),
+                value: via,
             },
         );
         if request.header("Max-Forwards").is_none() {
@@ -711,13 +773,32 @@ impl Gateway {
 
     /// A stanza for a user of a served domain.
     pub(super) fn deliver_local(&mut self, stanza: Element, now: Instant) {
+        self.deliver_local_to(stanza, None, now);
+    }
+
+    /// As [`Gateway::deliver_local`], with the stanza's `from` and `to` when the
+    /// caller has parsed them already.
+    pub(super) fn deliver_local_to(
+        &mut self,
+        stanza: Element,
+        addresses: Option<(Jid, Jid)>,
+        now: Instant,
+    ) {
         if self.config.gateway.sip_next_hop.is_none() {
             self.out.push(Output::Deliver(stanza));
             return;
         }
         match &*stanza.name {
-            "message" => self.message_to_sip_user(stanza, now),
-            "presence" => self.xmpp_presence(stanza, now),
+            "message" => {
+                if let Some((from, to)) = addresses.or_else(|| addresses_of(&stanza)) {
+                    self.message_to_sip_user(stanza, from, to, now);
+                }
+            }
+            "presence" => {
+                if let Some((from, to)) = addresses.or_else(|| addresses_of(&stanza)) {
+                    self.xmpp_presence(stanza, from, to, now);
+                }
+            }
             _ => {
                 // SIP users answer no iq: RFC 6120 §8.5.3.1's service-unavailable.
                 if let Some(reply) = error_reply(
@@ -733,13 +814,7 @@ impl Gateway {
         }
     }
 
-    fn message_to_sip_user(&mut self, stanza: Element, now: Instant) {
-        let (Some(from), Some(to)) = (
-            stanza.get_attr("from").and_then(|f| Jid::parse(f).ok()),
-            stanza.get_attr("to").and_then(|t| Jid::parse(t).ok()),
-        ) else {
-            return;
-        };
+    fn message_to_sip_user(&mut self, stanza: Element, from: Jid, to: Jid, now: Instant) {
         let is_error = stanza.get_attr("type") == Some("error");
         if !is_error {
             if let Err(refusal) =
@@ -752,11 +827,10 @@ impl Gateway {
             }
         }
         let tag = self.rng.hex(6);
-        let call_id = format!(
-            "{}@{}",
-            self.rng.hex(8),
-            self.config.gateway.sip_address.ip()
-        );
+        let mut call_id = String::with_capacity(16 + 1 + 39);
+        self.rng.push_hex(&mut call_id, 8);
+        call_id.push('@');
+        push_ip(&mut call_id, self.config.gateway.sip_address.ip());
         let (request, purpose) = if is_error {
             // Our MESSAGE was already answered with 200; tell the SIP user in words.
             let condition = crate::translate::error::stanza_error_condition(&stanza);
@@ -956,5 +1030,47 @@ impl Gateway {
         }
         self.sip_stream_timeouts(now);
         self.presence_timeouts(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut rng = crate::rng::Rng::new(5);
+        let mut addrs: Vec<SocketAddr> = vec![
+            "0.0.0.0:0".parse().expect("addr"),
+            "255.255.255.255:65535".parse().expect("addr"),
+            "192.0.2.10:5060".parse().expect("addr"),
+            "10.0.0.1:10".parse().expect("addr"),
+            "[2001:db8::1]:5061".parse().expect("addr"),
+            "[::ffff:192.0.2.1]:5060".parse().expect("addr"),
+        ];
+        for _ in 0..2000 {
+            let n = rng.next_u64();
+            let ip = Ipv4Addr::from((n >> 16) as u32);
+            addrs.push(SocketAddr::from((ip, n as u16)));
+        }
+        for a in addrs {
+            let mut s = String::new();
+            push_socket_addr(&mut s, a);
+            assert_eq!(s, a.to_string());
+            let mut s = String::new();
+            push_ip(&mut s, a.ip());
+            assert_eq!(s, a.ip().to_string());
+        }
+    }
+
+    #[test]
+    fn push_hex_draws_as_hex_does() {
+        for bytes in [0, 1, 6, 8, 9, 16] {
+            let (mut a, mut b) = (crate::rng::Rng::new(9), crate::rng::Rng::new(9));
+            let mut s = String::from("x");
+            b.push_hex(&mut s, bytes);
+            assert_eq!(s, format!("x{}", a.hex(bytes)));
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
     }
 }

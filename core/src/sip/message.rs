@@ -32,10 +32,11 @@ pub enum StartLine {
     Response { code: u16, reason: String },
 }
 
-/// One header field. `name` is the canonical full name (compact forms expanded).
+/// One header field. `name` is the canonical full name (compact forms expanded),
+/// borrowed when it is a known one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub value: String,
 }
 
@@ -279,14 +280,14 @@ impl SipMessage {
 
     pub fn push_header(&mut self, name: &str, value: &str) {
         self.headers.push(Header {
-            name: canonical_name(name),
+            name: canonical(name),
             value: value.to_owned(),
         });
     }
 
     /// Replaces every value of `name` with one.
     pub fn set_header(&mut self, name: &str, value: &str) {
-        let name = canonical_name(name);
+        let name = canonical(name);
         self.headers.retain(|h| h.name != name);
         self.headers.push(Header {
             name,
@@ -471,7 +472,7 @@ impl SipMessage {
         // The five copied and a few the caller adds.
         resp.headers.reserve(8);
         for h in &self.headers {
-            match h.name.as_str() {
+            match &*h.name {
                 "Via" | "From" | "Call-ID" | "CSeq" => resp.headers.push(h.clone()),
                 "To" => {
                     let mut value =
@@ -586,7 +587,7 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
             )));
         }
         headers.push(Header {
-            name: canonical_name(name),
+            name: canonical(name),
             value: trim(value).to_owned(),
         });
     }

@@ -72,12 +72,12 @@ fn push_escaped(out: &mut String, b: u8) {
     }
 }
 
-/// Appends `s` percent-encoded, keeping the ASCII bytes `keep` accepts. Runs of kept
+/// Appends `s` percent-encoded, keeping the ASCII bytes `keep` holds. Runs of kept
 /// bytes are copied as slices.
-fn push_encoded(out: &mut String, s: &str, keep: fn(u8) -> bool) {
+fn push_encoded(out: &mut String, s: &str, keep: &ByteSet) {
     let mut run = 0;
     for (i, b) in s.bytes().enumerate() {
-        if !keep(b) {
+        if !keep.has(b) {
             out.push_str(s.get(run..i).unwrap_or_default());
             push_escaped(out, b);
             run = i + 1;
@@ -86,22 +86,46 @@ fn push_encoded(out: &mut String, s: &str, keep: fn(u8) -> bool) {
     out.push_str(s.get(run..).unwrap_or_default());
 }
 
-/// RFC 3261 `user` characters: unreserved and user-unreserved (all ASCII, so a kept
-/// run always ends on a character boundary).
-fn is_user_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b)
+/// A set of ASCII bytes, looked up in one step.
+struct ByteSet([bool; 256]);
+
+impl ByteSet {
+    /// ASCII letters and digits and the bytes of `extra`.
+    const fn alphanumeric_and(extra: &[u8]) -> ByteSet {
+        let mut t = [false; 256];
+        let mut b = 0u8;
+        loop {
+            t[b as usize] = b.is_ascii_alphanumeric();
+            if b == u8::MAX {
+                break;
+            }
+            b += 1;
+        }
+        let mut i = 0;
+        while i < extra.len() {
+            t[extra[i] as usize] = true;
+            i += 1;
+        }
+        ByteSet(t)
+    }
+
+    fn has(&self, b: u8) -> bool {
+        self.0.get(usize::from(b)).copied().unwrap_or(false)
+    }
 }
 
+/// RFC 3261 `user` characters: unreserved and user-unreserved (all ASCII, so a kept
+/// run always ends on a character boundary).
+static USER_CHARS: ByteSet = ByteSet::alphanumeric_and(b"-_.!~*'()&=+$,;?/");
+
 /// Unreserved characters, for a URI parameter value.
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
-}
+static UNRESERVED: ByteSet = ByteSet::alphanumeric_and(b"-_.!~*'()");
 
 /// Percent-encodes everything outside RFC 3261's `user` characters (unreserved and
 /// user-unreserved), non-ASCII as UTF-8 bytes.
 pub fn percent_encode_user(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    push_encoded(&mut out, s, is_user_char);
+    push_encoded(&mut out, s, &USER_CHARS);
     out
 }
 
@@ -142,28 +166,40 @@ pub fn jid_to_sip(jid: &Jid) -> String {
 /// JID → `sip:` URI, with the length of its prefix that is the bare JID's URI (the
 /// whole URI when there is no resource), so both come from one encoding.
 pub fn jid_to_sip_split(jid: &Jid) -> (String, usize) {
-    let local = jid.local().unwrap_or_default();
-    let mut s = String::with_capacity(
-        8 + local.len() + jid.domain().len() + jid.resource().map_or(0, |r| r.len() + 8),
-    );
-    s.push_str("sip:");
+    let mut s = String::with_capacity(sip_uri_capacity(jid));
+    let bare = push_jid_sip(&mut s, jid);
+    (s, bare)
+}
+
+/// Room for a JID's `sip:` URI when nothing in it needs escaping, and some to
+/// spare for a resource.
+pub fn sip_uri_capacity(jid: &Jid) -> usize {
+    8 + jid.local().map_or(0, str::len)
+        + jid.domain().len()
+        + jid.resource().map_or(0, |r| r.len() + 8)
+}
+
+/// Appends a JID's `sip:` URI to `out`, as [`jid_to_sip`] writes it; returns where
+/// in `out` the bare JID's URI ends.
+pub fn push_jid_sip(out: &mut String, jid: &Jid) -> usize {
+    out.push_str("sip:");
     if let Some(l) = jid.local() {
         // Without a backslash there is no XEP-0106 escape to undo.
         if l.contains('\\') {
-            push_encoded(&mut s, &unescape_node(l), is_user_char);
+            push_encoded(out, &unescape_node(l), &USER_CHARS);
         } else {
-            push_encoded(&mut s, l, is_user_char);
+            push_encoded(out, l, &USER_CHARS);
         }
-        s.push('@');
+        out.push('@');
     }
-    s.push_str(jid.domain());
-    let bare = s.len();
+    out.push_str(jid.domain());
+    let bare = out.len();
     if let Some(r) = jid.resource() {
-        s.push_str(";gr=");
+        out.push_str(";gr=");
         // A URI parameter value: keep it to unreserved characters.
-        push_encoded(&mut s, r, is_unreserved);
+        push_encoded(out, r, &UNRESERVED);
     }
-    (s, bare)
+    bare
 }
 
 #[cfg(test)]
@@ -172,6 +208,16 @@ mod tests {
 
     fn j(s: &str) -> Jid {
         Jid::parse(s).expect("jid")
+    }
+
+    #[test]
+    fn byte_sets_hold_the_rfc_3261_characters() {
+        for b in 0..=u8::MAX {
+            let user = b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b);
+            let unreserved = b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b);
+            assert_eq!(USER_CHARS.has(b), user, "{b}");
+            assert_eq!(UNRESERVED.has(b), unreserved, "{b}");
+        }
     }
 
     #[test]

@@ -9,8 +9,10 @@ use crate::jid::Jid;
 use crate::sip::message::{split_byte, split_once_byte, trim, Header};
 use crate::sip::uri::NameAddr;
 use crate::sip::SipMessage;
-use crate::translate::address::{jid_to_sip_split, sip_to_jid, uri_to_jid};
-use crate::xml::{ns, parse_document, Attribute, Element};
+use crate::translate::address::{
+    jid_to_sip_split, push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid,
+};
+use crate::xml::{ns, parse_document, Attribute, Element, Node};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const ISCOMPOSING: &str = "urn:ietf:params:xml:ns:im-iscomposing";
@@ -39,22 +41,21 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// A JID's string form, written without the formatting machinery.
-fn jid_string(jid: &Jid) -> String {
-    let (local, domain, resource) = (jid.local(), jid.domain(), jid.resource());
-    let mut s = String::with_capacity(
-        local.map_or(0, |l| l.len() + 1) + domain.len() + resource.map_or(0, |r| r.len() + 1),
-    );
-    if let Some(l) = local {
-        s.push_str(l);
-        s.push('@');
+/// An element's text, as `text_content` gives it, allocated once at its full size.
+fn text_of(el: &Element) -> String {
+    fn text(n: &Node) -> Option<&str> {
+        match n {
+            Node::Text(t) => Some(t),
+            Node::Element(_) => None,
+        }
     }
-    s.push_str(domain);
-    if let Some(r) = resource {
-        s.push('/');
-        s.push_str(r);
-    }
-    s
+    let len = el.children.iter().filter_map(text).map(str::len).sum();
+    let mut out = String::with_capacity(len);
+    el.children
+        .iter()
+        .filter_map(text)
+        .for_each(|t| out.push_str(t));
+    out
 }
 
 fn lang_of(el: &Element) -> Option<&str> {
@@ -108,8 +109,8 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
     let to = sip_to_jid(target)
         .map_err(|e| Refusal::new(416, format!("Unsupported URI Scheme ({e})")))?;
     let mut stanza = Element::new(ns::SERVER, "message")
-        .attr("from", &jid_string(&from))
-        .attr("to", &jid_string(&to))
+        .attr("from", from.as_str())
+        .attr("to", to.as_str())
         .attr("type", "chat")
         .attr("id", id);
     if let Some(lang) = msg.header("Content-Language") {
@@ -198,11 +199,11 @@ pub fn message_to_sip_between(
     tag: &str,
     call_id: &str,
 ) -> Result<Option<SipMessage>, String> {
-    let body = stanza.find(ns::SERVER, "body").map(|b| b.text_content());
+    let body = stanza.find(ns::SERVER, "body").map(text_of);
     let composing = stanza
         .elements()
         .find(|e| e.ns == CHATSTATES)
-        .map(|e| e.name.clone());
+        .map(|e| &*e.name);
     let (content_type, payload) = match (body, composing) {
         (Some(b), _) => ("text/plain;charset=UTF-8", b),
         (None, Some(state)) => {
@@ -217,14 +218,13 @@ pub fn message_to_sip_between(
     };
     let thread = stanza
         .find(ns::SERVER, "thread")
-        .map(|t| t.text_content())
+        .map(text_of)
         .filter(|t| !t.trim().is_empty());
     // One encoding of each JID: the To header is the Request-URI without `gr`.
     let (to_uri, to_bare) = jid_to_sip_split(to);
-    let (from_uri, _) = jid_to_sip_split(from);
-    let mut from_value = String::with_capacity(from_uri.len() + tag.len() + 7);
+    let mut from_value = String::with_capacity(sip_uri_capacity(from) + tag.len() + 7);
     from_value.push('<');
-    from_value.push_str(&from_uri);
+    push_jid_sip(&mut from_value, from);
     from_value.push_str(">;tag=");
     from_value.push_str(tag);
     let bare = to_uri.get(..to_bare).unwrap_or(&to_uri);
@@ -234,8 +234,8 @@ pub fn message_to_sip_between(
     to_value.push('>');
     // Names written here are canonical already; room for the Via and Max-Forwards
     // the SIP layer adds.
-    let header = |name: &str, value: String| Header {
-        name: name.to_owned(),
+    let header = |name: &'static str, value: String| Header {
+        name: Cow::Borrowed(name),
         value,
     };
     let mut headers = Vec::with_capacity(10);
@@ -248,10 +248,11 @@ pub fn message_to_sip_between(
     headers.push(header("CSeq", "1 MESSAGE".to_owned()));
     headers.push(header("Content-Type", content_type.to_owned()));
     if let Some(s) = stanza.find(ns::SERVER, "subject") {
-        headers.push(header(
-            "Subject",
-            s.text_content().replace(['\r', '\n'], " "),
-        ));
+        let mut subject = text_of(s);
+        if subject.contains(['\r', '\n']) {
+            subject = subject.replace(['\r', '\n'], " ");
+        }
+        headers.push(header("Subject", subject));
     }
     if let Some(lang) = lang_of(stanza) {
         headers.push(header("Content-Language", lang.to_owned()));
