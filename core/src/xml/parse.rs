@@ -46,8 +46,12 @@ pub(super) struct Tag<'a> {
 }
 
 struct Cursor<'a> {
+    s: &'a str,
     b: &'a [u8],
     at: usize,
+    /// The leading bytes known to hold no character XML forbids: text within them
+    /// is not checked again.
+    clean: usize,
 }
 
 fn is_space(b: u8) -> bool {
@@ -55,11 +59,66 @@ fn is_space(b: u8) -> bool {
 }
 
 /// Bytes that end a name.
-fn ends_name(b: u8) -> bool {
-    is_space(b) || matches!(b, b'/' | b'>' | b'=' | b'<' | b'\'' | b'"' | b'&')
+const NAME_END: [bool; 256] = {
+    let mut t = [false; 256];
+    let ends = b" \t\r\n/>=<'\"&";
+    let mut i = 0;
+    while i < ends.len() {
+        t[ends[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+struct RawName<'a> {
+    text: &'a str,
+    /// Printable ASCII only: nothing in it to check.
+    plain: bool,
+    colon: Option<usize>,
+}
+
+impl<'a> RawName<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// The name as text, checked.
+    fn text(&self) -> Result<&'a str, XmlError> {
+        if !self.plain {
+            xml_chars(self.text)?;
+        }
+        Ok(self.text)
+    }
+
+    /// Prefix and local part, split at the first colon.
+    fn split<'s>(&self, text: &'s str) -> Option<(&'s str, &'s str)> {
+        let at = self.colon?;
+        Some((text.get(..at)?, text.get(at + 1..)?))
+    }
 }
 
 impl<'a> Cursor<'a> {
+    fn new(s: &'a str, clean: usize) -> Self {
+        Cursor {
+            s,
+            b: s.as_bytes(),
+            at: 0,
+            clean,
+        }
+    }
+
+    /// The text between two markup bytes (always character boundaries).
+    fn piece(&self, from: usize, to: usize) -> Result<&'a str, XmlError> {
+        self.s
+            .get(from..to)
+            .ok_or_else(|| XmlError::NotWellFormed("markup inside a character".into()))
+    }
+
+    /// Whether text ending at `to` lies past what is known to be clean.
+    fn unchecked(&self, to: usize) -> bool {
+        to > self.clean
+    }
+
     fn peek(&self) -> Result<u8, Stop> {
         self.b.get(self.at).copied().ok_or(Stop::Incomplete)
     }
@@ -72,16 +131,25 @@ impl<'a> Cursor<'a> {
         self.at > from
     }
 
-    fn name(&mut self) -> Result<&'a [u8], Stop> {
+    /// The name at the cursor, with whether it is plain (printable ASCII, so
+    /// nothing in it needs checking beyond the conversion) and where its first
+    /// colon is.
+    fn name(&mut self) -> Result<RawName<'a>, Stop> {
         let from = self.at;
-        loop {
-            let b = self.peek()?;
-            if ends_name(b) {
-                break;
-            }
-            self.at += 1;
-        }
-        Ok(self.b.get(from..self.at).unwrap_or_default())
+        let rest = self.b.get(from..).unwrap_or_default();
+        let len = rest
+            .iter()
+            .position(|b| NAME_END[usize::from(*b)])
+            .ok_or(Stop::Incomplete)?;
+        let bytes = rest.get(..len).unwrap_or_default();
+        let plain = bytes.iter().all(|b| (0x20..0x80).contains(b));
+        let colon = bytes.iter().position(|b| *b == b':');
+        self.at += len;
+        Ok(RawName {
+            text: self.piece(from, self.at)?,
+            plain: plain || !self.unchecked(self.at),
+            colon,
+        })
     }
 }
 
@@ -90,13 +158,16 @@ impl<'a> Cursor<'a> {
 /// declarations in scope from outside (the stream header's).
 /// `open` is scratch space for the elements not yet closed, kept by the caller so
 /// that its allocation is reused.
+/// `clean` says how many leading bytes of `text` are known to hold no character
+/// XML forbids.
 pub(super) fn element(
-    bytes: &[u8],
+    text: &str,
+    clean: usize,
     outer: &[(String, String)],
     limits: &Limits,
     open: &mut Vec<Open>,
 ) -> Result<(Element, usize), Stop> {
-    let mut c = Cursor { b: bytes, at: 0 };
+    let mut c = Cursor::new(text, clean);
     if c.peek()? != b'<' {
         return Err(XmlError::NotWellFormed("text outside of any element".into()).into());
     }
@@ -109,7 +180,7 @@ pub(super) fn element(
         match c.peek()? {
             b'/' => {
                 c.at += 1;
-                let name = c.name()?;
+                let name = c.name()?.bytes();
                 c.skip_space();
                 if c.peek()? != b'>' {
                     return Err(XmlError::NotWellFormed(format!(
@@ -157,10 +228,10 @@ pub(super) fn element(
                 let Some(len) = memchr::memmem::find(body, b"]]>") else {
                     return Err(Stop::Incomplete);
                 };
-                let raw = body.get(..len).unwrap_or_default();
-                let text = std::str::from_utf8(raw)
-                    .map_err(|_| XmlError::NotWellFormed("CDATA is not UTF-8".into()))?;
-                xml_chars(text)?;
+                let text = c.piece(c.at, c.at + len)?;
+                if c.unchecked(c.at + len) {
+                    xml_chars(text)?;
+                }
                 append_text(stack, Cow::Borrowed(text))?;
                 c.at += len + 3;
             }
@@ -202,8 +273,9 @@ pub(super) fn element(
             return Err(Stop::Incomplete);
         };
         if len > 0 {
-            let raw = rest.get(..len).unwrap_or_default();
-            append_text(stack, unescape(raw, Context::Text)?)?;
+            let raw = c.piece(c.at, c.at + len)?;
+            let check = c.unchecked(c.at + len);
+            append_text(stack, unescape(raw, Context::Text, check)?)?;
         }
         c.at += len + 1;
     }
@@ -233,19 +305,15 @@ fn start_tag<'a>(
     limits: &Limits,
 ) -> Result<Tag<'a>, Stop> {
     let raw = c.name()?;
-    if raw.is_empty() {
+    if raw.text.is_empty() {
         return Err(XmlError::NotWellFormed("a tag without a name".into()).into());
     }
-    let qname = utf8_name(raw)?;
-    // Sized once: as many '=' as there are before the next '>' is about right.
-    let rest = c.b.get(c.at..).unwrap_or_default();
-    let tag_len = memchr::memchr(b'>', rest).unwrap_or(rest.len());
-    let guess = memchr::memchr_iter(b'=', rest.get(..tag_len).unwrap_or_default()).count();
-    let mut attrs: Vec<Attribute> = Vec::with_capacity(guess.min(limits.max_attributes));
+    let qname = raw.text()?;
+    let mut attrs: Vec<Attribute> = Vec::new();
     let mark = scope.len();
     let mut count = 0;
     // Prefixed attributes wait until every declaration on the tag is known.
-    let mut prefixed: Vec<(usize, &'a str)> = Vec::new();
+    let mut prefixed: Vec<(usize, &'a str, (&'a str, &'a str))> = Vec::new();
     let empty = loop {
         let spaced = c.skip_space();
         match c.peek()? {
@@ -289,14 +357,15 @@ fn start_tag<'a>(
         } else {
             0
         };
-        if raw_key.is_empty() || !matches!(quote, b'\'' | b'"') {
+        if raw_key.text.is_empty() || !matches!(quote, b'\'' | b'"') {
             return Err(XmlError::NotWellFormed(format!(
                 "a malformed attribute on <{qname}>: {}",
-                String::from_utf8_lossy(raw_key)
+                raw_key.text
             ))
             .into());
         }
-        let key = utf8_name(raw_key)?;
+        let key = raw_key.text()?;
+        let prefixed_key = raw_key.split(key);
         // Each key went to one of three places: look where this one would have.
         let twice = match key.strip_prefix("xmlns") {
             Some("") => scope
@@ -312,7 +381,7 @@ fn start_tag<'a>(
                     .iter()
                     .any(|(p, _)| *p == prefix)
             }
-            _ if key.contains(':') => prefixed.iter().any(|(_, k)| *k == key),
+            _ if prefixed_key.is_some() => prefixed.iter().any(|(_, k, _)| *k == key),
             _ => attrs.iter().any(|a| a.ns.is_none() && a.name == key),
         };
         if twice {
@@ -326,9 +395,15 @@ fn start_tag<'a>(
         let Some(len) = memchr::memchr(quote, rest) else {
             return Err(Stop::Incomplete);
         };
-        let raw_value = rest.get(..len).unwrap_or_default();
+        let raw_value = c.piece(c.at, c.at + len)?;
+        let check = c.unchecked(c.at + len);
         c.at += len + 1;
-        let value = unescape(raw_value, Context::Attribute(key))?;
+        let value = unescape(raw_value, Context::Attribute(key), check)?;
+        if attrs.capacity() == 0 {
+            // Room for a stanza's usual attributes at once (from, to, id, type,
+            // xml:lang), not four and then eight.
+            attrs.reserve(6);
+        }
         if key == "xmlns" {
             scope.push(("", value));
         } else if let Some(prefix) = key.strip_prefix("xmlns:") {
@@ -339,8 +414,8 @@ fn start_tag<'a>(
                 .into());
             }
             scope.push((prefix, value));
-        } else if key.contains(':') {
-            prefixed.push((attrs.len(), key));
+        } else if let Some(split) = prefixed_key {
+            prefixed.push((attrs.len(), key, split));
             attrs.push(Attribute {
                 ns: None,
                 name: Name::Borrowed(""),
@@ -364,21 +439,20 @@ fn start_tag<'a>(
                 .map(|(_, u)| name(u)),
         }
     };
-    let (ns_uri, local) = match qname.split_once(':') {
+    let (ns_uri, local) = match raw.split(qname) {
         Some((prefix, local)) => match lookup(prefix) {
             Some(u) => (u, local),
             None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>")).into()),
         },
         None => (lookup("").unwrap_or_default(), qname),
     };
-    for (at, key) in prefixed {
-        let (ns_attr, local) = match key.split_once(':') {
-            Some(("xml", local)) => (Name::Borrowed(ns::XML), local),
-            Some((prefix, local)) => match lookup(prefix) {
+    for (at, key, split) in prefixed {
+        let (ns_attr, local) = match split {
+            ("xml", local) => (Name::Borrowed(ns::XML), local),
+            (prefix, local) => match lookup(prefix) {
                 Some(u) => (u, local),
                 None => return Err(XmlError::BadNamespacePrefix(format!("attribute {key}")).into()),
             },
-            None => continue,
         };
         if let Some(a) = attrs.get_mut(at) {
             a.ns = Some(ns_attr);
@@ -397,10 +471,10 @@ fn start_tag<'a>(
 /// Reads the stream header's start tag (`bytes` starts with its `<`), returning it
 /// with the declarations it makes.
 pub(super) fn header_tag<'a>(
-    bytes: &'a [u8],
+    text: &'a str,
     limits: &Limits,
 ) -> Result<(Tag<'a>, Vec<(String, String)>), XmlError> {
-    let mut c = Cursor { b: bytes, at: 0 };
+    let mut c = Cursor::new(text, 0);
     let incomplete = || XmlError::NotWellFormed("the stream header is incomplete".into());
     if c.peek().map_err(|_| incomplete())? != b'<' {
         return Err(XmlError::NotWellFormed("expected the stream header".into()));
@@ -431,14 +505,14 @@ enum Context<'a> {
 }
 
 /// Character data or an attribute value with its references replaced, checked for
-/// UTF-8 and for characters XML does not allow. Borrowed when nothing is escaped.
-fn unescape<'a>(raw: &'a [u8], context: Context<'_>) -> Result<Cow<'a, str>, XmlError> {
-    let text = std::str::from_utf8(raw).map_err(|_| {
-        XmlError::NotWellFormed(match context {
-            Context::Text => "text is not UTF-8".to_owned(),
-            Context::Attribute(key) => format!("attribute {key} is not UTF-8"),
-        })
-    })?;
+/// characters XML does not allow (`check`: the raw text may hold some).
+/// Borrowed when nothing is escaped.
+fn unescape<'a>(
+    text: &'a str,
+    context: Context<'_>,
+    check: bool,
+) -> Result<Cow<'a, str>, XmlError> {
+    let raw = text.as_bytes();
     if let Context::Attribute(key) = context {
         if memchr::memchr(b'<', raw).is_some() {
             return Err(XmlError::NotWellFormed(format!(
@@ -447,7 +521,9 @@ fn unescape<'a>(raw: &'a [u8], context: Context<'_>) -> Result<Cow<'a, str>, Xml
         }
     }
     let Some(first) = memchr::memchr(b'&', raw) else {
-        xml_chars(text)?;
+        if check {
+            xml_chars(text)?;
+        }
         return Ok(Cow::Borrowed(text));
     };
     let mut out = String::with_capacity(text.len());
@@ -512,12 +588,4 @@ fn char_ref(code: &str) -> Option<char> {
     }
     let value = u32::from_str_radix(digits, radix).ok()?;
     char::from_u32(value)
-}
-
-/// A name as text, checked: borrowed from the tag, not copied.
-fn utf8_name(b: &[u8]) -> Result<&str, XmlError> {
-    let name = std::str::from_utf8(b)
-        .map_err(|_| XmlError::NotWellFormed("a name is not UTF-8".into()))?;
-    xml_chars(name)?;
-    Ok(name)
 }

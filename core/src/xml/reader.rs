@@ -139,6 +139,12 @@ pub struct StreamReader {
     open_names: Vec<(usize, usize)>,
     /// The parser's scratch space, kept for its allocation.
     open: Vec<parse::Open>,
+    /// The buffered bytes from `text_at` on, as far as they are known to be UTF-8,
+    /// so that each byte is checked once however many elements a read brought.
+    text: String,
+    text_at: usize,
+    /// Bytes before this index (and from `text_at`) hold no character XML forbids.
+    clean_to: usize,
     /// Tests compare the reader with quick-xml's parse of the same bytes.
     #[cfg(test)]
     oracle: bool,
@@ -156,6 +162,9 @@ impl StreamReader {
             seen_decl: false,
             open_names: Vec::new(),
             open: Vec::new(),
+            text: String::new(),
+            text_at: 0,
+            clean_to: 0,
             #[cfg(test)]
             oracle: false,
         }
@@ -166,6 +175,7 @@ impl StreamReader {
             self.buf.clear();
             self.pos = 0;
             self.scan = None;
+            self.text.clear();
         }
         self.buf.extend_from_slice(bytes);
     }
@@ -187,6 +197,7 @@ impl StreamReader {
     pub fn take_unconsumed(&mut self) -> Vec<u8> {
         let rest = self.buf.split_off(self.pos.min(self.buf.len()));
         self.buf.clear();
+        self.text.clear();
         self.pos = 0;
         self.scan = None;
         rest
@@ -253,6 +264,7 @@ impl StreamReader {
         if self.pos > 64 * 1024 {
             self.buf.drain(..self.pos);
             self.pos = 0;
+            self.text.clear();
         }
     }
 
@@ -496,7 +508,9 @@ impl StreamReader {
     }
 
     fn parse_header(&mut self, bytes: &[u8]) -> Result<StreamHeader, XmlError> {
-        let (tag, scope) = parse::header_tag(bytes, &self.limits)?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| XmlError::NotWellFormed("the stream header is not UTF-8".into()))?;
+        let (tag, scope) = parse::header_tag(text, &self.limits)?;
         if tag.ns != ns::STREAM || tag.local != "stream" {
             return Err(XmlError::InvalidNamespace(format!(
                 "the root element is {{{}}}{}, not {{{}}}stream",
@@ -541,13 +555,38 @@ impl StreamReader {
         if self.oracle {
             return super::oracle::parse_element(bytes, &self.scope, &self.limits);
         }
-        match parse::element(bytes, &self.scope, &self.limits, &mut self.open) {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| XmlError::NotWellFormed("the element is not UTF-8".into()))?;
+        match parse::element(text, 0, &self.scope, &self.limits, &mut self.open) {
             Ok((el, _)) => Ok(el),
             Err(parse::Stop::Bad(e)) => Err(e),
             Err(parse::Stop::Incomplete) => {
                 Err(XmlError::NotWellFormed("the element is incomplete".into()))
             }
         }
+    }
+
+    /// Extends `text` over the bytes pushed since, as far as they are UTF-8 (a
+    /// character split between reads waits for its end; invalid bytes stop it, and
+    /// the scanner's path reports them).
+    fn sync_text(&mut self) {
+        let end = self.text_at + self.text.len();
+        if self.text.is_empty() || self.pos < self.text_at || self.pos > end {
+            self.text.clear();
+            self.text_at = self.pos;
+            self.clean_to = self.pos;
+        }
+        let from = self.text_at + self.text.len();
+        let new = self.buf.get(from..).unwrap_or_default();
+        let valid = match std::str::from_utf8(new) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(new.get(..e.valid_up_to()).unwrap_or_default())
+                .unwrap_or_default(),
+        };
+        if self.clean_to == from {
+            self.clean_to = from + first_suspicious(valid.as_bytes()).unwrap_or(valid.len());
+        }
+        self.text.push_str(valid);
     }
 
     /// The common case, tried first: the next element is complete in the buffer and
@@ -569,9 +608,17 @@ impl StreamReader {
         if rest.first() != Some(&b'<') || matches!(rest.get(1), None | Some(b'/' | b'!' | b'?')) {
             return None;
         }
+        self.sync_text();
+        let window = self.text.get(self.pos.checked_sub(self.text_at)?..)?;
         // Never more than the limit allows: past it, the scanner says so.
-        let window = rest.get(..rest.len().min(self.limits.max_stanza_bytes))?;
-        let (el, len) = parse::element(window, &self.scope, &self.limits, &mut self.open).ok()?;
+        let mut end = window.len().min(self.limits.max_stanza_bytes);
+        while !window.is_char_boundary(end) {
+            end -= 1;
+        }
+        let window = window.get(..end)?;
+        let clean = self.clean_to.saturating_sub(self.pos);
+        let (el, len) =
+            parse::element(window, clean, &self.scope, &self.limits, &mut self.open).ok()?;
         self.pos += len;
         Some(el)
     }
@@ -634,27 +681,23 @@ pub(super) fn xml_chars(text: &str) -> Result<(), XmlError> {
 }
 
 /// Whether `bytes` holds a C0 control other than tab, LF and CR, or a 0xEF byte.
-/// Eight bytes at a time: a word with no byte below 0x20 and none equal to 0xEF
-/// is passed over without looking at its bytes one by one.
 fn suspicious(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let odd = |b: &u8| (*b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || *b == 0xEF;
-    let mut words = bytes.chunks_exact(8);
-    for chunk in &mut words {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        // A byte below 0x20, or a zero byte in w ^ 0xEF..EF: the classic
-        // has-less-than test, which may flag a word it need not, never the reverse.
-        let low = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        let ef = w ^ (ONES * 0xEF);
-        let ef = ef.wrapping_sub(ONES) & !ef & HIGH;
-        if (low | ef) != 0 && chunk.iter().any(odd) {
-            return true;
+    first_suspicious(bytes).is_some()
+}
+
+/// Where `bytes` first holds a C0 control other than tab, LF and CR, or a 0xEF
+/// byte. A block at a time, with no early exit inside a block, so that the
+/// compiler can test many bytes per instruction.
+fn first_suspicious(bytes: &[u8]) -> Option<usize> {
+    let odd = |b: u8| (b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') || b == 0xEF;
+    let mut at = 0;
+    for block in bytes.chunks(64) {
+        if block.iter().fold(false, |any, b| any | odd(*b)) {
+            return block.iter().position(|b| odd(*b)).map(|i| at + i);
         }
+        at += block.len();
     }
-    words.remainder().iter().any(odd)
+    None
 }
 
 /// `<?xml version='1.0' encoding='…'?>`: only UTF-8 is allowed (RFC 6120 §11.6).
@@ -802,8 +845,8 @@ mod tests {
                 .collect();
             let slow = bytes
                 .iter()
-                .any(|b| (*b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || *b == 0xEF);
-            assert_eq!(suspicious(&bytes), slow, "{bytes:?}");
+                .position(|b| (*b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || *b == 0xEF);
+            assert_eq!(first_suspicious(&bytes), slow, "{bytes:?}");
         }
     }
 
@@ -822,6 +865,26 @@ mod tests {
             );
         }
         assert!(read_all(&[format!("{H}<a b='&#9;'>&#xD;\t&#x10FFFF;</a>").as_bytes()]).is_ok());
+        // Fullwidth forms start with 0xEF too, and are fine.
+        assert!(read_all(&[format!("{H}<a b='\u{FF48}'>\u{FF49}\u{FEFF}</a>").as_bytes()]).is_ok());
+        // In one read: what precedes a bad character or byte is still delivered.
+        for bad in [
+            &b"<b>\x01</b>"[..],
+            b"<b>\xff</b>",
+            b"<b c='\xef\xbf\xbe'/>",
+        ] {
+            let mut r = StreamReader::new(Limits::default());
+            r.push(&[H.as_bytes(), b"<a>\xef\xbd\x88</a>", bad].concat());
+            assert!(matches!(r.next_event(), Ok(Some(StreamEvent::Header(_)))));
+            assert!(
+                matches!(r.next_event(), Ok(Some(StreamEvent::Element(e))) if e.text_content() == "\u{FF48}")
+            );
+            assert_eq!(
+                r.next_event().map_err(|e| e.condition()),
+                Err("not-well-formed"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
