@@ -16,15 +16,18 @@ fn chunks(data: &[u8]) -> (Vec<usize>, &[u8]) {
     (sizes, rest)
 }
 
-/// The XML reader on arbitrary bytes in arbitrary chunks: no panic, and memory
-/// bounded by the stanza limit plus one chunk.
+/// The XML reader on arbitrary bytes in arbitrary chunks: no panic, memory bounded
+/// by the stanza limit plus one chunk, and the same events and errors as a reader
+/// that parses each element with quick-xml, but where the reader alone refuses
+/// as malformed what XML forbids and quick-xml lets through.
 pub fn xml_reader(data: &[u8]) {
     let limits = XmlLimits {
         max_stanza_bytes: 4096,
         ..XmlLimits::default()
     };
     let (sizes, mut rest) = chunks(data);
-    let mut r = StreamReader::new(limits);
+    let mut ours = Transcript::new(StreamReader::new(limits));
+    let mut theirs = Transcript::new(StreamReader::quick_xml_oracle(limits));
     let mut i = 0;
     while !rest.is_empty() {
         let n = sizes
@@ -35,23 +38,63 @@ pub fn xml_reader(data: &[u8]) {
         let (chunk, tail) = rest.split_at(n);
         rest = tail;
         i += 1;
-        r.push(chunk);
+        ours.feed(chunk);
+        theirs.feed(chunk);
+        assert!(
+            ours.reader.buffered_len() <= limits.max_stanza_bytes + 64 + 8192,
+            "the reader holds {} bytes",
+            ours.reader.buffered_len()
+        );
+    }
+    if ours.events != theirs.events {
+        let same = ours
+            .events
+            .iter()
+            .zip(&theirs.events)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert_eq!(
+            ours.events.get(same..),
+            Some(&[Err("not-well-formed")][..]),
+            "the reader parts from quick-xml at event {same}: quick-xml has {:?}",
+            theirs.events.get(same)
+        );
+    }
+}
+
+/// What one reader made of the input: its events, and its error by condition.
+struct Transcript {
+    reader: StreamReader,
+    events: Vec<Result<StreamEvent, &'static str>>,
+}
+
+impl Transcript {
+    fn new(reader: StreamReader) -> Self {
+        Transcript {
+            reader,
+            events: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        self.reader.push(chunk);
         loop {
-            match r.next_event() {
-                Ok(Some(StreamEvent::Element(e))) => {
-                    if e.name == "proceed" || e.name == "success" {
-                        r.restart();
+            match self.reader.next_event() {
+                Ok(Some(event)) => {
+                    if let StreamEvent::Element(e) = &event {
+                        if e.name == "proceed" || e.name == "success" {
+                            self.reader.restart();
+                        }
                     }
+                    self.events.push(Ok(event));
                 }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(e) => {
+                    self.events.push(Err(e.condition()));
+                    break;
+                }
             }
         }
-        assert!(
-            r.buffered_len() <= limits.max_stanza_bytes + 64 + 8192,
-            "the reader holds {} bytes",
-            r.buffered_len()
-        );
     }
 }
 

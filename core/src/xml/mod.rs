@@ -1,6 +1,6 @@
 //! XMPP's restricted XML: an incremental stream reader, a writer, and the element tree.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "oracle"))]
 mod oracle;
 mod parse;
 mod reader;

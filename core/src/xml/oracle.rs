@@ -49,7 +49,7 @@ pub(super) fn parse_element(
             }
             Event::Text(t) => {
                 let text = t
-                    .xml_content()
+                    .xml10_content()
                     .map_err(|e| XmlError::NotWellFormed(format!("text: {e}")))?;
                 append_text(&mut stack, &text)?;
             }

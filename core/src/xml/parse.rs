@@ -520,17 +520,31 @@ fn unescape<'a>(
             )));
         }
     }
-    let Some(first) = memchr::memchr(b'&', raw) else {
+    // Character data has its line ends normalised (XML 1.0 §2.11); what a
+    // reference writes is kept as it is.
+    let eol = matches!(context, Context::Text);
+    let special = if eol {
+        memchr::memchr2(b'&', b'\r', raw)
+    } else {
+        memchr::memchr(b'&', raw)
+    };
+    if special.is_none() {
         if check {
             xml_chars(text)?;
         }
         return Ok(Cow::Borrowed(text));
+    }
+    let literal = |out: &mut String, run: &str| {
+        if eol {
+            push_normalised_eols(out, run);
+        } else {
+            out.push_str(run);
+        }
     };
     let mut out = String::with_capacity(text.len());
-    out.push_str(text.get(..first).unwrap_or_default());
-    let mut rest = text.get(first..).unwrap_or_default();
+    let mut rest = text;
     while let Some(amp) = rest.find('&') {
-        out.push_str(rest.get(..amp).unwrap_or_default());
+        literal(&mut out, rest.get(..amp).unwrap_or_default());
         let after = rest.get(amp + 1..).unwrap_or_default();
         let Some(semi) = after.find(';') else {
             return Err(XmlError::NotWellFormed(
@@ -572,9 +586,23 @@ fn unescape<'a>(
         out.push(c);
         rest = after.get(semi + 1..).unwrap_or_default();
     }
-    out.push_str(rest);
+    literal(&mut out, rest);
     xml_chars(&out)?;
     Ok(Cow::Owned(out))
+}
+
+/// `\r\n` and a lone `\r` become `\n`.
+fn push_normalised_eols(out: &mut String, run: &str) {
+    let mut rest = run;
+    while let Some(cr) = rest.find('\r') {
+        out.push_str(rest.get(..cr).unwrap_or_default());
+        out.push('\n');
+        rest = rest.get(cr + 1..).unwrap_or_default();
+        if let Some(after) = rest.strip_prefix('\n') {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
 }
 
 /// `#x1F389` or `#127881`, without the `&#` and `;`.

@@ -146,7 +146,7 @@ pub struct StreamReader {
     /// Bytes before this index (and from `text_at`) hold no character XML forbids.
     clean_to: usize,
     /// Tests compare the reader with quick-xml's parse of the same bytes.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "oracle"))]
     oracle: bool,
 }
 
@@ -165,9 +165,18 @@ impl StreamReader {
             text: String::new(),
             text_at: 0,
             clean_to: 0,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "oracle"))]
             oracle: false,
         }
+    }
+
+    /// A reader that parses each element with quick-xml (the scanner and the
+    /// header are shared): the reference the reader is compared with.
+    #[cfg(any(test, feature = "oracle"))]
+    pub fn quick_xml_oracle(limits: Limits) -> Self {
+        let mut r = StreamReader::new(limits);
+        r.oracle = true;
+        r
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -551,7 +560,7 @@ impl StreamReader {
     /// A complete element, as the scanner delimited it.
     fn parse_element(&mut self, start: usize, end: usize) -> Result<Element, XmlError> {
         let bytes = self.buf.get(start..end).unwrap_or_default();
-        #[cfg(test)]
+        #[cfg(any(test, feature = "oracle"))]
         if self.oracle {
             return super::oracle::parse_element(bytes, &self.scope, &self.limits);
         }
@@ -593,7 +602,7 @@ impl StreamReader {
     /// parses in one pass. Anything else (bytes missing, an error) is left to the
     /// scanner, which resumes across reads and reports errors as it finds them.
     fn try_element(&mut self) -> Option<Element> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "oracle"))]
         if self.oracle {
             return None;
         }
@@ -1091,6 +1100,10 @@ mod tests {
             "hi",
             " ",
             "&amp;",
+            "\r\n",
+            "\r",
+            "&#13;\n",
+            "\u{2028}\u{85}",
             "&gt;&quot;&apos;",
             "&#x1F389;",
             "caf\u{e9}",
