@@ -534,17 +534,23 @@ fn unescape<'a>(
         }
         return Ok(Cow::Borrowed(text));
     }
-    let literal = |out: &mut String, run: &str| {
+    // Checked piece by piece, so that the first fault in document order is the
+    // one reported.
+    let literal = |out: &mut String, run: &str| -> Result<(), XmlError> {
+        if check {
+            xml_chars(run)?;
+        }
         if eol {
             push_normalised_eols(out, run);
         } else {
             out.push_str(run);
         }
+        Ok(())
     };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(amp) = rest.find('&') {
-        literal(&mut out, rest.get(..amp).unwrap_or_default());
+        literal(&mut out, rest.get(..amp).unwrap_or_default())?;
         let after = rest.get(amp + 1..).unwrap_or_default();
         let Some(semi) = after.find(';') else {
             return Err(XmlError::NotWellFormed(
@@ -583,11 +589,11 @@ fn unescape<'a>(
                 }
             },
         };
+        xml_chars(c.encode_utf8(&mut [0; 4]))?;
         out.push(c);
         rest = after.get(semi + 1..).unwrap_or_default();
     }
-    literal(&mut out, rest);
-    xml_chars(&out)?;
+    literal(&mut out, rest)?;
     Ok(Cow::Owned(out))
 }
 
