@@ -60,10 +60,11 @@ pub struct Persist {
     pub item: Item,
 }
 
-/// The working set.
+/// The working set, by SIP user and then contact: nested so that a lookup borrows
+/// both keys instead of building an owned pair.
 #[derive(Clone, Debug, Default)]
 pub struct Roster {
-    items: BTreeMap<(String, String), Item>,
+    items: BTreeMap<String, BTreeMap<String, Item>>,
 }
 
 impl Roster {
@@ -72,7 +73,7 @@ impl Roster {
         let mut r = Roster::default();
         for p in records {
             if p.item != Item::default() {
-                r.items.insert((p.local, p.remote), p.item);
+                r.items.entry(p.local).or_default().insert(p.remote, p.item);
             }
         }
         r
@@ -80,7 +81,8 @@ impl Roster {
 
     pub fn get(&self, local: &str, remote: &str) -> Item {
         self.items
-            .get(&(local.to_owned(), remote.to_owned()))
+            .get(local)
+            .and_then(|contacts| contacts.get(remote))
             .copied()
             .unwrap_or_default()
     }
@@ -90,11 +92,18 @@ impl Roster {
         if self.get(local, remote) == item {
             return None;
         }
-        let key = (local.to_owned(), remote.to_owned());
         if item == Item::default() {
-            self.items.remove(&key);
+            if let Some(contacts) = self.items.get_mut(local) {
+                contacts.remove(remote);
+                if contacts.is_empty() {
+                    self.items.remove(local);
+                }
+            }
         } else {
-            self.items.insert(key, item);
+            self.items
+                .entry(local.to_owned())
+                .or_default()
+                .insert(remote.to_owned(), item);
         }
         Some(Persist {
             local: local.to_owned(),
@@ -104,8 +113,12 @@ impl Roster {
     }
 
     /// Every SIP user watched by `remote`, or watching it.
-    pub fn pairs(&self) -> impl Iterator<Item = (&(String, String), &Item)> {
-        self.items.iter()
+    pub fn pairs(&self) -> impl Iterator<Item = ((&str, &str), &Item)> {
+        self.items.iter().flat_map(|(local, contacts)| {
+            contacts
+                .iter()
+                .map(move |(remote, item)| ((local.as_str(), remote.as_str()), item))
+        })
     }
 }
 

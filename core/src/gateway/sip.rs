@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{error_reply, Event, Gateway, Output};
 use crate::jid::Jid;
 use crate::sip::transaction::{ClientTransaction, ServerTransaction, Timers, TxAction};
-use crate::sip::uri::Via;
+use crate::sip::uri::ViaRef;
 use crate::sip::{SipError, SipLimits, SipMessage, StartLine};
 use crate::translate::error::sip_to_condition;
 use crate::translate::message::{message_to_sip_between, sip_to_message};
@@ -97,12 +98,57 @@ fn malformed_reply(bytes: &[u8], e: &SipError) -> Option<SipMessage> {
 /// Methods this gateway answers, for `Allow`.
 const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 
+/// An FxHash-style hasher for maps whose keys the gateway makes itself (its own
+/// random branches, its connection ids), so none can be chosen to collide:
+/// SipHash's resistance is not needed there and costs several times more per
+/// lookup. Maps keyed by what peers send keep the default hasher.
+#[derive(Default)]
+pub(super) struct OwnKeyHasher(u64);
+
+impl OwnKeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for OwnKeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(c.try_into().map_or(0, u64::from_le_bytes));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type OwnKeys = BuildHasherDefault<OwnKeyHasher>;
+
 #[derive(Default)]
 pub(super) struct SipState {
+    /// Keyed by the peer's branch and sent-by: the default (keyed) hasher.
     server: HashMap<String, ServerTx>,
-    pub(super) client: HashMap<String, ClientTx>,
+    /// Keyed by our own branches.
+    pub(super) client: HashMap<String, ClientTx, OwnKeys>,
     /// SIP over TCP or TLS: each accepted connection's framing and TLS state.
-    streams: HashMap<super::ConnId, SipStream>,
+    streams: HashMap<super::ConnId, SipStream, OwnKeys>,
     /// Transaction deadlines, earliest first: (when, sequence, client?, key). The
     /// sequence number makes deadlines that fall together fire in the order they
     /// were set, so simultaneous timeouts are reported in the order the requests
@@ -243,18 +289,23 @@ fn addresses_of(stanza: &Element) -> Option<(Jid, Jid)> {
 }
 
 fn server_key(msg: &SipMessage) -> Option<String> {
-    let via = Via::parse(msg.header_values("Via").first()?).ok()?;
+    let via = ViaRef::parse(msg.first_value("Via")?).ok()?;
     let method = match msg.method()? {
         // An ACK or CANCEL belongs to the INVITE transaction it refers to.
         "ACK" | "CANCEL" => "INVITE",
         m => m,
     };
-    Some(format!(
-        "{}|{}:{}|{method}",
-        via.branch()?,
-        via.host,
-        via.port.unwrap_or(5060)
-    ))
+    let branch = via.branch()?;
+    // "{branch}|{host}:{port}|{method}"
+    let mut key = String::with_capacity(branch.len() + via.host.len() + method.len() + 8);
+    key.push_str(branch);
+    key.push('|');
+    key.push_str(via.host);
+    key.push(':');
+    push_decimal(&mut key, u32::from(via.port.unwrap_or(5060)));
+    key.push('|');
+    key.push_str(method);
+    Some(key)
 }
 
 impl Gateway {
@@ -321,12 +372,17 @@ impl Gateway {
         if request.header("Max-Forwards").is_none() {
             request.push_header("Max-Forwards", "70");
         }
-        let (tx, actions) = ClientTransaction::start(request, false, Timers::default(), now);
+        let tx = ClientTransaction::begin(request, false, Timers::default(), now);
+        // The first send, as `ClientTransaction::start` would ask for it.
+        let bytes = tx.request().to_bytes();
         self.sip
             .client
             .insert(branch.clone(), ClientTx { tx, purpose });
         self.sip_schedule(true, &branch);
-        self.sip_transmit(next_hop, actions);
+        self.out.push(Output::SipSend {
+            to: next_hop,
+            bytes,
+        });
     }
 
     /// Puts a transaction's next deadline on the timer heap.
@@ -351,14 +407,6 @@ impl Gateway {
             to,
             bytes: msg.to_bytes(),
         });
-    }
-
-    fn sip_transmit(&mut self, to: SocketAddr, actions: Vec<TxAction>) {
-        for a in actions {
-            if let TxAction::Transmit(m) = a {
-                self.sip_send(to, &m);
-            }
-        }
     }
 
     /// Sends to where a request came from: the datagram's source, or its connection.
@@ -860,9 +908,8 @@ impl Gateway {
 
     fn sip_response(&mut self, msg: SipMessage, now: Instant) {
         let Some(branch) = msg
-            .header_values("Via")
-            .first()
-            .and_then(|v| Via::parse(v).ok())
+            .first_value("Via")
+            .and_then(|v| ViaRef::parse(v).ok())
             .and_then(|v| v.branch().map(str::to_owned))
         else {
             return;

@@ -249,6 +249,32 @@ pub fn split_list(value: &str) -> Vec<String> {
     out
 }
 
+/// The first of [`split_list`]'s values, borrowed.
+fn first_of_list(value: &str) -> Option<&str> {
+    if memchr::memchr3(b',', b'"', b'<', value.as_bytes()).is_none() {
+        let v = trim(value);
+        return (!v.is_empty()).then_some(v);
+    }
+    // The scan of `split_list`, stopped at the first split.
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    for (i, &b) in value.as_bytes().iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => return Some(value.get(..i).unwrap_or_default().trim()),
+            _ => {}
+        }
+    }
+    let last = value.trim();
+    (!last.is_empty()).then_some(last)
+}
+
 impl SipMessage {
     pub fn request(method: &str, uri: &str) -> Self {
         SipMessage {
@@ -334,6 +360,22 @@ impl SipMessage {
             }
         }
         out
+    }
+
+    /// The first of [`SipMessage::header_values`], borrowed: the top Via, say.
+    pub fn first_value(&self, name: &str) -> Option<&str> {
+        let name = canonical(name);
+        let list = is_list_header(&name);
+        self.headers
+            .iter()
+            .filter(|h| h.name == *name)
+            .find_map(|h| {
+                if list {
+                    first_of_list(&h.value)
+                } else {
+                    Some(h.value.as_str())
+                }
+            })
     }
 
     pub fn call_id(&self) -> Option<&str> {
@@ -1195,6 +1237,29 @@ mod tests {
             ("é,ü", vec!["é", "ü"]),
         ] {
             assert_eq!(split_list(v), want, "{v:?}");
+        }
+        let mut rng = crate::rng::Rng::new(11);
+        let alphabet = b"a ,\"\\<>";
+        for _ in 0..20_000 {
+            let len = (rng.next_u64() % 10) as usize;
+            let v: String = (0..len)
+                .map(|_| char::from(alphabet[(rng.next_u64() as usize) % alphabet.len()]))
+                .collect();
+            let want = split_list(&v);
+            assert_eq!(first_of_list(&v), want.first().map(String::as_str), "{v:?}");
+            let m = SipMessage::response(200, "OK")
+                .with("Via", &v)
+                .with("To", &v)
+                .with("v", "x, y");
+            assert_eq!(
+                m.first_value("Via"),
+                m.header_values("Via").first().map(String::as_str),
+                "{v:?}"
+            );
+            assert_eq!(
+                m.first_value("t"),
+                m.header_values("To").first().map(String::as_str)
+            );
         }
         assert_eq!(find_head_end(b"a\r\n\r\nb"), Some((1, 4)));
         assert_eq!(find_head_end(b"a\n\nb\r\n\r\n"), Some((1, 2)));

@@ -72,16 +72,24 @@ impl ClientTransaction {
         timers: Timers,
         now: Instant,
     ) -> (Self, Vec<TxAction>) {
-        let tx = ClientTransaction {
+        let tx = Self::begin(request, reliable, timers, now);
+        let first = tx.request.clone();
+        (tx, vec![TxAction::Transmit(first)])
+    }
+
+    /// As [`ClientTransaction::start`], leaving the first send of
+    /// [`ClientTransaction::request`] to the caller: no copy of the request is made
+    /// to be sent.
+    pub fn begin(request: SipMessage, reliable: bool, timers: Timers, now: Instant) -> Self {
+        ClientTransaction {
             timer_e: (!reliable).then_some((now + timers.t1, timers.t1)),
             timer_f: Some(now + timers.timeout()),
             timer_k: None,
-            request: request.clone(),
+            request,
             reliable,
             timers,
             state: State::Trying,
-        };
-        (tx, vec![TxAction::Transmit(request)])
+        }
     }
 
     pub fn request(&self) -> &SipMessage {

@@ -12,24 +12,28 @@ pub struct Param {
     pub value: Option<String>,
 }
 
-fn parse_params(text: &str) -> Vec<Param> {
+/// The parameters of `;`-separated text as borrowed (name, value) pairs, empty
+/// ones skipped.
+fn params_of(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
     split_byte(text, b';')
         .filter(|p| !trim(p).is_empty())
         .map(|p| match split_once_byte(p, b'=') {
-            Some((n, v)) => Param {
-                name: trim(n).to_owned(),
-                value: Some(trim(v).to_owned()),
-            },
-            None => Param {
-                name: trim(p).to_owned(),
-                value: None,
-            },
+            Some((n, v)) => (trim(n), Some(trim(v))),
+            None => (trim(p), None),
+        })
+}
+
+fn parse_params(text: &str) -> Vec<Param> {
+    params_of(text)
+        .map(|(name, value)| Param {
+            name: name.to_owned(),
+            value: value.map(str::to_owned),
         })
         .collect()
 }
 
-/// `host[:port]` or `[v6][:port]`.
-fn host_port(hostport: &str) -> Result<(String, Option<u16>), &'static str> {
+/// `host[:port]` or `[v6][:port]`; an IPv6 host keeps its brackets.
+fn host_port(hostport: &str) -> Result<(&str, Option<u16>), &'static str> {
     if let Some(v6) = hostport.strip_prefix('[') {
         let (addr, after) = split_once_byte(v6, b']').ok_or("unclosed IPv6 reference")?;
         let port = match after.strip_prefix(':') {
@@ -37,19 +41,16 @@ fn host_port(hostport: &str) -> Result<(String, Option<u16>), &'static str> {
             None if after.is_empty() => None,
             None => return Err("junk after IPv6 reference"),
         };
-        let mut host = String::with_capacity(addr.len() + 2);
-        host.push('[');
-        host.push_str(addr);
-        host.push(']');
-        Ok((host, port))
+        // '[' and ']' are one byte each: the host is the reference as written.
+        Ok((hostport.get(..addr.len() + 2).unwrap_or(hostport), port))
     } else {
         match memchr::memrchr(b':', hostport.as_bytes()) {
             Some(i) => {
                 let h = hostport.get(..i).unwrap_or_default();
                 let p = hostport.get(i + 1..).unwrap_or_default();
-                Ok((h.to_owned(), Some(p.parse().map_err(|_| "bad port")?)))
+                Ok((h, Some(p.parse().map_err(|_| "bad port")?)))
             }
-            None => Ok((hostport.to_owned(), None)),
+            None => Ok((hostport, None)),
         }
     }
 }
@@ -130,7 +131,7 @@ impl SipUri {
             scheme: scheme.to_ascii_lowercase(),
             user,
             password,
-            host,
+            host: host.to_owned(),
             port,
             params,
             headers,
@@ -277,48 +278,12 @@ pub struct Via {
 
 impl Via {
     pub fn parse(text: &str) -> Result<Via, SipError> {
-        let bad = |why: &str| {
-            SipError::Malformed(format!(
-                "Via '{}': {why}",
-                text.chars().take(60).collect::<String>()
-            ))
-        };
-        let text = text.trim();
-        let rest = text
-            .get(..8)
-            .filter(|p| p.eq_ignore_ascii_case("SIP/2.0/"))
-            .and_then(|_| text.get(8..))
-            .ok_or_else(|| bad("not SIP/2.0"))?;
-        let (transport, rest) = rest
-            .split_once(|c: char| c.is_whitespace())
-            .ok_or_else(|| bad("no sent-by"))?;
-        let rest = rest.trim_start();
-        let (sent_by, params) = match split_once_byte(rest, b';') {
-            Some((s, p)) => (trim(s), parse_params(p)),
-            None => (trim(rest), Vec::new()),
-        };
-        // Read as the host part of `sip:{sent_by}` would be: a user part before '@'
-        // must not be empty and is dropped, as are URI headers after '?'.
-        let hostpart = match split_once_byte(sent_by, b'@') {
-            Some((userinfo, hostpart)) => {
-                let user = split_once_byte(userinfo, b':').map_or(userinfo, |(u, _)| u);
-                if user.is_empty() {
-                    return Err(bad("bad sent-by"));
-                }
-                hostpart
-            }
-            None => sent_by,
-        };
-        let hostport = split_once_byte(hostpart, b'?').map_or(hostpart, |(h, _)| h);
-        let (host, port) = host_port(hostport).map_err(|_| bad("bad sent-by"))?;
-        if host.is_empty() {
-            return Err(bad("bad sent-by"));
-        }
+        let v = ViaRef::parse(text)?;
         Ok(Via {
-            transport: transport.to_ascii_uppercase(),
-            host,
-            port,
-            params,
+            transport: v.transport.to_ascii_uppercase(),
+            host: v.host.to_owned(),
+            port: v.port,
+            params: parse_params(v.params),
         })
     }
 
@@ -338,6 +303,73 @@ impl fmt::Display for Via {
             write!(f, ":{p}")?;
         }
         write_params(f, &self.params)
+    }
+}
+
+/// A Via value read in place, as [`Via::parse`] reads it: what the transaction
+/// layer looks up per message (branch, sent-by) without copying it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ViaRef<'a> {
+    /// As written (`Via::parse` upper-cases it).
+    pub(crate) transport: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) port: Option<u16>,
+    /// The text after the sent-by's `;`, empty when there is none.
+    params: &'a str,
+}
+
+impl<'a> ViaRef<'a> {
+    pub(crate) fn parse(text: &'a str) -> Result<ViaRef<'a>, SipError> {
+        let bad = |why: &str| {
+            SipError::Malformed(format!(
+                "Via '{}': {why}",
+                text.chars().take(60).collect::<String>()
+            ))
+        };
+        let text = text.trim();
+        let rest = text
+            .get(..8)
+            .filter(|p| p.eq_ignore_ascii_case("SIP/2.0/"))
+            .and_then(|_| text.get(8..))
+            .ok_or_else(|| bad("not SIP/2.0"))?;
+        let (transport, rest) = rest
+            .split_once(|c: char| c.is_whitespace())
+            .ok_or_else(|| bad("no sent-by"))?;
+        let rest = rest.trim_start();
+        let (sent_by, params) = match split_once_byte(rest, b';') {
+            Some((s, p)) => (trim(s), p),
+            None => (trim(rest), ""),
+        };
+        // Read as the host part of `sip:{sent_by}` would be: a user part before '@'
+        // must not be empty and is dropped, as are URI headers after '?'.
+        let hostpart = match split_once_byte(sent_by, b'@') {
+            Some((userinfo, hostpart)) => {
+                let user = split_once_byte(userinfo, b':').map_or(userinfo, |(u, _)| u);
+                if user.is_empty() {
+                    return Err(bad("bad sent-by"));
+                }
+                hostpart
+            }
+            None => sent_by,
+        };
+        let hostport = split_once_byte(hostpart, b'?').map_or(hostpart, |(h, _)| h);
+        let (host, port) = host_port(hostport).map_err(|_| bad("bad sent-by"))?;
+        if host.is_empty() {
+            return Err(bad("bad sent-by"));
+        }
+        Ok(ViaRef {
+            transport,
+            host,
+            port,
+            params,
+        })
+    }
+
+    /// As [`Via::branch`]: the value of the first `branch` parameter.
+    pub(crate) fn branch(&self) -> Option<&'a str> {
+        params_of(self.params)
+            .find(|(name, _)| name.eq_ignore_ascii_case("branch"))
+            .and_then(|(_, value)| value)
     }
 }
 
@@ -425,6 +457,25 @@ mod tests {
             let text = format!("SIP/2.0/UDP {}", random_text(&mut rng, &alphabet, 16));
             let got = Via::parse(&text).map(|v| (v.host, v.port)).map_err(|_| ());
             assert_eq!(got, reference(&text), "{text:?}");
+            let borrowed = ViaRef::parse(&text);
+            assert_eq!(
+                borrowed
+                    .map(|v| (v.host.to_owned(), v.port))
+                    .map_err(|_| ()),
+                got,
+                "{text:?}"
+            );
+        }
+        let params: Vec<char> = "bBrRanch=;x1 \t".chars().collect();
+        for _ in 0..20_000 {
+            let text = format!("SIP/2.0/udp h:1;{}", random_text(&mut rng, &params, 24));
+            let (owned, borrowed) = (Via::parse(&text), ViaRef::parse(&text));
+            assert_eq!(
+                owned.as_ref().ok().and_then(Via::branch),
+                borrowed.ok().and_then(|v| v.branch()),
+                "{text:?}"
+            );
+            assert_eq!(owned.map(|v| v.transport), Ok("UDP".to_owned()));
         }
     }
 
