@@ -210,69 +210,58 @@ fn is_list_header(name: &str) -> bool {
 
 /// Splits a header value at commas outside quotes and angle brackets.
 pub fn split_list(value: &str) -> Vec<String> {
-    // Without a comma, quote or '<' there is nothing to split or protect: one value.
-    if memchr::memchr3(b',', b'"', b'<', value.as_bytes()).is_none() {
-        let v = trim(value);
-        return if v.is_empty() {
-            Vec::new()
-        } else {
-            vec![v.to_owned()]
-        };
-    }
-    let mut out = Vec::new();
-    // Bytewise: every delimiter is ASCII, and an escape skipping only the lead byte
-    // of a multi-byte character is harmless since continuation bytes are never
-    // delimiters.
-    let mut start = 0;
-    let (mut quoted, mut angle, mut escaped) = (false, false, false);
-    for (i, &b) in value.as_bytes().iter().enumerate() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match b {
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b'<' if !quoted => angle = true,
-            b'>' if !quoted => angle = false,
-            b',' if !quoted && !angle => {
-                out.push(value.get(start..i).unwrap_or_default().trim().to_owned());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    let last = value.get(start..).unwrap_or_default().trim();
-    if !last.is_empty() || !out.is_empty() {
-        out.push(last.to_owned());
-    }
-    out
+    list_values(value).map(str::to_owned).collect()
 }
 
 /// The first of [`split_list`]'s values, borrowed.
 fn first_of_list(value: &str) -> Option<&str> {
-    if memchr::memchr3(b',', b'"', b'<', value.as_bytes()).is_none() {
-        let v = trim(value);
-        return (!v.is_empty()).then_some(v);
-    }
-    // The scan of `split_list`, stopped at the first split.
-    let (mut quoted, mut angle, mut escaped) = (false, false, false);
-    for (i, &b) in value.as_bytes().iter().enumerate() {
-        if escaped {
-            escaped = false;
-            continue;
+    list_values(value).next()
+}
+
+/// The values of a comma-separated header, borrowed and trimmed: what
+/// [`split_list`] returns and [`first_of_list`] stops at the first of.
+fn list_values(value: &str) -> impl Iterator<Item = &str> {
+    // Without a comma, quote or '<' there is nothing to split or protect: one value.
+    let plain = memchr::memchr3(b',', b'"', b'<', value.as_bytes()).is_none();
+    let mut start = 0;
+    let mut split = false;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-        match b {
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b'<' if !quoted => angle = true,
-            b'>' if !quoted => angle = false,
-            b',' if !quoted && !angle => return Some(value.get(..i).unwrap_or_default().trim()),
-            _ => {}
+        if plain {
+            done = true;
+            let v = trim(value);
+            return (!v.is_empty()).then_some(v);
         }
-    }
-    let last = value.trim();
-    (!last.is_empty()).then_some(last)
+        // Bytewise: every delimiter is ASCII, and an escape skipping only the lead
+        // byte of a multi-byte character is harmless since continuation bytes are
+        // never delimiters. At a split nothing is open, so each value starts afresh.
+        let (mut quoted, mut angle, mut escaped) = (false, false, false);
+        let rest = value.get(start..).unwrap_or_default();
+        for (i, &b) in rest.as_bytes().iter().enumerate() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match b {
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b'<' if !quoted => angle = true,
+                b'>' if !quoted => angle = false,
+                b',' if !quoted && !angle => {
+                    start += i + 1;
+                    split = true;
+                    return Some(rest.get(..i).unwrap_or_default().trim());
+                }
+                _ => {}
+            }
+        }
+        done = true;
+        let last = rest.trim();
+        (!last.is_empty() || split).then_some(last)
+    })
 }
 
 impl SipMessage {

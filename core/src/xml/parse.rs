@@ -54,7 +54,7 @@ struct Cursor<'a> {
     clean: usize,
 }
 
-fn is_space(b: u8) -> bool {
+pub(super) fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 

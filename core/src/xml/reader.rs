@@ -283,14 +283,7 @@ impl StreamReader {
         let mut scan = match self.scan {
             Some(s) => s,
             None => {
-                // Skip whitespace (keep-alives) between constructs.
-                while let Some(b) = self.buf.get(self.pos) {
-                    if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
-                        self.pos += 1;
-                    } else {
-                        break;
-                    }
-                }
+                self.skip_keepalives();
                 match self.buf.get(self.pos) {
                     None => return Ok(None),
                     Some(b'<') => {}
@@ -598,6 +591,13 @@ impl StreamReader {
         self.text.push_str(valid);
     }
 
+    /// Passes over whitespace (keep-alives) between constructs.
+    fn skip_keepalives(&mut self) {
+        while self.buf.get(self.pos).is_some_and(|b| parse::is_space(*b)) {
+            self.pos += 1;
+        }
+    }
+
     /// The common case, tried first: the next element is complete in the buffer and
     /// parses in one pass. Anything else (bytes missing, an error) is left to the
     /// scanner, which resumes across reads and reports errors as it finds them.
@@ -606,13 +606,7 @@ impl StreamReader {
         if self.oracle {
             return None;
         }
-        while self
-            .buf
-            .get(self.pos)
-            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-        {
-            self.pos += 1;
-        }
+        self.skip_keepalives();
         let rest = self.buf.get(self.pos..)?;
         if rest.first() != Some(&b'<') || matches!(rest.get(1), None | Some(b'/' | b'!' | b'?')) {
             return None;
