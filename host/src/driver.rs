@@ -30,6 +30,11 @@ pub trait Io {
     /// Asks for `Input::Drained(conn)` once the connection's queue falls below
     /// [`SEND_LOW_WATER`]; false when it already has (no report will come).
     fn watch_drain(&mut self, conn: ConnId) -> bool;
+    /// The core processed `n` bytes of what `conn`'s reader handed over
+    /// (`Intake::processed`).
+    fn processed(&mut self, conn: ConnId, n: usize);
+    /// Stops or resumes reading `conn` (`Output::Reading`, `Intake::set_reading`).
+    fn set_reading(&mut self, conn: ConnId, on: bool);
     fn connect(&mut self, conn: ConnId, addr: SocketAddr);
     fn close(&mut self, conn: ConnId);
     fn resolve(&mut self, query: u64, domain: String);
@@ -180,13 +185,19 @@ impl Host {
                 gw.connected(now, conn);
             }
             Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
-            Input::Received(conn, bytes) => gw.received(now, conn, &bytes),
+            Input::Received(conn, bytes) => {
+                gw.received(now, conn, &bytes);
+                io.processed(conn, bytes.len());
+            }
             Input::Closed(conn) => {
                 self.backlog.remove(&conn);
                 io.forget(conn);
                 gw.peer_closed(now, conn);
             }
-            Input::SipReceived(conn, bytes) => gw.sip_received(now, conn, &bytes),
+            Input::SipReceived(conn, bytes) => {
+                gw.sip_received(now, conn, &bytes);
+                io.processed(conn, bytes.len());
+            }
             Input::SipClosed(conn) => {
                 self.backlog.remove(&conn);
                 io.forget(conn);
@@ -266,6 +277,16 @@ impl Host {
                     io.close(conn);
                 }
                 Output::Resolve { query, domain } => io.resolve(query, domain),
+                Output::Reading { conn, on } => {
+                    if on {
+                        tracing::debug!("{conn}: reading again");
+                    } else {
+                        tracing::debug!(
+                            "{conn}: not read while the SIP side has too many requests unanswered"
+                        );
+                    }
+                    io.set_reading(conn, on);
+                }
                 Output::SipSend { to, bytes } => io.sip_send(to, &bytes),
                 Output::Event(e) => match &e {
                     Event::Authenticated { .. } => tracing::info!("{e}"),
@@ -407,6 +428,8 @@ mod tests {
         fn watch_drain(&mut self, _: ConnId) -> bool {
             !self.reads
         }
+        fn processed(&mut self, _: ConnId, _: usize) {}
+        fn set_reading(&mut self, _: ConnId, _: bool) {}
         fn connect(&mut self, _: ConnId, _: SocketAddr) {}
         fn close(&mut self, conn: ConnId) {
             self.closed.push(conn);

@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod cli;
 pub mod driver;
+pub mod intake;
 pub mod probe;
 pub mod resolve;
 pub mod sendq;

@@ -11,9 +11,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_core::gateway::{overloaded_reply, ConnId};
+use isthmus_core::gateway::{Admission, ConnId};
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
+use isthmus_host::intake::Intake;
 use isthmus_host::resolve::Resolver;
 use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
@@ -25,8 +26,21 @@ use smol::Timer;
 
 type In = Input<TcpStream>;
 
-/// A connection's writer task: its queue, the stream to shut down, what it holds.
-type Writer = (Sender<Vec<u8>>, TcpStream, Arc<Backlog>);
+/// A connection's writer task (its queue, the stream to shut down, what it
+/// holds) and what its reader task shares with the core's.
+struct Writer {
+    queue: Sender<Vec<u8>>,
+    stream: TcpStream,
+    backlog: Arc<Backlog>,
+    intake: Arc<Intake>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A reader told to wait goes on to see the socket shut.
+        self.intake.close();
+    }
+}
 
 struct SmolIo {
     tx: Sender<In>,
@@ -65,9 +79,14 @@ impl Io for SmolIo {
         });
         let mut reader = stream.clone();
         let tx = self.tx.clone();
+        let intake = Arc::new(Intake::default());
+        let handed = intake.clone();
         spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
+                while let Some(wait) = handed.wait() {
+                    wait.await;
+                }
                 match reader.read(&mut buf).await {
                     Ok(0) | Err(_) => {
                         let closed = if sip {
@@ -79,6 +98,7 @@ impl Io for SmolIo {
                         return;
                     }
                     Ok(n) => {
+                        handed.handed(n);
                         let bytes = buf[..n].to_vec();
                         let input = if sip {
                             Input::SipReceived(conn, bytes)
@@ -92,7 +112,15 @@ impl Io for SmolIo {
                 }
             }
         });
-        self.writers.insert(conn, (wtx, stream, backlog));
+        self.writers.insert(
+            conn,
+            Writer {
+                queue: wtx,
+                stream,
+                backlog,
+                intake,
+            },
+        );
     }
 
     fn forget(&mut self, conn: ConnId) {
@@ -108,16 +136,28 @@ impl Io for SmolIo {
     }
 
     fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
-        let Some((w, _, backlog)) = self.writers.get(&conn) else {
+        let Some(w) = self.writers.get(&conn) else {
             return 0;
         };
-        let pending = backlog.queued(bytes.len());
-        let _ = w.try_send(bytes.to_vec());
+        let pending = w.backlog.queued(bytes.len());
+        let _ = w.queue.try_send(bytes.to_vec());
         pending
     }
 
     fn watch_drain(&mut self, conn: ConnId) -> bool {
-        self.writers.get(&conn).is_some_and(|(_, _, b)| b.watch())
+        self.writers.get(&conn).is_some_and(|w| w.backlog.watch())
+    }
+
+    fn processed(&mut self, conn: ConnId, n: usize) {
+        if let Some(w) = self.writers.get(&conn) {
+            w.intake.processed(n);
+        }
+    }
+
+    fn set_reading(&mut self, conn: ConnId, on: bool) {
+        if let Some(w) = self.writers.get(&conn) {
+            w.intake.set_reading(on);
+        }
     }
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
@@ -139,9 +179,10 @@ impl Io for SmolIo {
     }
 
     fn close(&mut self, conn: ConnId) {
-        if let Some((w, stream, _)) = self.writers.remove(&conn) {
+        if let Some(w) = self.writers.remove(&conn) {
             // Let the writer flush what is queued, then shut the socket.
-            w.close();
+            w.queue.close();
+            let stream = w.stream.clone();
             spawn(async move {
                 Timer::after(Duration::from_millis(50)).await;
                 let _ = stream.shutdown(Shutdown::Both);
@@ -218,13 +259,14 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         let sip = sip.clone();
         spawn(async move {
             let mut buf = vec![0u8; 65536];
+            let mut admission = Admission::default();
             loop {
                 match sip.recv_from(&mut buf).await {
                     Ok((n, from)) => match tx.try_send(Input::Datagram(from, buf[..n].to_vec())) {
-                        Ok(()) => {}
-                        // The core is behind: refuse requests at once rather than
-                        // let them wait into the client's retransmissions.
-                        Err(TrySendError::Full(input)) => match overloaded_reply(&buf[..n]) {
+                        Ok(()) => admission.admitted(&buf[..n]),
+                        // The core is behind: refuse new requests at once rather
+                        // than let them wait into the client's retransmissions.
+                        Err(TrySendError::Full(input)) => match admission.refusal(&buf[..n]) {
                             Some(reply) => {
                                 let _ = sip.send_to(&reply, from).await;
                             }

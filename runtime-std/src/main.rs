@@ -15,28 +15,52 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use isthmus_core::gateway::{overloaded_reply, ConnId};
+use isthmus_core::gateway::{Admission, ConnId};
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
+use isthmus_host::intake::{Intake, Listener};
 use isthmus_host::resolve::Resolver;
 use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
 
 type In = Input<TcpStream>;
 
+struct Stream {
+    queue: Sender<Vec<u8>>,
+    backlog: Arc<Backlog>,
+    intake: Arc<Intake>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A reader told to wait goes on to see the socket shut.
+        self.intake.close();
+    }
+}
+
 struct StdIo {
     tx: SyncSender<In>,
-    /// Per connection: the queue its writer thread drains. Dropping it lets the
-    /// writer finish what is queued and shut the socket.
-    streams: HashMap<ConnId, (Sender<Vec<u8>>, Arc<Backlog>)>,
+    /// Per connection: the queue its writer thread drains (dropping it lets the
+    /// writer finish what is queued and shut the socket), and what its reader
+    /// shares with this thread.
+    streams: HashMap<ConnId, Stream>,
     sip: UdpSocket,
     resolver: Arc<Resolver>,
 }
 
-fn spawn_reader(tx: SyncSender<In>, conn: ConnId, mut stream: TcpStream, sip: bool) {
+fn spawn_reader(
+    tx: SyncSender<In>,
+    conn: ConnId,
+    mut stream: TcpStream,
+    sip: bool,
+    intake: Arc<Intake>,
+) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
+            while let Some(wait) = intake.wait() {
+                wait.wait();
+            }
             match stream.read(&mut buf) {
                 Ok(0) | Err(_) => {
                     let _ = tx.send(if sip {
@@ -47,6 +71,7 @@ fn spawn_reader(tx: SyncSender<In>, conn: ConnId, mut stream: TcpStream, sip: bo
                     return;
                 }
                 Ok(n) => {
+                    intake.handed(n);
                     let bytes = buf[..n].to_vec();
                     let input = if sip {
                         Input::SipReceived(conn, bytes)
@@ -114,11 +139,19 @@ impl Io for StdIo {
         let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
         match stream.try_clone() {
             Ok(reader) => {
-                spawn_reader(self.tx.clone(), conn, reader, sip);
+                let intake = Arc::new(Intake::default());
+                spawn_reader(self.tx.clone(), conn, reader, sip, intake.clone());
                 let (queue, writes) = channel();
                 let backlog = Arc::new(Backlog::default());
                 spawn_writer(self.tx.clone(), conn, stream, writes, backlog.clone());
-                self.streams.insert(conn, (queue, backlog));
+                self.streams.insert(
+                    conn,
+                    Stream {
+                        queue,
+                        backlog,
+                        intake,
+                    },
+                );
             }
             Err(e) => {
                 log(&format!("{conn}: cannot use the connection: {e}"));
@@ -147,17 +180,29 @@ impl Io for StdIo {
     }
 
     fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
-        let Some((queue, backlog)) = self.streams.get(&conn) else {
+        let Some(s) = self.streams.get(&conn) else {
             return 0;
         };
-        let pending = backlog.queued(bytes.len());
+        let pending = s.backlog.queued(bytes.len());
         // A writer that gave up has shut the socket; its reader reports that.
-        let _ = queue.send(bytes.to_vec());
+        let _ = s.queue.send(bytes.to_vec());
         pending
     }
 
     fn watch_drain(&mut self, conn: ConnId) -> bool {
-        self.streams.get(&conn).is_some_and(|(_, b)| b.watch())
+        self.streams.get(&conn).is_some_and(|s| s.backlog.watch())
+    }
+
+    fn processed(&mut self, conn: ConnId, n: usize) {
+        if let Some(s) = self.streams.get(&conn) {
+            s.intake.processed(n);
+        }
+    }
+
+    fn set_reading(&mut self, conn: ConnId, on: bool) {
+        if let Some(s) = self.streams.get(&conn) {
+            s.intake.set_reading(on);
+        }
     }
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
@@ -225,13 +270,14 @@ fn run(setup: Setup) -> Result<(), String> {
         let tx = tx.clone();
         thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
+            let mut admission = Admission::default();
             loop {
                 match sip_reader.recv_from(&mut buf) {
                     Ok((n, from)) => match tx.try_send(Input::Datagram(from, buf[..n].to_vec())) {
-                        Ok(()) => {}
-                        // The core is behind: refuse requests at once rather than
-                        // let them wait into the client's retransmissions.
-                        Err(TrySendError::Full(input)) => match overloaded_reply(&buf[..n]) {
+                        Ok(()) => admission.admitted(&buf[..n]),
+                        // The core is behind: refuse new requests at once rather
+                        // than let them wait into the client's retransmissions.
+                        Err(TrySendError::Full(input)) => match admission.refusal(&buf[..n]) {
                             Some(reply) => {
                                 let _ = sip_reader.send_to(&reply, from);
                             }

@@ -80,6 +80,9 @@ pub struct Net {
     sip_in_flight: VecDeque<(usize, SocketAddr, Vec<u8>)>,
     /// Gateway connections that are SIP streams (TCP/TLS) rather than s2s.
     sip_streams: HashSet<(usize, ConnId)>,
+    /// Gateway connections told to stop reading (`Output::Reading`), with the
+    /// bytes that arrived for them meanwhile, in order.
+    held: BTreeMap<End, VecDeque<Vec<u8>>>,
 }
 
 impl Default for Net {
@@ -111,6 +114,7 @@ impl Net {
             sip_peers: Vec::new(),
             sip_in_flight: VecDeque::new(),
             sip_streams: HashSet::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -356,6 +360,10 @@ impl Net {
     }
 
     fn deliver(&mut self, to: End, bytes: Vec<u8>) {
+        if let Some(held) = self.held.get_mut(&to) {
+            held.push_back(bytes);
+            return;
+        }
         let now = self.now;
         match to {
             End::Gw(n, conn) => {
@@ -524,7 +532,26 @@ impl Net {
                 self.note(format!("{name} event: {e}"));
                 self.events.push((name, e));
             }
+            Output::Reading { conn, on } => {
+                let end = End::Gw(node, conn);
+                let link = self.links.get(&end).map_or(0, |(_, l)| *l);
+                if on {
+                    self.note(format!("{name} reads #{link} again"));
+                    // What waited goes first, ahead of anything in flight to it.
+                    for bytes in self.held.remove(&end).unwrap_or_default().into_iter().rev() {
+                        self.in_flight.push_front((end, bytes));
+                    }
+                } else {
+                    self.note(format!("{name} stops reading #{link}"));
+                    self.held.entry(end).or_default();
+                }
+            }
         }
+    }
+
+    /// Bytes waiting for gateway connections that stopped reading.
+    pub fn held_bytes(&self) -> usize {
+        self.held.values().flatten().map(Vec::len).sum()
     }
 
     /// The NOTIFY a presence server sends after accepting `subscribe`.

@@ -4,10 +4,12 @@
 //! order; past the queue's bound SIP clients get 503 with Retry-After.
 
 use isthmus_core::config::PartnerType;
-use isthmus_core::gateway::{overloaded_reply, ConnId, Direction, Event};
+use isthmus_core::gateway::{
+    overloaded_reply, Admission, ConnId, Direction, Event, ADMISSION_MEMORY,
+};
 use isthmus_core::sip::{SipLimits, SipMessage, StartLine};
-use isthmus_core::xml::ns;
-use isthmus_tests::sipworld::{responses, sip_message, world, xmpp_user_got, World};
+use isthmus_core::xml::{ns, Element};
+use isthmus_tests::sipworld::{requests, responses, sip_message, world, xmpp_user_got, World};
 
 /// isthmus's authenticated outbound stream to the partner.
 fn outbound_stream(w: &World) -> ConnId {
@@ -151,6 +153,32 @@ fn an_overloaded_host_refuses_sip_requests_statelessly() {
     assert_eq!(overloaded_reply(b"not SIP at all"), None);
 }
 
+/// When the host must refuse at once, a retransmission of a request it already
+/// handed to the core is not refused: the core's transaction answers it, and a 503
+/// would tell the client that a delivered message failed.
+#[test]
+fn a_retransmission_of_an_admitted_request_is_never_refused_statelessly() {
+    let mut admission = Admission::default();
+    let first = sip_message("sip:romeo@xmpp.test", "one", "z9hG4bKa1").to_bytes();
+    let other = sip_message("sip:romeo@xmpp.test", "two", "z9hG4bKa2").to_bytes();
+    admission.admitted(&first);
+    assert_eq!(admission.refusal(&first), None, "the core has it");
+    let refused = admission.refusal(&other).expect("a new request is refused");
+    assert_eq!(Some(refused), overloaded_reply(&other));
+    // The memory is bounded: the oldest requests are forgotten first.
+    for i in 0..ADMISSION_MEMORY {
+        let m = sip_message("sip:romeo@xmpp.test", "x", &format!("z9hG4bKm{i}"));
+        admission.admitted(&m.to_bytes());
+    }
+    assert!(admission.refusal(&first).is_some(), "forgotten");
+    let last = sip_message(
+        "sip:romeo@xmpp.test",
+        "x",
+        &format!("z9hG4bKm{}", ADMISSION_MEMORY - 1),
+    );
+    assert_eq!(admission.refusal(&last.to_bytes()), None);
+}
+
 /// Answered requests stay for Timer J only to absorb retransmissions: they do not
 /// count against the cap on requests in progress.
 #[test]
@@ -178,12 +206,13 @@ fn answered_sip_requests_do_not_count_against_the_cap_on_requests_in_progress() 
     assert_eq!(xmpp_user_got(&w).len(), sent);
 }
 
-/// A next hop that answers nothing gets at most 10 000 requests in flight; what
-/// would come after is returned to its XMPP sender at once with resource-constraint,
-/// and the rest time out at Timer F: each stanza answered once, none lost.
+/// A next hop that answers nothing gets at most 5000 requests in flight, half the
+/// bound past which stanzas would be refused: the partner's stream is not read
+/// meanwhile, so what waits stays with the partner rather than being taken in to
+/// be refused. Each request times out at Timer F (remote-server-timeout); then the
+/// stream is read again and the next go. Every stanza is answered once, none lost.
 #[test]
 fn a_next_hop_that_never_answers_gets_a_bounded_number_of_requests() {
-    use isthmus_core::xml::Element;
     let mut w = world(PartnerType::Federated, 0);
     let sent = 10_050;
     for i in 0..sent {
@@ -212,28 +241,113 @@ fn a_next_hop_that_never_answers_gets_a_bounded_number_of_requests() {
             })
             .count()
     };
-    let got = xmpp_user_got(&w);
+    let transactions = |w: &World| {
+        w.net.sip_peers[w.proxy]
+            .received
+            .iter()
+            .filter(|m| m.method() == Some("MESSAGE"))
+            .map(|m| m.header("Via").unwrap_or_default().to_owned())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
     assert_eq!(
-        errors(&w, "resource-constraint"),
-        50,
-        "refused at once; got {} stanzas, first error {:?}",
-        got.len(),
-        got.iter()
-            .find(|m| m.get_attr("type") == Some("error"))
-            .map(|m| m.to_xml(ns::SERVER))
+        transactions(&w),
+        5000,
+        "at most 5000 transactions toward the next hop"
     );
-    let requests = w.net.sip_peers[w.proxy]
-        .received
-        .iter()
-        .filter(|m| m.method() == Some("MESSAGE"))
-        .map(|m| m.header("Via").unwrap_or_default().to_owned())
-        .collect::<std::collections::HashSet<_>>()
-        .len();
-    assert_eq!(
-        requests, 10_000,
-        "at most 10 000 transactions toward the next hop"
+    assert!(
+        w.net.held_bytes() > 0,
+        "the rest waits in the partner's stream"
     );
-    w.net.run_for(std::time::Duration::from_secs(40));
-    assert_eq!(errors(&w, "remote-server-timeout"), 10_000);
+    assert_eq!(xmpp_user_got(&w).len(), 0, "nothing refused yet");
+    for _ in 0..6 {
+        w.net.run_for(std::time::Duration::from_secs(40));
+    }
+    assert_eq!(transactions(&w), sent, "each stanza in its own transaction");
+    assert_eq!(errors(&w, "remote-server-timeout"), sent);
     assert_eq!(xmpp_user_got(&w).len(), sent, "every stanza answered once");
+    assert_eq!(w.net.held_bytes(), 0);
+}
+
+/// A chat message from the partner's user to a SIP user.
+fn partner_message(i: usize) -> Element {
+    Element::new(ns::SERVER, "message")
+        .attr("from", "juliet@xmpp.test/balcony")
+        .attr("to", "alice@sip.test")
+        .attr("type", "chat")
+        .attr("id", &format!("p{i}"))
+        .child(Element::new(ns::SERVER, "body").text(&format!("p{i}")))
+}
+
+fn sip_bodies(w: &World) -> Vec<String> {
+    requests(w, "MESSAGE")
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
+/// A SIP next hop that stops answering: once half the bound on requests in
+/// progress is waiting, the gateway stops reading the partner's stream instead of
+/// accepting stanzas it could only refuse; once the next hop answers again the
+/// stream is read again and every stanza reaches the SIP side, once, in order.
+#[test]
+fn a_saturated_sip_side_stops_reading_partners_until_it_answers_again() {
+    let mut w = world(PartnerType::Federated, 200);
+    w.net.send_stanza(1, partner_message(0));
+    w.net.settle();
+    assert_eq!(sip_bodies(&w), ["p0"], "{}", w.net.transcript_text());
+    w.net.sip_peers[w.proxy].answer = 0;
+    let sent = 6000;
+    for i in 1..sent {
+        w.net.send_stanza(1, partner_message(i));
+        if i % 500 == 0 {
+            w.net.settle();
+        }
+    }
+    w.net.settle();
+    let waiting = 5000;
+    let distinct: std::collections::HashSet<String> = sip_bodies(&w).into_iter().collect();
+    assert_eq!(
+        distinct.len(),
+        1 + waiting,
+        "forwarded until half the bound waits"
+    );
+    assert!(
+        w.net.held_bytes() > 0,
+        "the rest waits unread in the partner's stream"
+    );
+    assert!(
+        w.net
+            .transcript
+            .iter()
+            .any(|l| l.contains("isthmus stops reading")),
+        "the gateway stopped reading"
+    );
+    let refusals = |w: &World| {
+        xmpp_user_got(w)
+            .iter()
+            .filter(|m| m.get_attr("type") == Some("error"))
+            .count()
+    };
+    assert_eq!(
+        refusals(&w),
+        0,
+        "nothing refused: nothing was taken in to refuse"
+    );
+
+    // The next hop answers the retransmissions; reading resumes.
+    w.net.sip_peers[w.proxy].answer = 200;
+    w.net.wait(std::time::Duration::from_secs(2));
+    w.net.settle();
+    assert_eq!(w.net.held_bytes(), 0);
+    assert!(w.net.transcript.iter().any(|l| l.contains("isthmus reads")));
+    let mut seen = std::collections::HashSet::new();
+    let got: Vec<String> = sip_bodies(&w)
+        .into_iter()
+        .filter(|b| seen.insert(b.clone()))
+        .collect();
+    let expected: Vec<String> = (0..sent).map(|i| format!("p{i}")).collect();
+    assert_eq!(got.len(), sent, "every stanza reached the SIP side");
+    assert_eq!(got, expected, "in order");
+    assert_eq!(refusals(&w), 0);
 }

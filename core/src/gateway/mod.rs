@@ -37,7 +37,7 @@ mod sip;
 
 pub(crate) use output::Outq;
 pub use output::{Output, Trace};
-pub use sip::{overloaded_reply, RETRY_AFTER};
+pub use sip::{overloaded_reply, Admission, ADMISSION_MEMORY, RETRY_AFTER};
 
 /// Which way a stream runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +199,16 @@ pub struct Gateway {
     sip: sip::SipState,
     presence: presence::PresenceState,
     roster: crate::roster::Roster,
+    intake: Intake,
+}
+
+/// Whether the gateway takes stanzas from partners in: not while the SIP side has
+/// too many requests unanswered (see [`Output::Reading`]).
+#[derive(Default)]
+struct Intake {
+    saturated: bool,
+    /// Authenticated inbound streams told to stop reading.
+    paused: std::collections::HashSet<ConnId>,
 }
 
 impl Gateway {
@@ -232,6 +242,7 @@ impl Gateway {
             sip: sip::SipState::default(),
             presence: presence::PresenceState::default(),
             roster: crate::roster::Roster::default(),
+            intake: Intake::default(),
         };
         gw.set_clock(now);
         gw
@@ -462,6 +473,7 @@ impl Gateway {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.intake.paused.remove(&conn);
         if c.phase == Phase::Closed || (c.kind == Kind::Inbound && c.remote.is_empty()) {
             // Closed before saying who it is (a port probe, say): nothing to report.
             self.event(Event::Closed { conn });
@@ -504,6 +516,39 @@ impl Gateway {
             }
         }
         self.process(c, now);
+        if self.intake.saturated {
+            self.pause_reading(conn);
+        }
+    }
+
+    /// While the SIP side is saturated, an authenticated inbound stream that
+    /// delivers stanzas is told to stop reading; its partner waits on TCP.
+    fn pause_reading(&mut self, conn: ConnId) {
+        let carries_stanzas = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.kind == Kind::Inbound && c.is_authenticated());
+        if carries_stanzas && self.intake.paused.insert(conn) {
+            self.out.push(Output::Reading { conn, on: false });
+        }
+    }
+
+    /// The SIP side's load changed (requests waiting for an answer, transactions
+    /// kept to absorb retransmissions). Past half the bound at which stanzas for
+    /// the SIP side are refused, partners' streams stop being read, so that what
+    /// is accepted can be forwarded; they are read again once it falls to a quarter.
+    fn sip_load_changed(&mut self) {
+        let waiting = self.sip.load();
+        if !self.intake.saturated && waiting >= sip::MAX_SIP_STATE / 2 {
+            self.intake.saturated = true;
+        } else if self.intake.saturated && waiting <= sip::MAX_SIP_STATE / 4 {
+            self.intake.saturated = false;
+            let mut paused: Vec<ConnId> = self.intake.paused.drain().collect();
+            paused.sort_unstable();
+            for conn in paused {
+                self.out.push(Output::Reading { conn, on: true });
+            }
+        }
     }
 
     /// Processes every complete XML event buffered on the connection.

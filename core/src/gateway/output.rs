@@ -48,6 +48,14 @@ pub enum Output {
         to: std::net::SocketAddr,
         bytes: Vec<u8>,
     },
+    /// Stop (`on: false`) or resume reading the connection: while the SIP side is
+    /// saturated the gateway stops taking stanzas from partners rather than accept
+    /// what it could only refuse; TCP then holds the partner back. A connection
+    /// stays paused until a `Reading { on: true }` for it.
+    Reading {
+        conn: ConnId,
+        on: bool,
+    },
     Event(super::Event),
     Trace {
         conn: ConnId,

@@ -2,7 +2,7 @@
 //! stanzas for SIP users become SIP requests through the configured next hop, and
 //! each SIP transaction is answered with what happened on the XMPP side.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -56,6 +56,66 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
     );
     reply.push_header("Retry-After", RETRY_AFTER);
     Some(reply.to_bytes())
+}
+
+/// Requests an [`Admission`] remembers: at 10 000 requests a second, several
+/// seconds of retransmission intervals (RFC 3261 Timer E doubles from 500 ms).
+pub const ADMISSION_MEMORY: usize = 65_536;
+
+/// What a runtime's SIP UDP reader remembers of the requests it handed to the
+/// core, so that when the core is too busy it refuses new requests with
+/// [`overloaded_reply`] but never a retransmission of one it handed over: the
+/// core's server transaction answers that one, and a 503 to it would tell the
+/// client its request failed although it is delivered.
+#[derive(Default)]
+pub struct Admission {
+    keys: std::collections::HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Admission {
+    /// The datagram goes to the core.
+    pub fn admitted(&mut self, datagram: &[u8]) {
+        let Some(key) = request_key(datagram) else {
+            return;
+        };
+        if self.keys.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > ADMISSION_MEMORY {
+                if let Some(old) = self.order.pop_front() {
+                    self.keys.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The core is too busy to take the datagram: the stateless 503 to send, or
+    /// `None` (a response, an ACK, unparsable bytes, or a retransmission of a
+    /// request the core has; the client retransmits again).
+    pub fn refusal(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+        if request_key(datagram).is_some_and(|k| self.keys.contains(&k)) {
+            return None;
+        }
+        overloaded_reply(datagram)
+    }
+}
+
+/// A request's method and top Via branch (the first `branch=` in the message),
+/// hashed: what a retransmission repeats (RFC 3261 §17.2.3). `None` for a
+/// response or bytes without a method and a branch.
+fn request_key(datagram: &[u8]) -> Option<u64> {
+    if datagram.starts_with(b"SIP/2.0") {
+        return None;
+    }
+    let method = datagram.get(..memchr::memchr(b' ', datagram)?)?;
+    let at = memchr::memmem::find(datagram, b"branch=")? + 7;
+    let rest = datagram.get(at..)?;
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b';' | b',' | b' ' | b'\t' | b'\r' | b'\n'))
+        .unwrap_or(rest.len());
+    let branch = rest.get(..end)?;
+    Some(fnv1a(branch) ^ fnv1a(method).rotate_left(17))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -164,6 +224,16 @@ pub(super) struct SipState {
     /// connection (see `SipStream::scheduled`); entries for closed connections or
     /// superseded deadlines are dropped when they come up.
     stream_timers: super::deadlines::Deadlines<super::ConnId>,
+}
+
+impl SipState {
+    /// How near the client side is to refusing new requests, in requests waiting
+    /// for an answer: [`MAX_SIP_STATE`] of those, or [`MAX_SIP_RETAINED`]
+    /// transactions kept in all, and requests are refused.
+    pub(super) fn load(&self) -> usize {
+        self.in_flight
+            .max(self.client.len() / (MAX_SIP_RETAINED / MAX_SIP_STATE))
+    }
 }
 
 /// How long a SIP stream may hold an unfinished message (or TLS handshake): the
@@ -353,6 +423,7 @@ impl Gateway {
             return;
         }
         self.sip.in_flight += 1;
+        self.sip_load_changed();
         let mut branch = String::with_capacity(7 + 16);
         branch.push_str("z9hG4bK");
         self.rng.push_hex(&mut branch, 8);
@@ -926,6 +997,7 @@ impl Gateway {
         let answered = was_open && !open(ct.tx.state);
         if answered {
             self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
+            self.sip_load_changed();
         }
         self.sip_schedule(true, &branch);
         for a in actions {
@@ -1019,6 +1091,7 @@ impl Gateway {
             .is_some_and(|c| c.tx.state == State::Terminated);
         if ended {
             self.sip.client.remove(key);
+            self.sip_load_changed();
         }
         ended
     }
@@ -1045,17 +1118,21 @@ impl Gateway {
                 self.sip_client_ended(&key);
                 continue;
             }
-            let actions = match self.sip.client.get_mut(&key) {
+            let (answered, actions) = match self.sip.client.get_mut(&key) {
                 Some(c) => {
                     let was_open = open(c.tx.state);
                     let actions = c.tx.on_timeout(now);
-                    if was_open && !open(c.tx.state) {
+                    let answered = was_open && !open(c.tx.state);
+                    if answered {
                         self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
                     }
-                    actions
+                    (answered, actions)
                 }
                 None => continue,
             };
+            if answered {
+                self.sip_load_changed();
+            }
             let mut timed_out = false;
             for a in actions {
                 match a {
