@@ -104,6 +104,23 @@ pub struct Host {
     /// Congested streams whose drain let out a batch: once it is handed to the
     /// runtime, either a drain report is awaited or the next batch goes.
     recheck: Vec<ConnId>,
+    /// Where the wake-up grid starts (see [`Host::wake_at`]).
+    epoch: std::time::Instant,
+}
+
+/// Timer wake-ups fall on this grid: the core's deadlines (SIP Timers E, J and K,
+/// stream deadlines) are one per message at distinct instants, and waking for each
+/// would cost more than the work it does. No timer involved needs finer precision
+/// (RFC 3261's shortest is T1, 500 ms).
+pub const WAKE_GRID: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// `due` rounded up to the next point of the [`WAKE_GRID`] that starts at `epoch`.
+fn on_grid(epoch: std::time::Instant, due: std::time::Instant) -> std::time::Instant {
+    let since = due.saturating_duration_since(epoch).as_nanos();
+    let grid = WAKE_GRID.as_nanos();
+    let rounded = since.div_ceil(grid).saturating_mul(grid);
+    let later = u64::try_from(rounded.saturating_sub(since)).unwrap_or(0);
+    due + std::time::Duration::from_nanos(later)
 }
 
 impl Host {
@@ -115,6 +132,7 @@ impl Host {
             log_bodies,
             backlog: std::collections::HashMap::new(),
             recheck: Vec::new(),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -244,13 +262,19 @@ impl Host {
         true
     }
 
-    /// How long the runtime may wait for input before a timer is due.
+    /// When the runtime should wake for the core's timers: the earliest deadline,
+    /// rounded up to [`WAKE_GRID`] so that deadlines close together share one
+    /// wake-up. `None`: no timer is set.
+    pub fn wake_at(&self) -> Option<std::time::Instant> {
+        Some(on_grid(self.epoch, self.gateway.poll_timeout()?))
+    }
+
+    /// How long the runtime may wait for input before it should wake for a timer
+    /// ([`Host::wake_at`]).
     pub fn wait(&self) -> std::time::Duration {
-        let now = std::time::Instant::now();
-        self.gateway
-            .poll_timeout()
+        self.wake_at()
             .map_or(std::time::Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(now)
+                t.saturating_duration_since(std::time::Instant::now())
             })
     }
 
@@ -398,6 +422,20 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timer_wake_ups_fall_on_the_grid_never_before_the_deadline() {
+        let epoch = std::time::Instant::now();
+        let us = |n| epoch + std::time::Duration::from_micros(n);
+        // Deadlines within one grid step share a wake-up at its end.
+        assert_eq!(on_grid(epoch, us(1)), us(10_000));
+        assert_eq!(on_grid(epoch, us(9_999)), us(10_000));
+        assert_eq!(on_grid(epoch, us(10_000)), us(10_000));
+        assert_eq!(on_grid(epoch, us(10_001)), us(20_000));
+        assert_eq!(on_grid(epoch, us(5_000_250)), us(5_010_000));
+        // A deadline before the epoch is due already: no later.
+        assert_eq!(on_grid(us(10), epoch), epoch);
+    }
 
     /// Records what the driver asks of the runtime; streams are unit values. A
     /// reading peer takes each write at once; otherwise everything stays queued.

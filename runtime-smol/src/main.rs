@@ -5,9 +5,11 @@
 //! host layer.
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +23,8 @@ use isthmus_host::signals;
 use smol::channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::net::{TcpListener, TcpStream, UdpSocket};
-use smol::Timer;
+use smol::net::{TcpListener, TcpStream};
+use smol::{Async, Timer};
 
 type In = Input<TcpStream>;
 
@@ -46,7 +48,11 @@ struct SmolIo {
     tx: Sender<In>,
     /// Per connection: the queue its writer task drains, and the stream to shut down.
     writers: HashMap<ConnId, Writer>,
+    sip: Arc<Async<std::net::UdpSocket>>,
+    /// Datagrams the socket would not take at once, for the task that waits
+    /// for it to be writable; while any wait, later ones queue behind them.
     sip_out: Sender<(SocketAddr, Vec<u8>)>,
+    sip_queued: Rc<Cell<usize>>,
     resolver: Arc<Resolver>,
 }
 
@@ -200,6 +206,19 @@ impl Io for SmolIo {
     }
 
     fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if self.sip_queued.get() == 0 {
+            // The common case: the socket takes it now, with no copy and no
+            // task switch.
+            match self.sip.get_ref().send_to(bytes, to) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log(&format!("SIP to {to}: {e}"));
+                    return;
+                }
+            }
+        }
+        self.sip_queued.set(self.sip_queued.get() + 1);
         let _ = self.sip_out.try_send((to, bytes.to_vec()));
     }
 }
@@ -240,8 +259,8 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         .map_err(|e| format!("s2s listener on {listen}: {e}"))?;
     accept_loop(tx.clone(), listener, None);
     let sip_addr = g.sip_address;
-    let sip = UdpSocket::bind(sip_addr)
-        .await
+    let sip = Async::<std::net::UdpSocket>::bind(sip_addr)
+        .map(Arc::new)
         .map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
     isthmus_host::driver::widen_receive_buffer(&sip);
     let sip_tcp = TcpListener::bind(sip_addr)
@@ -284,13 +303,19 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         });
     }
     let (sip_out, sip_rx) = unbounded::<(SocketAddr, Vec<u8>)>();
-    spawn(async move {
-        while let Ok((to, bytes)) = sip_rx.recv().await {
-            if let Err(e) = sip.send_to(&bytes, to).await {
-                log(&format!("SIP to {to}: {e}"));
+    let sip_queued = Rc::new(Cell::new(0usize));
+    {
+        let sip = sip.clone();
+        let queued = sip_queued.clone();
+        spawn(async move {
+            while let Ok((to, bytes)) = sip_rx.recv().await {
+                if let Err(e) = sip.send_to(&bytes, to).await {
+                    log(&format!("SIP to {to}: {e}"));
+                }
+                queued.set(queued.get().saturating_sub(1));
             }
-        }
-    });
+        });
+    }
     log(&format!(
         "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
         g.served_domains.join(", ")
@@ -298,20 +323,37 @@ async fn run_async(setup: Setup) -> Result<(), String> {
     let mut io = SmolIo {
         tx,
         writers: HashMap::new(),
+        sip,
         sip_out,
+        sip_queued,
         resolver,
     };
     host.drain(&mut io);
+    // One timer, moved only when the core's next wake-up moves: most inputs
+    // leave it where it is, and the reactor's timer set is not touched.
+    let mut timer = Timer::never();
+    let mut armed = None;
     loop {
-        let wait = host.wait();
+        let at = host.wake_at();
+        if at != armed {
+            match at {
+                Some(t) => timer.set_at(t),
+                None => timer = Timer::never(),
+            }
+            armed = at;
+        }
         let input = rx
             .recv()
             .or(async {
-                Timer::after(wait).await;
+                (&mut timer).await;
                 Ok(Input::Tick)
             })
             .await
             .map_err(|_| "the input channel closed".to_owned())?;
+        if matches!(input, Input::Tick) {
+            // Fired: it is set again for the next wake-up.
+            armed = None;
+        }
         if !host.handle(input, &mut io, config_path.as_deref()) {
             // Let the writer tasks put the closing bytes on the wire.
             Timer::after(Duration::from_millis(300)).await;
