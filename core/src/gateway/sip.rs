@@ -278,6 +278,7 @@ enum SipPeer {
 
 struct ServerTx {
     tx: ServerTransaction,
+    /// The request's [`SipMessage::reply_basis`].
     request: SipMessage,
     peer: SipPeer,
     to_tag: String,
@@ -779,7 +780,7 @@ impl Gateway {
             ServerTx {
                 // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
                 tx: ServerTransaction::new(matches!(from, SipPeer::Stream(_)), Timers::default()),
-                request: msg.clone(),
+                request: msg.reply_basis(),
                 peer: from,
                 to_tag,
             },

@@ -217,11 +217,16 @@ impl Conn {
     }
 
     fn send_raw(&mut self, text: &str, out: &mut Outq, now: Instant) {
+        self.send_text(text.to_owned(), out, now);
+    }
+
+    /// Writes `text`; on a plain stream its buffer becomes the transmitted bytes.
+    fn send_text(&mut self, text: String, out: &mut Outq, now: Instant) {
         self.last_tx = now;
         if out.trace {
             out.push(Output::Trace {
                 conn: self.id,
-                trace: Trace::Xml(text.to_owned()),
+                trace: Trace::Xml(text.clone()),
             });
         }
         match self.tls.as_mut() {
@@ -233,17 +238,19 @@ impl Conn {
             }
             None => out.push(Output::Transmit {
                 conn: self.id,
-                bytes: text.as_bytes().to_vec(),
+                bytes: text.into_bytes(),
             }),
         }
     }
 
     /// Writes a stanza; returns its length in plaintext bytes.
     pub fn send(&mut self, el: &Element, out: &mut Outq, now: Instant) -> usize {
-        let mut text = String::new();
+        // Room for a chat message without growing the buffer on the way.
+        let mut text = String::with_capacity(STANZA_BUFFER);
         write_element_with(&mut text, el, ns::SERVER, self.db_declared);
-        self.send_raw(&text, out, now);
-        text.len()
+        let len = text.len();
+        self.send_text(text, out, now);
+        len
     }
 
     pub fn send_header(&mut self, header: &StreamHeaderOut, out: &mut Outq, now: Instant) {
@@ -289,8 +296,12 @@ fn read_plaintext(tls: &mut rustls::Connection, plain: &mut Vec<u8>) {
     }
 }
 
+/// What [`Conn::send`] reserves for a stanza's text.
+const STANZA_BUFFER: usize = 1024;
+
 fn flush_tls(id: ConnId, tls: &mut rustls::Connection, out: &mut Outq) {
-    let mut bytes = Vec::new();
+    // A stanza's record: its text and the record's framing and tag.
+    let mut bytes = Vec::with_capacity(STANZA_BUFFER + 64);
     while tls.wants_write() {
         match tls.write_tls(&mut bytes) {
             Ok(0) | Err(_) => break,

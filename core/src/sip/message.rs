@@ -496,6 +496,21 @@ impl SipMessage {
         out
     }
 
+    /// What [`SipMessage::reply`] reads of a request, and nothing else: what a
+    /// server transaction keeps to answer it.
+    pub fn reply_basis(&self) -> SipMessage {
+        SipMessage {
+            start: self.start.clone(),
+            headers: self
+                .headers
+                .iter()
+                .filter(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq"))
+                .cloned()
+                .collect(),
+            body: Vec::new(),
+        }
+    }
+
     /// A response to this request that copies Via, From, To, Call-ID and CSeq
     /// (RFC 3261 §8.2.6.2); `to_tag` is added to To when it has none.
     pub fn reply(&self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
