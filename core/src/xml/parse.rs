@@ -58,13 +58,24 @@ pub(super) fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// Bytes that end a name.
-const NAME_END: [bool; 256] = {
-    let mut t = [false; 256];
+/// What a byte is to a name: part of it (printable ASCII, a colon, or anything
+/// else, which must be checked), or its end. One lookup per byte reads a name.
+const NAME_PLAIN: u8 = 0;
+const NAME_COLON: u8 = 1;
+const NAME_OTHER: u8 = 2;
+const NAME_END: u8 = 3;
+const NAME_CLASS: [u8; 256] = {
+    let mut t = [NAME_OTHER; 256];
+    let mut b = 0x20;
+    while b < 0x80 {
+        t[b] = NAME_PLAIN;
+        b += 1;
+    }
+    t[b':' as usize] = NAME_COLON;
     let ends = b" \t\r\n/>=<'\"&";
     let mut i = 0;
     while i < ends.len() {
-        t[ends[i] as usize] = true;
+        t[ends[i] as usize] = NAME_END;
         i += 1;
     }
     t
@@ -137,14 +148,23 @@ impl<'a> Cursor<'a> {
     fn name(&mut self) -> Result<RawName<'a>, Stop> {
         let from = self.at;
         let rest = self.b.get(from..).unwrap_or_default();
-        let len = rest
-            .iter()
-            .position(|b| NAME_END[usize::from(*b)])
-            .ok_or(Stop::Incomplete)?;
-        let bytes = rest.get(..len).unwrap_or_default();
-        let plain = bytes.iter().all(|b| (0x20..0x80).contains(b));
-        let colon = bytes.iter().position(|b| *b == b':');
-        self.at += len;
+        let mut plain = true;
+        let mut colon = None;
+        let mut end = None;
+        for (i, b) in rest.iter().enumerate() {
+            match NAME_CLASS[usize::from(*b)] {
+                NAME_PLAIN => {}
+                NAME_COLON => {
+                    colon = colon.or(Some(i));
+                }
+                NAME_END => {
+                    end = Some(i);
+                    break;
+                }
+                _ => plain = false,
+            }
+        }
+        self.at += end.ok_or(Stop::Incomplete)?;
         Ok(RawName {
             text: self.piece(from, self.at)?,
             plain: plain || !self.unchecked(self.at),
