@@ -98,14 +98,20 @@ impl Transcript {
     }
 }
 
-/// The SIP codec: datagram parsing and stream framing never panic, and whatever
-/// parses re-serialises to a message that parses to the same thing.
+/// The SIP codec: datagram parsing and stream framing never panic, whatever
+/// parses re-serialises to a message that parses to the same thing, and a
+/// stateless 503 built from the bytes parses.
 pub fn sip_codec(data: &[u8]) {
     let limits = SipLimits::default();
     if let Ok(m) = SipMessage::parse(data, &limits) {
         let again = SipMessage::parse(&m.to_bytes(), &limits).expect("a parsed message re-parses");
         assert_eq!(again.start, m.start);
         assert_eq!(again.body, m.body);
+    }
+    // A stateless refusal, when there is one, is a well-formed 503.
+    if let Some(reply) = isthmus_core::gateway::overloaded_reply(data) {
+        let parsed = SipMessage::parse(&reply, &limits).expect("a refusal parses");
+        assert_eq!(parsed.status(), Some(503));
     }
     let (sizes, mut rest) = chunks(data);
     let mut d = StreamDecoder::new(limits);

@@ -151,6 +151,82 @@ fn an_overloaded_host_refuses_sip_requests_statelessly() {
     let ok = m.reply(200, "OK", Some("t"));
     assert_eq!(overloaded_reply(&ok.to_bytes()), None, "responses get none");
     assert_eq!(overloaded_reply(b"not SIP at all"), None);
+    // What a response repeats of the request, as it was (RFC 3261 §8.2.6.2).
+    for name in ["Via", "From", "Call-ID", "CSeq"] {
+        assert_eq!(reply.header(name), m.header(name), "{name}");
+    }
+    let to = reply.header("To").expect("To");
+    let tag = to
+        .strip_prefix(m.header("To").expect("To"))
+        .and_then(|t| t.strip_prefix(";tag="))
+        .expect("the request's To with a tag added");
+    assert_eq!(tag.len(), 8, "{to}");
+}
+
+/// The stateless refusal reads the head in place: compact header names, several
+/// Via lines and folded lines are repeated as they came; a To that has a tag keeps
+/// it; a request that lacks one of the five headers a response repeats, or an ACK,
+/// gets nothing.
+#[test]
+fn a_stateless_refusal_repeats_the_request_headers_as_they_came() {
+    let request = "MESSAGE sip:romeo@xmpp.test SIP/2.0\r\n\
+        v: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+        Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKc0\r\n\
+        Max-Forwards: 70\r\n\
+        f: <sip:juliet@sip.test>;tag=a1\r\n\
+        t: <sip:romeo@xmpp.test>\r\n\
+        Subject: folded\r\n \tover two lines\r\n\
+        i: call-7\r\n\
+        CSeq: 1\r\n MESSAGE\r\n\
+        c: text/plain\r\n\
+        l: 2\r\n\r\nhi";
+    let bytes = overloaded_reply(request.as_bytes()).expect("a request gets an answer");
+    let text = String::from_utf8(bytes.clone()).expect("utf-8");
+    let tag = format!(
+        ";tag={}",
+        text.split(";tag=")
+            .nth(2)
+            .and_then(|t| t.get(..8))
+            .expect("a To tag")
+    );
+    assert_eq!(
+        text,
+        format!(
+            "SIP/2.0 503 Service Unavailable (the gateway is overloaded)\r\n\
+            v: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+            Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKc0\r\n\
+            f: <sip:juliet@sip.test>;tag=a1\r\n\
+            t: <sip:romeo@xmpp.test>{tag}\r\n\
+            i: call-7\r\n\
+            CSeq: 1\r\n MESSAGE\r\n\
+            Retry-After: 5\r\n\
+            Content-Length: 0\r\n\r\n"
+        )
+    );
+    let reply = SipMessage::parse(&bytes, &SipLimits::default()).expect("a SIP response");
+    assert_eq!(reply.header("CSeq"), Some("1 MESSAGE"));
+    let tagged = request.replace(
+        "t: <sip:romeo@xmpp.test>",
+        "t: <sip:romeo@xmpp.test>;tag=x9",
+    );
+    let again =
+        String::from_utf8(overloaded_reply(tagged.as_bytes()).expect("an answer")).expect("utf-8");
+    assert!(
+        again.contains("\r\nt: <sip:romeo@xmpp.test>;tag=x9\r\n"),
+        "{again}"
+    );
+    let without_call_id = request.replace("i: call-7\r\n", "");
+    assert_eq!(overloaded_reply(without_call_id.as_bytes()), None);
+    let ack = request.replacen("MESSAGE sip", "ACK sip", 1);
+    assert_eq!(
+        overloaded_reply(ack.as_bytes()),
+        None,
+        "an ACK has no answer"
+    );
+    assert_eq!(
+        overloaded_reply(b"MESSAGE sip:x SIP/2.0\r\nno colon\r\n\r\n"),
+        None
+    );
 }
 
 /// When the host must refuse at once, a retransmission of a request it already

@@ -41,21 +41,112 @@ pub const RETRY_AFTER: &str = "5";
 /// Retry-After, statelessly (RFC 3261 §8.2.6, §21.5.4); a response or unparsable
 /// bytes get nothing. The To tag is derived from the request so that a
 /// retransmission is answered alike.
+///
+/// It reads the head in place and copies the header lines a response repeats
+/// (Via, From, To, Call-ID, CSeq, in any form) as they are: refusing must cost
+/// far less than taking a request in, or refusals would eat the capacity the
+/// gateway lacks.
 pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
-    let msg = SipMessage::parse(datagram, &crate::sip::SipLimits::default()).ok()?;
-    let method = msg.method()?;
-    if method == "ACK" {
+    let (head_end, _) = crate::sip::message::find_head_end(datagram)?;
+    let head = datagram.get(..head_end)?;
+    // Each line as the span of `head` it covers, its line break left out.
+    let mut lines = head.split(|b| *b == b'\n').scan(0usize, |at, l| {
+        let from = *at;
+        *at += l.len() + 1;
+        Some((from, from + l.strip_suffix(b"\r").unwrap_or(l).len()))
+    });
+    let (_, start_end) = lines.next()?;
+    let mut start = head.get(..start_end)?.split(|b| *b == b' ');
+    let method = start.next()?;
+    let (Some(_uri), Some(b"SIP/2.0"), None) = (start.next(), start.next(), start.next()) else {
+        return None;
+    };
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(b);
+    if method.is_empty() || !method.iter().all(token) || method == b"ACK" {
         return None;
     }
-    let seed = msg.header("Via").unwrap_or_default();
-    let tag = format!("{:08x}", fnv1a(seed.as_bytes()) as u32);
-    let mut reply = msg.reply(
-        503,
-        "Service Unavailable (the gateway is overloaded)",
-        Some(&tag),
-    );
-    reply.push_header("Retry-After", RETRY_AFTER);
-    Some(reply.to_bytes())
+    // (which of the five, span), in the request's order.
+    let mut headers: Vec<(usize, (usize, usize))> = Vec::with_capacity(8);
+    let mut copying = false;
+    for (from, to) in lines {
+        let line = head.get(from..to)?;
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            // A folded continuation of the header before it.
+            if let (true, Some((_, span))) = (copying, headers.last_mut()) {
+                span.1 = to;
+            }
+            continue;
+        }
+        let colon = memchr::memchr(b':', line)?;
+        let name = line.get(..colon)?.trim_ascii();
+        let which = [
+            (&b"via"[..], &b"v"[..]),
+            (b"from", b"f"),
+            (b"to", b"t"),
+            (b"call-id", b"i"),
+            (b"cseq", b"cseq"),
+        ]
+        .iter()
+        .position(|(long, short)| {
+            name.eq_ignore_ascii_case(long) || name.eq_ignore_ascii_case(short)
+        });
+        copying = which.is_some();
+        if let Some(which) = which {
+            headers.push((which, (from, to)));
+        }
+    }
+    if !(0..5).all(|w| headers.iter().any(|(h, _)| *h == w)) {
+        return None;
+    }
+    // What is repeated must make a response that parses: UTF-8, lines and
+    // header count within the limits, and a CSeq of the request's method.
+    let limits = crate::sip::SipLimits::default();
+    std::str::from_utf8(head).ok()?;
+    if headers.len() > limits.max_headers
+        || headers
+            .iter()
+            .any(|(_, (from, to))| to.saturating_sub(*from) > limits.max_line)
+    {
+        return None;
+    }
+    let cseq = headers
+        .iter()
+        .find(|(h, _)| *h == 4)
+        .and_then(|(_, (from, to))| head.get(*from..*to))
+        .and_then(|l| l.get(memchr::memchr(b':', l)? + 1..))?;
+    let mut cseq = cseq
+        .split(u8::is_ascii_whitespace)
+        .filter(|t| !t.is_empty());
+    let number = cseq
+        .next()
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u32>().ok());
+    if number.is_none() || cseq.next() != Some(method) {
+        return None;
+    }
+    let seed = headers
+        .iter()
+        .find(|(h, _)| *h == 0)
+        .and_then(|(_, (from, to))| head.get(*from..*to))
+        .and_then(|l| l.get(memchr::memchr(b':', l)? + 1..))
+        .unwrap_or_default()
+        .trim_ascii();
+    let tag = format!("{:08x}", fnv1a(seed) as u32);
+    let mut out = Vec::with_capacity(head.len() + 96);
+    out.extend_from_slice(b"SIP/2.0 503 Service Unavailable (the gateway is overloaded)\r\n");
+    for (which, (from, to)) in &headers {
+        let line = head.get(*from..*to).unwrap_or_default();
+        out.extend_from_slice(line);
+        let tagged = line.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag="));
+        if *which == 2 && !tagged {
+            out.extend_from_slice(b";tag=");
+            out.extend_from_slice(tag.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Retry-After: ");
+    out.extend_from_slice(RETRY_AFTER.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+    Some(out)
 }
 
 /// Requests an [`Admission`] remembers: at 10 000 requests a second, several

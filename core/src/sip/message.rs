@@ -548,7 +548,7 @@ impl SipMessage {
 
 /// Where the header block ends: (end of the last header line, length of the blank
 /// line separator). Bare LF line ends are accepted, as RFC 3261 §7.5 suggests.
-fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
     // One pass over the line ends: a blank line is an LF followed by LF, or a CR LF
     // followed by CR LF. The first LF that ends either is the earliest separator.
     let mut from = 0;
