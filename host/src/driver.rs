@@ -30,11 +30,10 @@ pub trait Io {
     /// Asks for `Input::Drained(conn)` once the connection's queue falls below
     /// [`SEND_LOW_WATER`]; false when it already has (no report will come).
     fn watch_drain(&mut self, conn: ConnId) -> bool;
-    /// The core processed `n` bytes of what `conn`'s reader handed over
-    /// (`Intake::processed`).
-    fn processed(&mut self, conn: ConnId, n: usize);
-    /// Stops or resumes reading `conn` (`Output::Reading`, `Intake::set_reading`).
-    fn set_reading(&mut self, conn: ConnId, on: bool);
+    /// What `conn`'s reader shares with the core about input: the core reports
+    /// the bytes it processed (`Intake::processed`) and asks to stop or resume
+    /// reading (`Output::Reading`, `Intake::set_reading`).
+    fn intake(&self, conn: ConnId) -> Option<&crate::intake::Intake>;
     fn connect(&mut self, conn: ConnId, addr: SocketAddr);
     fn close(&mut self, conn: ConnId);
     fn resolve(&mut self, query: u64, domain: String);
@@ -205,7 +204,9 @@ impl Host {
             Input::ConnectFailed(conn, why) => gw.connect_failed(now, conn, &why),
             Input::Received(conn, bytes) => {
                 gw.received(now, conn, &bytes);
-                io.processed(conn, bytes.len());
+                if let Some(i) = io.intake(conn) {
+                    i.processed(bytes.len());
+                }
             }
             Input::Closed(conn) => {
                 self.backlog.remove(&conn);
@@ -214,7 +215,9 @@ impl Host {
             }
             Input::SipReceived(conn, bytes) => {
                 gw.sip_received(now, conn, &bytes);
-                io.processed(conn, bytes.len());
+                if let Some(i) = io.intake(conn) {
+                    i.processed(bytes.len());
+                }
             }
             Input::SipClosed(conn) => {
                 self.backlog.remove(&conn);
@@ -309,7 +312,9 @@ impl Host {
                             "{conn}: not read while the SIP side has too many requests unanswered"
                         );
                     }
-                    io.set_reading(conn, on);
+                    if let Some(i) = io.intake(conn) {
+                        i.set_reading(on);
+                    }
                 }
                 Output::SipSend { to, bytes } => io.sip_send(to, &bytes),
                 Output::Event(e) => match &e {
@@ -466,8 +471,9 @@ mod tests {
         fn watch_drain(&mut self, _: ConnId) -> bool {
             !self.reads
         }
-        fn processed(&mut self, _: ConnId, _: usize) {}
-        fn set_reading(&mut self, _: ConnId, _: bool) {}
+        fn intake(&self, _: ConnId) -> Option<&crate::intake::Intake> {
+            None
+        }
         fn connect(&mut self, _: ConnId, _: SocketAddr) {}
         fn close(&mut self, conn: ConnId) {
             self.closed.push(conn);

@@ -154,16 +154,8 @@ impl Io for SmolIo {
         self.writers.get(&conn).is_some_and(|w| w.backlog.watch())
     }
 
-    fn processed(&mut self, conn: ConnId, n: usize) {
-        if let Some(w) = self.writers.get(&conn) {
-            w.intake.processed(n);
-        }
-    }
-
-    fn set_reading(&mut self, conn: ConnId, on: bool) {
-        if let Some(w) = self.writers.get(&conn) {
-            w.intake.set_reading(on);
-        }
+    fn intake(&self, conn: ConnId) -> Option<&Intake> {
+        self.writers.get(&conn).map(|w| &*w.intake)
     }
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {

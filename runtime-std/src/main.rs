@@ -193,16 +193,8 @@ impl Io for StdIo {
         self.streams.get(&conn).is_some_and(|s| s.backlog.watch())
     }
 
-    fn processed(&mut self, conn: ConnId, n: usize) {
-        if let Some(s) = self.streams.get(&conn) {
-            s.intake.processed(n);
-        }
-    }
-
-    fn set_reading(&mut self, conn: ConnId, on: bool) {
-        if let Some(s) = self.streams.get(&conn) {
-            s.intake.set_reading(on);
-        }
+    fn intake(&self, conn: ConnId) -> Option<&Intake> {
+        self.streams.get(&conn).map(|s| &*s.intake)
     }
 
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
