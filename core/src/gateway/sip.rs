@@ -78,7 +78,7 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         let colon = memchr::memchr(b':', line)?;
-        let name = line.get(..colon)?.trim_ascii();
+        let name = line.get(..colon)?.trim_ascii_end();
         let which = [
             (&b"via"[..], &b"v"[..]),
             (b"from", b"f"),
