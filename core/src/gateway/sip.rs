@@ -102,7 +102,8 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
     // header count within the limits, and a CSeq of the request's method.
     let limits = crate::sip::SipLimits::default();
     std::str::from_utf8(head).ok()?;
-    if headers.len() > limits.max_headers
+    // Retry-After and Content-Length join what is repeated.
+    if headers.len() + 2 > limits.max_headers
         || headers
             .iter()
             .any(|(_, (from, to))| to.saturating_sub(*from) > limits.max_line)
@@ -146,7 +147,7 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(b"Retry-After: ");
     out.extend_from_slice(RETRY_AFTER.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
-    Some(out)
+    (out.len() <= limits.max_head).then_some(out)
 }
 
 /// Requests an [`Admission`] remembers: at 10 000 requests a second, several
