@@ -110,12 +110,15 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let cseq = headers
-        .iter()
-        .find(|(h, _)| *h == 4)
-        .and_then(|(_, (from, to))| head.get(*from..*to))
-        .and_then(|l| l.get(memchr::memchr(b':', l)? + 1..))?;
-    let mut cseq = cseq
+    // The value of the first of header `which`, folded lines and all.
+    let value = |which: usize| {
+        headers
+            .iter()
+            .find(|(h, _)| *h == which)
+            .and_then(|(_, (from, to))| head.get(*from..*to))
+            .and_then(|l| l.get(memchr::memchr(b':', l)? + 1..))
+    };
+    let mut cseq = value(4)?
         .split(u8::is_ascii_whitespace)
         .filter(|t| !t.is_empty());
     let number = cseq
@@ -124,13 +127,7 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
     if number.is_none() || cseq.next() != Some(method) {
         return None;
     }
-    let seed = headers
-        .iter()
-        .find(|(h, _)| *h == 0)
-        .and_then(|(_, (from, to))| head.get(*from..*to))
-        .and_then(|l| l.get(memchr::memchr(b':', l)? + 1..))
-        .unwrap_or_default()
-        .trim_ascii();
+    let seed = value(0).unwrap_or_default().trim_ascii();
     let tag = format!("{:08x}", fnv1a(seed) as u32);
     let mut out = Vec::with_capacity(head.len() + 96);
     out.extend_from_slice(b"SIP/2.0 503 Service Unavailable (the gateway is overloaded)\r\n");
