@@ -186,7 +186,9 @@ pub struct Gateway {
     tls: Option<TlsContext>,
     rng: Rng,
     secret: String,
-    conns: BTreeMap<ConnId, Conn>,
+    // Boxed: a connection is taken out and put back for every input it gets, and
+    // a move (and the map's node shifting) should not copy its reader and TLS state.
+    conns: BTreeMap<ConnId, Box<Conn>>,
     /// Connection deadlines, earliest first; see `put`.
     timers: deadlines::Deadlines<ConnId>,
     routes: HashMap<(String, String), Route>,
@@ -323,7 +325,7 @@ impl Gateway {
     /// that moved later (traffic on the stream) leaves the earlier entry in place;
     /// it is found early at its time and rescheduled, so the heap holds about one
     /// entry per connection however busy the streams are.
-    fn put(&mut self, mut c: Conn) {
+    fn put(&mut self, mut c: Box<Conn>) {
         if let Some(d) = self.next_deadline(&c) {
             self.timers.schedule(&mut c.scheduled, d, c.id);
         }
@@ -388,7 +390,7 @@ impl Gateway {
     pub fn accept(&mut self, now: Instant) -> ConnId {
         self.set_clock(now);
         let id = self.alloc();
-        let mut c = Conn::new(
+        let mut c = Conn::boxed(
             id,
             Kind::Inbound,
             Phase::AwaitHeader,
@@ -552,7 +554,7 @@ impl Gateway {
     }
 
     /// Processes every complete XML event buffered on the connection.
-    fn process(&mut self, mut c: Conn, now: Instant) {
+    fn process(&mut self, mut c: Box<Conn>, now: Instant) {
         loop {
             if c.phase == Phase::Closed || c.phase == Phase::TlsHandshake {
                 break;
@@ -816,7 +818,7 @@ impl Gateway {
             .min()
     }
 
-    fn on_timers(&mut self, mut c: Conn, now: Instant) {
+    fn on_timers(&mut self, mut c: Box<Conn>, now: Instant) {
         let g = self.config.gateway.clone();
         if c.establish_deadline.is_some_and(|d| d <= now) {
             let text = match c.kind {
@@ -932,7 +934,7 @@ impl Gateway {
             return None;
         }
         let id = self.alloc();
-        let mut c = Conn::new(
+        let mut c = Conn::boxed(
             id,
             kind.clone(),
             Phase::Resolving,
@@ -1062,7 +1064,7 @@ impl Gateway {
         text: &str,
         now: Instant,
     ) -> Result<Flow, (String, String)> {
-        let mut owned = Conn::new(
+        let mut owned = Conn::boxed(
             c.id,
             c.kind.clone(),
             Phase::Closed,
@@ -1082,7 +1084,7 @@ impl Gateway {
         Ok(Flow::Closed)
     }
 
-    fn on_stream_end(&mut self, mut c: Conn, now: Instant) {
+    fn on_stream_end(&mut self, mut c: Box<Conn>, now: Instant) {
         c.send_close(&mut self.out, now);
         let done = match c.kind {
             Kind::Route => c.phase == Phase::Ready,
@@ -1655,7 +1657,7 @@ impl Gateway {
                     ),
                 );
                 owned.phase = Phase::Closed;
-                self.fail(owned, By::Us, "tls-failure", &text, now, true);
+                self.fail(Box::new(owned), By::Us, "tls-failure", &text, now, true);
                 return Ok(Flow::Closed);
             };
             let server = ctx
@@ -2068,7 +2070,7 @@ impl Gateway {
     // ---- endings --------------------------------------------------------------------
 
     /// Sends a stream error (with a header first if we have not sent one), closes.
-    fn close_with_error(&mut self, mut c: Conn, condition: &str, text: &str, now: Instant) {
+    fn close_with_error(&mut self, mut c: Box<Conn>, condition: &str, text: &str, now: Instant) {
         if c.phase == Phase::Closed {
             return;
         }
@@ -2101,7 +2103,7 @@ impl Gateway {
     }
 
     /// Inactivity on an authenticated stream is a normal end, not a failure.
-    fn close_quietly(&mut self, mut c: Conn, condition: &str, text: &str, now: Instant) {
+    fn close_quietly(&mut self, mut c: Box<Conn>, condition: &str, text: &str, now: Instant) {
         if !c.is_authenticated() && c.kind != Kind::Verify {
             self.close_with_error(c, condition, text, now);
             return;
@@ -2114,7 +2116,7 @@ impl Gateway {
     /// A stream ended in failure: log why, bounce what waited for it, close.
     fn fail(
         &mut self,
-        mut c: Conn,
+        mut c: Box<Conn>,
         by: By,
         condition: &str,
         text: &str,
@@ -2150,12 +2152,17 @@ impl Gateway {
         self.finish_with(c, Some((bounce, reason)), now);
     }
 
-    fn finish(&mut self, c: Conn, now: Instant) {
+    fn finish(&mut self, c: Box<Conn>, now: Instant) {
         self.finish_with(c, None, now);
     }
 
     /// Forgets a connection: bounces what waited on it and answers its dialback waits.
-    fn finish_with(&mut self, mut c: Conn, reason: Option<(&'static str, String)>, now: Instant) {
+    fn finish_with(
+        &mut self,
+        mut c: Box<Conn>,
+        reason: Option<(&'static str, String)>,
+        now: Instant,
+    ) {
         let id = c.id;
         self.queries.retain(|_, conn| *conn != id);
         match c.kind {

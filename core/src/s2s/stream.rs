@@ -119,6 +119,16 @@ pub enum IngestError {
 }
 
 impl Conn {
+    pub fn boxed(
+        id: ConnId,
+        kind: Kind,
+        phase: Phase,
+        limits: XmlLimits,
+        now: Instant,
+    ) -> Box<Self> {
+        Box::new(Self::new(id, kind, phase, limits, now))
+    }
+
     pub fn new(id: ConnId, kind: Kind, phase: Phase, limits: XmlLimits, now: Instant) -> Self {
         Conn {
             id,
