@@ -508,11 +508,21 @@ fn starts_with_escape(s: &str) -> bool {
 /// XEP-0106: escapes a string for use as a localpart. A backslash is escaped only
 /// where it would otherwise start an escape sequence; leading or trailing spaces
 /// are refused.
-pub fn escape_node(s: &str) -> Result<String, JidError> {
+pub fn escape_node(s: &str) -> Result<Cow<'_, str>, JidError> {
     if s.starts_with(' ') || s.ends_with(' ') {
         return Err(JidError::Escape(
             "a localpart may not start or end with a space".into(),
         ));
+    }
+    // Every character XEP-0106 escapes is ASCII: a user part without any is the
+    // localpart as it is.
+    if !s.bytes().any(|b| {
+        matches!(
+            b,
+            b' ' | b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@' | b'\\'
+        )
+    }) {
+        return Ok(Cow::Borrowed(s));
     }
     let mut out = String::with_capacity(s.len());
     for (i, c) in s.char_indices() {
@@ -528,7 +538,7 @@ pub fn escape_node(s: &str) -> Result<String, JidError> {
             None => out.push(c),
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// XEP-0106: the inverse of [`escape_node`].

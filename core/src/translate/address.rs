@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::jid::{escape_node, normalize_domain, unescape_node, Jid, JidError};
+use crate::jid::{escape_node, unescape_node, Jid, JidError};
 use crate::sip::uri::SipUri;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,12 +140,14 @@ pub fn uri_to_jid(parsed: SipUri) -> Result<Jid, AddressError> {
     if !matches!(parsed.scheme.as_str(), "sip" | "sips" | "pres" | "im") {
         return Err(AddressError::Scheme(parsed.scheme));
     }
-    let local = match &parsed.user {
-        Some(u) => {
-            let decoded = decode(u)
-                .ok_or_else(|| AddressError::Malformed("user part is not UTF-8".into()))?;
-            Some(escape_node(&decoded).map_err(AddressError::Jid)?)
-        }
+    let decoded = match &parsed.user {
+        Some(u) => Some(
+            decode(u).ok_or_else(|| AddressError::Malformed("user part is not UTF-8".into()))?,
+        ),
+        None => None,
+    };
+    let local = match &decoded {
+        Some(d) => Some(escape_node(d).map_err(AddressError::Jid)?),
         None => None,
     };
     let resource = match parsed.param("gr").and_then(|p| p.value.as_deref()) {
@@ -154,8 +156,8 @@ pub fn uri_to_jid(parsed: SipUri) -> Result<Jid, AddressError> {
         }
         None => None,
     };
-    let domain = normalize_domain(&parsed.host).map_err(AddressError::Jid)?;
-    Jid::new(local.as_deref(), &domain, resource.as_deref()).map_err(AddressError::Jid)
+    // Jid::new puts the host in normal form unless it is already.
+    Jid::new(local.as_deref(), &parsed.host, resource.as_deref()).map_err(AddressError::Jid)
 }
 
 /// JID → `sip:` URI; a resource becomes the `gr` parameter.

@@ -183,7 +183,7 @@ impl<'a> Cursor<'a> {
 pub(super) fn element(
     text: &str,
     clean: usize,
-    outer: &[(String, String)],
+    outer: &[(String, Name)],
     limits: &Limits,
     open: &mut Vec<Open>,
 ) -> Result<(Element, usize), Stop> {
@@ -321,7 +321,7 @@ fn append_text(stack: &mut [Open], text: Cow<'_, str>) -> Result<(), XmlError> {
 fn start_tag<'a>(
     c: &mut Cursor<'a>,
     scope: &mut Scope<'a>,
-    outer: &[(String, String)],
+    outer: &[(String, Name)],
     limits: &Limits,
 ) -> Result<Tag<'a>, Stop> {
     let raw = c.name()?;
@@ -456,7 +456,7 @@ fn start_tag<'a>(
                 .iter()
                 .rev()
                 .find(|(p, _)| p == prefix)
-                .map(|(_, u)| name(u)),
+                .map(|(_, u)| u.clone()),
         }
     };
     let (ns_uri, local) = match raw.split(qname) {
@@ -533,27 +533,35 @@ fn unescape<'a>(
     check: bool,
 ) -> Result<Cow<'a, str>, XmlError> {
     let raw = text.as_bytes();
-    if let Context::Attribute(key) = context {
-        if memchr::memchr(b'<', raw).is_some() {
-            return Err(XmlError::NotWellFormed(format!(
-                "'<' in the value of attribute {key}"
-            )));
+    // One scan finds what needs more than a copy: a reference, and in an
+    // attribute a '<' (an error), in character data a CR.
+    let special = match context {
+        Context::Attribute(key) => {
+            let found = memchr::memchr2(b'&', b'<', raw);
+            let lt = match found {
+                Some(at) if raw.get(at) == Some(&b'<') => true,
+                Some(at) => memchr::memchr(b'<', raw.get(at..).unwrap_or_default()).is_some(),
+                None => false,
+            };
+            if lt {
+                return Err(XmlError::NotWellFormed(format!(
+                    "'<' in the value of attribute {key}"
+                )));
+            }
+            found
         }
-    }
-    // Character data has its line ends normalised (XML 1.0 §2.11); what a
-    // reference writes is kept as it is.
-    let eol = matches!(context, Context::Text);
-    let special = if eol {
-        memchr::memchr2(b'&', b'\r', raw)
-    } else {
-        memchr::memchr(b'&', raw)
+        Context::Text => memchr::memchr2(b'&', b'\r', raw),
     };
-    if special.is_none() {
+    let Some(first) = special else {
         if check {
             xml_chars(text)?;
         }
         return Ok(Cow::Borrowed(text));
-    }
+    };
+    // Character data has its line ends normalised (XML 1.0 §2.11); what a
+    // reference writes is kept as it is.
+    let eol = matches!(context, Context::Text)
+        && memchr::memchr(b'\r', raw.get(first..).unwrap_or_default()).is_some();
     // Checked piece by piece, so that the first fault in document order is the
     // one reported.
     let literal = |out: &mut String, run: &str| -> Result<(), XmlError> {

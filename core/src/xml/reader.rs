@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::{is_xml_char, ns, parse, Element};
+use super::{is_xml_char, name, ns, parse, Element, Name};
 
 pub type Limits = crate::config::XmlLimits;
 
@@ -131,8 +131,9 @@ pub struct StreamReader {
     pos: usize,
     stage: Stage,
     scan: Option<Scan>,
-    /// Namespace declarations in scope for top-level elements (from the header).
-    scope: Vec<(String, String)>,
+    /// Namespace declarations in scope for top-level elements (from the header),
+    /// each URI resolved to its [`Name`] once rather than per element.
+    scope: Vec<(String, Name)>,
     seen_decl: bool,
     /// Names of the elements open in the construct being scanned, so that a wrong
     /// end tag is refused at once instead of waiting for the size limit.
@@ -541,12 +542,12 @@ impl StreamReader {
                 .iter()
                 .rev()
                 .find(|(p, _)| p.is_empty())
-                .map(|(_, u)| u.clone()),
+                .map(|(_, u)| u.to_string()),
             dialback_declared: scope
                 .iter()
                 .any(|(p, u)| !p.is_empty() && u == ns::DIALBACK),
         };
-        self.scope = scope;
+        self.scope = scope.into_iter().map(|(p, u)| (p, name(&u))).collect();
         Ok(header)
     }
 
@@ -555,7 +556,12 @@ impl StreamReader {
         let bytes = self.buf.get(start..end).unwrap_or_default();
         #[cfg(any(test, feature = "oracle"))]
         if self.oracle {
-            return super::oracle::parse_element(bytes, &self.scope, &self.limits);
+            let outer: Vec<(String, String)> = self
+                .scope
+                .iter()
+                .map(|(p, u)| (p.clone(), u.to_string()))
+                .collect();
+            return super::oracle::parse_element(bytes, &outer, &self.limits);
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|_| XmlError::NotWellFormed("the element is not UTF-8".into()))?;
