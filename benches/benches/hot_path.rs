@@ -11,11 +11,6 @@ use isthmus_core::jid::Jid;
 use isthmus_core::sip::{SipLimits, SipMessage};
 use isthmus_tests::scenario::{run_pair, PairSetup, Pki};
 
-/// The gateway allocates per stanza; mimalloc serves that pattern in a fraction of
-/// the system allocator's instructions.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn hot_path(c: &mut Criterion) {
     let config = config();
     let mut g = c.benchmark_group("stanza");

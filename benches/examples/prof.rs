@@ -6,11 +6,6 @@
 
 use isthmus_benches::*;
 
-/// The gateway allocates per stanza; mimalloc serves that pattern in a fraction of
-/// the system allocator's instructions.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     let n: u32 = std::env::args()

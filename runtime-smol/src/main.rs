@@ -26,11 +26,6 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
 use smol::{Async, Timer};
 
-/// The gateway allocates per stanza; mimalloc serves that pattern in a fraction of
-/// the system allocator's instructions.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 type In = Input<TcpStream>;
 
 /// A connection's writer task (its queue, the stream to shut down, what it

@@ -25,11 +25,6 @@ use isthmus_host::signals;
 
 type In = Input<TcpStream>;
 
-/// The gateway allocates per stanza; mimalloc serves that pattern in a fraction of
-/// the system allocator's instructions.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 struct Stream {
     queue: Sender<Vec<u8>>,
     backlog: Arc<Backlog>,
