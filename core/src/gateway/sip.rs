@@ -572,10 +572,14 @@ impl Gateway {
 
     /// Sends to where a request came from: the datagram's source, or its connection.
     fn sip_reply(&mut self, peer: SipPeer, msg: &SipMessage) {
+        self.sip_reply_bytes(peer, msg.to_bytes());
+    }
+
+    /// [`Gateway::sip_reply`] for a message already written.
+    fn sip_reply_bytes(&mut self, peer: SipPeer, bytes: Vec<u8>) {
         match peer {
-            SipPeer::Udp(addr) => self.sip_send(addr, msg),
+            SipPeer::Udp(to) => self.out.push(Output::SipSend { to, bytes }),
             SipPeer::Stream(conn) => {
-                let bytes = msg.to_bytes();
                 match self.sip.streams.get_mut(&conn).and_then(|s| s.tls.as_mut()) {
                     Some(tls) => {
                         use std::io::Write;
@@ -590,14 +594,6 @@ impl Gateway {
                     }
                     None => self.out.push(Output::Transmit { conn, bytes }),
                 }
-            }
-        }
-    }
-
-    fn sip_reply_actions(&mut self, peer: SipPeer, actions: Vec<TxAction>) {
-        for a in actions {
-            if let TxAction::Transmit(m) = a {
-                self.sip_reply(peer, &m);
             }
         }
     }
@@ -847,9 +843,11 @@ impl Gateway {
             return;
         };
         if let Some(st) = self.sip.server.get(&key) {
-            let actions = st.tx.on_retransmission();
+            let again = st.tx.on_retransmission();
             let peer = st.peer;
-            self.sip_reply_actions(peer, actions);
+            if let Some(bytes) = again {
+                self.sip_reply_bytes(peer, bytes);
+            }
             return;
         }
         if self.sip.answering >= MAX_SIP_STATE || self.sip.server.len() >= MAX_SIP_RETAINED {
@@ -930,7 +928,7 @@ impl Gateway {
             return;
         };
         let was_open = open(st.tx.state);
-        let actions = st.tx.respond(resp, now);
+        let sent = st.tx.respond(&resp, now);
         if was_open && !open(st.tx.state) {
             self.sip.answering = self.sip.answering.saturating_sub(1);
             // Only the response is needed from here on (retransmissions get it).
@@ -938,7 +936,9 @@ impl Gateway {
             st.request.body = Vec::new();
         }
         let peer = st.peer;
-        self.sip_reply_actions(peer, actions);
+        if let Some(bytes) = sent {
+            self.sip_reply_bytes(peer, bytes);
+        }
         // Timer J, or (ended at once on TCP/TLS) a sweep at the next wakeup.
         self.sip_schedule(false, key);
     }

@@ -167,7 +167,9 @@ pub struct ServerTransaction {
     reliable: bool,
     timers: Timers,
     pub state: State,
-    last_response: Option<SipMessage>,
+    /// The last response as sent: retransmissions of the request get these bytes
+    /// again, and a transaction kept for Timer J holds one buffer, not a message.
+    last_response: Option<Vec<u8>>,
     timer_j: Option<Instant>,
 }
 
@@ -182,24 +184,24 @@ impl ServerTransaction {
         }
     }
 
-    /// The request arrived again: answer with the last response, if any.
-    pub fn on_retransmission(&self) -> Vec<TxAction> {
+    /// The request arrived again: the last response's bytes to send, if any.
+    pub fn on_retransmission(&self) -> Option<Vec<u8>> {
         match (&self.state, &self.last_response) {
-            (State::Proceeding | State::Completed, Some(r)) => vec![TxAction::Transmit(r.clone())],
-            _ => Vec::new(),
+            (State::Proceeding | State::Completed, Some(r)) => Some(r.clone()),
+            _ => None,
         }
     }
 
-    /// The TU answers.
-    pub fn respond(&mut self, response: SipMessage, now: Instant) -> Vec<TxAction> {
-        let Some(code) = response.status() else {
-            return Vec::new();
-        };
+    /// The TU answers: the response's bytes to send, unless the transaction
+    /// takes no more responses.
+    pub fn respond(&mut self, response: &SipMessage, now: Instant) -> Option<Vec<u8>> {
+        let code = response.status()?;
         if matches!(self.state, State::Completed | State::Terminated) {
             // §17.2.2: a final response has been sent; later ones are discarded.
-            return Vec::new();
+            return None;
         }
-        self.last_response = Some(response.clone());
+        let bytes = response.to_bytes();
+        self.last_response = Some(bytes.clone());
         if code < 200 {
             self.state = State::Proceeding;
         } else if self.reliable {
@@ -208,7 +210,7 @@ impl ServerTransaction {
             self.state = State::Completed;
             self.timer_j = Some(now + self.timers.timeout());
         }
-        vec![TxAction::Transmit(response)]
+        Some(bytes)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -309,11 +311,12 @@ mod tests {
     fn server_answers_retransmissions_and_waits_timer_j() {
         let t0 = Instant::now();
         let mut tx = ServerTransaction::new(false, Timers::default());
-        assert!(tx.on_retransmission().is_empty());
+        assert_eq!(tx.on_retransmission(), None);
         let ok = req().reply(200, "OK", Some("t"));
-        assert_eq!(tx.respond(ok.clone(), t0).len(), 1);
-        assert_eq!(tx.on_retransmission(), vec![TxAction::Transmit(ok.clone())]);
-        assert!(tx.respond(req().reply(500, "Late", None), t0).is_empty());
+        assert_eq!(tx.respond(&ok, t0), Some(ok.to_bytes()));
+        assert_eq!(tx.on_retransmission(), Some(ok.to_bytes()));
+        assert_eq!(tx.respond(&req().reply(500, "Late", None), t0), None);
+        assert_eq!(tx.on_retransmission(), Some(ok.to_bytes()));
         assert_eq!(
             tx.next_deadline().map(|d| d.duration_since(t0)),
             Some(Duration::from_secs(32))
@@ -321,7 +324,7 @@ mod tests {
         tx.on_timeout(t0 + Duration::from_secs(32));
         assert_eq!(tx.state, State::Terminated);
         let mut reliable = ServerTransaction::new(true, Timers::default());
-        reliable.respond(ok, t0);
+        reliable.respond(&ok, t0);
         assert_eq!(reliable.state, State::Terminated);
         assert_eq!(reliable.next_deadline(), None);
     }
