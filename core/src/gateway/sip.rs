@@ -293,9 +293,12 @@ type OwnKeys = BuildHasherDefault<OwnKeyHasher>;
 #[derive(Default)]
 pub(super) struct SipState {
     /// Keyed by the peer's branch and sent-by: the default (keyed) hasher.
-    server: HashMap<String, ServerTx>,
+    /// Boxed: up to [`MAX_SIP_RETAINED`] are kept through Timer J, and a table
+    /// grown for them should not hold a whole transaction in every free slot.
+    server: HashMap<String, Box<ServerTx>>,
     /// Keyed by our own branches.
-    pub(super) client: HashMap<String, ClientTx, OwnKeys>,
+    /// Boxed, as `server` is.
+    pub(super) client: HashMap<String, Box<ClientTx>, OwnKeys>,
     /// SIP over TCP or TLS: each accepted connection's framing and TLS state.
     streams: HashMap<super::ConnId, SipStream, OwnKeys>,
     /// Transaction deadlines, earliest first: (when, sequence, client?, key). The
@@ -367,10 +370,22 @@ enum SipPeer {
 
 struct ServerTx {
     tx: ServerTransaction,
-    /// The request's [`SipMessage::reply_basis`].
-    request: SipMessage,
+    /// The request's [`SipMessage::reply_basis`], until the final response: a
+    /// transaction waiting out Timer J keeps only what it sent.
+    request: Option<SipMessage>,
     peer: SipPeer,
     to_tag: String,
+}
+
+impl ServerTx {
+    /// A response to the request with our To tag; once the final response has
+    /// gone (and the request with it) one the transaction will not send anyway.
+    fn reply(&self, code: u16, reason: &str) -> SipMessage {
+        match &self.request {
+            Some(r) => r.reply(code, reason, Some(&self.to_tag)),
+            None => SipMessage::response(code, reason),
+        }
+    }
 }
 
 pub(super) struct ClientTx {
@@ -538,7 +553,7 @@ impl Gateway {
         let bytes = tx.request().to_bytes();
         self.sip
             .client
-            .insert(branch.clone(), ClientTx { tx, purpose });
+            .insert(branch.clone(), Box::new(ClientTx { tx, purpose }));
         self.sip_schedule(true, &branch);
         self.out.push(Output::SipSend {
             to: next_hop,
@@ -864,13 +879,13 @@ impl Gateway {
         self.sip.answering += 1;
         self.sip.server.insert(
             key.clone(),
-            ServerTx {
+            Box::new(ServerTx {
                 // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
                 tx: ServerTransaction::new(matches!(from, SipPeer::Stream(_)), Timers::default()),
-                request: msg.reply_basis(),
+                request: Some(msg.reply_basis()),
                 peer: from,
                 to_tag,
-            },
+            }),
         );
         match method.as_str() {
             "MESSAGE" => self.sip_message(&key, &msg, now),
@@ -932,8 +947,7 @@ impl Gateway {
         if was_open && !open(st.tx.state) {
             self.sip.answering = self.sip.answering.saturating_sub(1);
             // Only the response is needed from here on (retransmissions get it).
-            st.request.headers = Vec::new();
-            st.request.body = Vec::new();
+            st.request = None;
         }
         let peer = st.peer;
         if let Some(bytes) = sent {
@@ -951,7 +965,7 @@ impl Gateway {
     /// A response to a server transaction's request, with our To tag.
     pub(super) fn server_reply(&self, key: &str, code: u16, reason: &str) -> SipMessage {
         match self.sip.server.get(key) {
-            Some(st) => st.request.reply(code, reason, Some(&st.to_tag)),
+            Some(st) => st.reply(code, reason),
             None => SipMessage::response(code, reason),
         }
     }
@@ -961,8 +975,7 @@ impl Gateway {
         let Some(st) = self.sip.server.get(key) else {
             return;
         };
-        let tag = st.to_tag.clone();
-        let resp = st.request.reply(code, reason, Some(&tag));
+        let resp = st.reply(code, reason);
         self.sip_respond(key, resp, now);
     }
 
@@ -972,10 +985,7 @@ impl Gateway {
         let Some(st) = self.sip.server.get(key) else {
             return;
         };
-        let tag = st.to_tag.clone();
-        let mut resp = st
-            .request
-            .reply(503, &format!("Service Unavailable ({text})"), Some(&tag));
+        let mut resp = st.reply(503, &format!("Service Unavailable ({text})"));
         resp.push_header("Retry-After", RETRY_AFTER);
         self.sip_respond(key, resp, now);
     }
