@@ -56,6 +56,14 @@ fn a_retransmitted_message_is_answered_again_and_sent_once() {
     w.net.run();
     assert_eq!(xmpp_user_got(&w).len(), 1);
     assert_eq!(responses(&w).len(), 2);
+    // The retransmission gets the response that was sent, To tag and all
+    // (RFC 3261 §17.2.2), not a new one.
+    let received = &w.net.sip_peers[w.proxy].received;
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0], received[1]);
+    assert!(received[0]
+        .header("To")
+        .is_some_and(|to| to.contains(";tag=")));
 }
 
 #[test]
