@@ -386,6 +386,18 @@ impl ServerTx {
             None => SipMessage::response(code, reason),
         }
     }
+
+    /// As [`ServerTx::reply`]; a final response is built from the reply basis
+    /// itself, which nothing needs once a final response is given.
+    fn answer(&mut self, code: u16, reason: &str) -> SipMessage {
+        if code < 200 {
+            return self.reply(code, reason);
+        }
+        match self.request.take() {
+            Some(r) => r.into_reply(code, reason, Some(&self.to_tag)),
+            None => SipMessage::response(code, reason),
+        }
+    }
 }
 
 pub(super) struct ClientTx {
@@ -914,7 +926,9 @@ impl Gateway {
 
     /// SIP MESSAGE from a SIP user: a `<message/>` toward the XMPP contact.
     fn sip_message(&mut self, key: &str, msg: &SipMessage, now: Instant) {
-        let id = format!("sip-{}", self.rng.hex(6));
+        let mut id = String::with_capacity(4 + 12);
+        id.push_str("sip-");
+        self.rng.push_hex(&mut id, 6);
         let stanza = match sip_to_message(msg, &id) {
             Ok(s) => s,
             Err(r) => {
@@ -972,20 +986,20 @@ impl Gateway {
 
     /// Sends the final response `code` on a server transaction.
     pub(super) fn sip_answer(&mut self, key: &str, code: u16, reason: &str, now: Instant) {
-        let Some(st) = self.sip.server.get(key) else {
+        let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
-        let resp = st.reply(code, reason);
+        let resp = st.answer(code, reason);
         self.sip_respond(key, resp, now);
     }
 
     /// Refuses a SIP request for want of capacity: 503 with Retry-After, so the
     /// client backs off rather than retransmitting (RFC 3261 §21.5.4).
     pub(super) fn sip_overloaded(&mut self, key: &str, text: &str, now: Instant) {
-        let Some(st) = self.sip.server.get(key) else {
+        let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
-        let mut resp = st.reply(503, &format!("Service Unavailable ({text})"));
+        let mut resp = st.answer(503, &format!("Service Unavailable ({text})"));
         resp.push_header("Retry-After", RETRY_AFTER);
         self.sip_respond(key, resp, now);
     }

@@ -511,6 +511,24 @@ impl SipMessage {
         }
     }
 
+    /// [`SipMessage::reply`], moving the copied headers out of this message
+    /// rather than cloning them.
+    pub fn into_reply(self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
+        let mut resp = SipMessage::response(code, reason);
+        resp.headers.reserve(8);
+        for mut h in self.headers {
+            match &*h.name {
+                "Via" | "From" | "Call-ID" | "CSeq" => resp.headers.push(h),
+                "To" => {
+                    add_to_tag(&mut h.value, to_tag);
+                    resp.headers.push(h);
+                }
+                _ => {}
+            }
+        }
+        resp
+    }
+
     /// A response to this request that copies Via, From, To, Call-ID and CSeq
     /// (RFC 3261 §8.2.6.2); `to_tag` is added to To when it has none.
     pub fn reply(&self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
@@ -524,16 +542,7 @@ impl SipMessage {
                     let mut value =
                         String::with_capacity(h.value.len() + to_tag.map_or(0, |t| t.len() + 5));
                     value.push_str(&h.value);
-                    if let Some(tag) = to_tag {
-                        let tagged = value
-                            .as_bytes()
-                            .windows(5)
-                            .any(|w| w.eq_ignore_ascii_case(b";tag="));
-                        if !tagged {
-                            value.push_str(";tag=");
-                            value.push_str(tag);
-                        }
-                    }
+                    add_to_tag(&mut value, to_tag);
                     resp.headers.push(Header {
                         name: h.name.clone(),
                         value,
@@ -568,6 +577,21 @@ pub(crate) fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
         from = j + 1;
     }
     None
+}
+
+/// Adds `;tag=` to a To value that has none (a response's To, RFC 3261 §8.2.6.2).
+fn add_to_tag(value: &mut String, to_tag: Option<&str>) {
+    let Some(tag) = to_tag else {
+        return;
+    };
+    let tagged = value
+        .as_bytes()
+        .windows(5)
+        .any(|w| w.eq_ignore_ascii_case(b";tag="));
+    if !tagged {
+        value.push_str(";tag=");
+        value.push_str(tag);
+    }
 }
 
 fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
