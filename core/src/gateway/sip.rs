@@ -377,7 +377,34 @@ struct ServerTx {
     to_tag: String,
 }
 
+/// What a response did to a server transaction.
+struct Responded {
+    /// The bytes to send, unless the transaction takes no more responses.
+    sent: Option<Vec<u8>>,
+    peer: SipPeer,
+    /// This was the final response.
+    answered: bool,
+    /// The transaction's next deadline (Timer J), if any.
+    deadline: Option<Instant>,
+}
+
 impl ServerTx {
+    fn respond(&mut self, resp: &SipMessage, now: Instant) -> Responded {
+        let was_open = open(self.tx.state);
+        let sent = self.tx.respond(resp, now);
+        let answered = was_open && !open(self.tx.state);
+        if answered {
+            // Only the response is needed from here on (retransmissions get it).
+            self.request = None;
+        }
+        Responded {
+            sent,
+            peer: self.peer,
+            answered,
+            deadline: self.tx.next_deadline(),
+        }
+    }
+
     /// A response to the request with our To tag; once the final response has
     /// gone (and the request with it) one the transaction will not send anyway.
     fn reply(&self, code: u16, reason: &str) -> SipMessage {
@@ -566,28 +593,25 @@ impl Gateway {
         self.sip
             .client
             .insert(branch.clone(), Box::new(ClientTx { tx, purpose }));
-        self.sip_schedule(true, &branch);
+        self.sip_schedule(&branch);
         self.out.push(Output::SipSend {
             to: next_hop,
             bytes,
         });
     }
 
-    /// Puts a transaction's next deadline on the timer heap.
-    fn sip_schedule(&mut self, client: bool, key: &str) {
-        let deadline = if client {
-            self.sip.client.get(key).and_then(|c| c.tx.next_deadline())
-        } else {
-            self.sip
-                .server
-                .get(key)
-                .map(|s| s.tx.next_deadline().unwrap_or(self.start))
-        };
-        if let Some(d) = deadline {
-            self.sip.timer_seq += 1;
-            let seq = self.sip.timer_seq;
-            self.sip.timers.push(d, (seq, client, key.to_owned()));
+    /// Puts a client transaction's next deadline on the timer heap.
+    fn sip_schedule(&mut self, key: &str) {
+        if let Some(d) = self.sip.client.get(key).and_then(|c| c.tx.next_deadline()) {
+            self.sip_timer(d, true, key);
         }
+    }
+
+    /// Puts a transaction's deadline on the timer heap.
+    fn sip_timer(&mut self, at: Instant, client: bool, key: &str) {
+        self.sip.timer_seq += 1;
+        let seq = self.sip.timer_seq;
+        self.sip.timers.push(at, (seq, client, key.to_owned()));
     }
 
     fn sip_send(&mut self, to: SocketAddr, msg: &SipMessage) {
@@ -956,19 +980,22 @@ impl Gateway {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
-        let was_open = open(st.tx.state);
-        let sent = st.tx.respond(&resp, now);
-        if was_open && !open(st.tx.state) {
+        let responded = st.respond(&resp, now);
+        self.sip_responded(key, responded);
+    }
+
+    /// What follows a response on a server transaction, with the transaction
+    /// looked up once by whoever built the response.
+    fn sip_responded(&mut self, key: &str, r: Responded) {
+        if r.answered {
             self.sip.answering = self.sip.answering.saturating_sub(1);
-            // Only the response is needed from here on (retransmissions get it).
-            st.request = None;
         }
-        let peer = st.peer;
-        if let Some(bytes) = sent {
-            self.sip_reply_bytes(peer, bytes);
+        if let Some(bytes) = r.sent {
+            self.sip_reply_bytes(r.peer, bytes);
         }
         // Timer J, or (ended at once on TCP/TLS) a sweep at the next wakeup.
-        self.sip_schedule(false, key);
+        let at = r.deadline.unwrap_or(self.start);
+        self.sip_timer(at, false, key);
     }
 
     /// Our To tag on a server transaction (the dialog's local tag).
@@ -990,7 +1017,8 @@ impl Gateway {
             return;
         };
         let resp = st.answer(code, reason);
-        self.sip_respond(key, resp, now);
+        let responded = st.respond(&resp, now);
+        self.sip_responded(key, responded);
     }
 
     /// Refuses a SIP request for want of capacity: 503 with Retry-After, so the
@@ -1001,7 +1029,8 @@ impl Gateway {
         };
         let mut resp = st.answer(503, &format!("Service Unavailable ({text})"));
         resp.push_header("Retry-After", RETRY_AFTER);
-        self.sip_respond(key, resp, now);
+        let responded = st.respond(&resp, now);
+        self.sip_responded(key, responded);
     }
 
     /// A stanza for a user of a served domain.
@@ -1113,7 +1142,7 @@ impl Gateway {
             self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
             self.sip_load_changed();
         }
-        self.sip_schedule(true, &branch);
+        self.sip_schedule(&branch);
         for a in actions {
             if let TxAction::Response(r) = a {
                 let code = r.status().unwrap_or(0);
@@ -1263,7 +1292,7 @@ impl Gateway {
                 self.sip_failed(&key, 0, "the SIP side did not answer within 32 s", now);
             }
             if !self.sip_client_ended(&key) {
-                self.sip_schedule(true, &key);
+                self.sip_schedule(&key);
             }
         }
         self.sip_stream_timeouts(now);

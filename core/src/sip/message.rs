@@ -499,14 +499,17 @@ impl SipMessage {
     /// What [`SipMessage::reply`] reads of a request, and nothing else: what a
     /// server transaction keeps to answer it.
     pub fn reply_basis(&self) -> SipMessage {
-        SipMessage {
-            start: self.start.clone(),
-            headers: self
-                .headers
+        // Sized for the five (a filter tells `collect` nothing of the count).
+        let mut headers = Vec::with_capacity(5);
+        headers.extend(
+            self.headers
                 .iter()
                 .filter(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq"))
-                .cloned()
-                .collect(),
+                .cloned(),
+        );
+        SipMessage {
+            start: self.start.clone(),
+            headers,
             body: Vec::new(),
         }
     }
