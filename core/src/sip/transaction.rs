@@ -43,7 +43,7 @@ pub enum State {
 /// What a transaction asks of its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxAction {
-    /// Send this message (the request, a retransmission, or a response).
+    /// Send this request (the first time, or again on Timer E).
     Transmit(SipMessage),
     /// Hand this response to the transaction user (provisional or final).
     Response(SipMessage),
