@@ -587,9 +587,9 @@ impl Gateway {
         if request.header("Max-Forwards").is_none() {
             request.push_header("Max-Forwards", "70");
         }
-        let tx = ClientTransaction::begin(request, false, Timers::default(), now);
+        let tx = ClientTransaction::begin(&request, false, Timers::default(), now);
         // The first send, as `ClientTransaction::start` would ask for it.
-        let bytes = tx.request().to_bytes();
+        let bytes = tx.request().to_vec();
         self.sip
             .client
             .insert(branch.clone(), Box::new(ClientTx { tx, purpose }));
@@ -1279,9 +1279,9 @@ impl Gateway {
             let mut timed_out = false;
             for a in actions {
                 match a {
-                    TxAction::Transmit(m) => {
-                        if let Some(hop) = self.config.gateway.sip_next_hop {
-                            self.sip_send(hop, &m);
+                    TxAction::Transmit(bytes) => {
+                        if let Some(to) = self.config.gateway.sip_next_hop {
+                            self.out.push(Output::SipSend { to, bytes });
                         }
                     }
                     TxAction::Timeout => timed_out = true,

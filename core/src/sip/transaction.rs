@@ -43,8 +43,8 @@ pub enum State {
 /// What a transaction asks of its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxAction {
-    /// Send this request (the first time, or again on Timer E).
-    Transmit(SipMessage),
+    /// Send these bytes: the request, the first time or again on Timer E.
+    Transmit(Vec<u8>),
     /// Hand this response to the transaction user (provisional or final).
     Response(SipMessage),
     /// No final response before Timer F: the TU treats it as a 408 (§8.1.3.1).
@@ -54,7 +54,8 @@ pub enum TxAction {
 /// A client non-INVITE transaction.
 #[derive(Clone, Debug)]
 pub struct ClientTransaction {
-    request: SipMessage,
+    /// The request as written once: Timer E resends these bytes.
+    request: Vec<u8>,
     reliable: bool,
     timers: Timers,
     pub state: State,
@@ -72,7 +73,7 @@ impl ClientTransaction {
         timers: Timers,
         now: Instant,
     ) -> (Self, Vec<TxAction>) {
-        let tx = Self::begin(request, reliable, timers, now);
+        let tx = Self::begin(&request, reliable, timers, now);
         let first = tx.request.clone();
         (tx, vec![TxAction::Transmit(first)])
     }
@@ -80,19 +81,20 @@ impl ClientTransaction {
     /// As [`ClientTransaction::start`], leaving the first send of
     /// [`ClientTransaction::request`] to the caller: no copy of the request is made
     /// to be sent.
-    pub fn begin(request: SipMessage, reliable: bool, timers: Timers, now: Instant) -> Self {
+    pub fn begin(request: &SipMessage, reliable: bool, timers: Timers, now: Instant) -> Self {
         ClientTransaction {
             timer_e: (!reliable).then_some((now + timers.t1, timers.t1)),
             timer_f: Some(now + timers.timeout()),
             timer_k: None,
-            request,
+            request: request.to_bytes(),
             reliable,
             timers,
             state: State::Trying,
         }
     }
 
-    pub fn request(&self) -> &SipMessage {
+    /// The request's bytes (empty once a final response has come).
+    pub fn request(&self) -> &[u8] {
         &self.request
     }
 
@@ -111,8 +113,7 @@ impl ClientTransaction {
                 self.timer_f = None;
                 // Nothing is retransmitted any more: Timer K keeps the
                 // transaction only to absorb copies of the response.
-                self.request.headers = Vec::new();
-                self.request.body = Vec::new();
+                self.request = Vec::new();
                 if self.reliable {
                     self.state = State::Terminated;
                 } else {
