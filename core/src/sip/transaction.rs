@@ -68,19 +68,18 @@ pub struct ClientTransaction {
 impl ClientTransaction {
     /// Starts the transaction; the first action sends the request.
     pub fn start(
-        request: SipMessage,
+        request: &SipMessage,
         reliable: bool,
         timers: Timers,
         now: Instant,
     ) -> (Self, Vec<TxAction>) {
-        let tx = Self::begin(&request, reliable, timers, now);
+        let tx = Self::begin(request, reliable, timers, now);
         let first = tx.request.clone();
         (tx, vec![TxAction::Transmit(first)])
     }
 
     /// As [`ClientTransaction::start`], leaving the first send of
-    /// [`ClientTransaction::request`] to the caller: no copy of the request is made
-    /// to be sent.
+    /// [`ClientTransaction::request`]'s bytes to the caller.
     pub fn begin(request: &SipMessage, reliable: bool, timers: Timers, now: Instant) -> Self {
         ClientTransaction {
             timer_e: (!reliable).then_some((now + timers.t1, timers.t1)),
@@ -243,7 +242,7 @@ mod tests {
     /// times (seconds from start, in milliseconds) and when it timed out.
     fn silent_run(reliable: bool) -> (Vec<u128>, Option<u128>) {
         let t0 = Instant::now();
-        let (mut tx, first) = ClientTransaction::start(req(), reliable, Timers::default(), t0);
+        let (mut tx, first) = ClientTransaction::start(&req(), reliable, Timers::default(), t0);
         assert_eq!(first.len(), 1);
         let mut sends = vec![0];
         let mut timeout = None;
@@ -278,7 +277,7 @@ mod tests {
     #[test]
     fn provisional_then_final_then_timer_k() {
         let t0 = Instant::now();
-        let (mut tx, _) = ClientTransaction::start(req(), false, Timers::default(), t0);
+        let (mut tx, _) = ClientTransaction::start(&req(), false, Timers::default(), t0);
         let trying = req().reply(100, "Trying", None);
         assert_eq!(tx.on_response(trying, t0).len(), 1);
         assert_eq!(tx.state, State::Proceeding);
