@@ -60,7 +60,11 @@ pub fn inbound(reader: &mut StreamReader, config: &Config, bytes: &[u8]) -> Opti
     isthmus_core::policy::inbound_message(config, &from, false).ok()?;
     // The addresses parsed above, as the gateway passes them down.
     let msg = message_to_sip_between(&el, &from, &to, "t1", "c1").ok()??;
-    Some(msg.to_bytes())
+    // The SIP layer's Via, as the gateway writes it (the whole-gateway bench
+    // draws a fresh branch each time).
+    Some(msg.to_bytes(Some(
+        "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK5f3a09c1d2e4b7a8",
+    )))
 }
 
 /// Outbound hot path: SIP MESSAGE bytes → parse, address and content mapping →

@@ -427,6 +427,16 @@ impl ServerTx {
     }
 }
 
+/// Whether a request may go toward the SIP side now.
+enum Outbound {
+    /// Yes, in the client transaction with this branch, carried by this Via.
+    Admitted { branch: String, via: String },
+    /// No: too many requests are waiting for an answer (the text says so).
+    Refused(String),
+    /// There is no SIP side to send to.
+    NoNextHop,
+}
+
 pub(super) struct ClientTx {
     pub(super) tx: ClientTransaction,
     pub(super) purpose: Purpose,
@@ -554,17 +564,39 @@ impl Gateway {
         purpose: Purpose,
         now: Instant,
     ) {
-        let Some(next_hop) = self.config.gateway.sip_next_hop else {
-            return;
+        let (branch, via) = match self.sip_admit() {
+            Outbound::Admitted { branch, via } => (branch, via),
+            Outbound::Refused(text) => {
+                self.purpose_failed(&purpose, 503, "resource-constraint", &text, now);
+                return;
+            }
+            Outbound::NoNextHop => return,
         };
+        request.headers.insert(
+            0,
+            crate::sip::Header {
+                name: "Via".into(),
+                value: via,
+            },
+        );
+        if request.header("Max-Forwards").is_none() {
+            request.push_header("Max-Forwards", "70");
+        }
+        self.sip_request_send(branch, request.to_bytes(), purpose, now);
+    }
+
+    /// Whether a new request may go toward the SIP side; if so, its branch and the
+    /// Via that carries it. Admitted, it counts as in flight.
+    fn sip_admit(&mut self) -> Outbound {
+        if self.config.gateway.sip_next_hop.is_none() {
+            return Outbound::NoNextHop;
+        }
         if self.sip.in_flight >= MAX_SIP_STATE || self.sip.client.len() >= MAX_SIP_RETAINED {
             // A next hop this far behind gets no more: what would have been sent is
             // refused now, rather than retransmitted into it or left to Timer F.
-            let text = format!(
+            return Outbound::Refused(format!(
                 "more than {MAX_SIP_STATE} requests toward the SIP side are waiting for an answer"
-            );
-            self.purpose_failed(&purpose, 503, "resource-constraint", &text, now);
-            return;
+            ));
         }
         self.sip.in_flight += 1;
         self.sip_load_changed();
@@ -577,23 +609,23 @@ impl Gateway {
         push_socket_addr(&mut via, self.config.gateway.sip_address);
         via.push_str(";branch=");
         via.push_str(&branch);
-        request.headers.insert(
-            0,
-            crate::sip::Header {
-                name: "Via".into(),
-                value: via,
-            },
-        );
-        if request.header("Max-Forwards").is_none() {
-            request.push_header("Max-Forwards", "70");
-        }
-        let tx = ClientTransaction::begin(&request, false, Timers::default(), now);
+        Outbound::Admitted { branch, via }
+    }
+
+    /// Sends an admitted request's bytes in a new client transaction.
+    fn sip_request_send(&mut self, branch: String, bytes: Vec<u8>, purpose: Purpose, now: Instant) {
+        let Some(next_hop) = self.config.gateway.sip_next_hop else {
+            return;
+        };
+        let tx = ClientTransaction::begin(bytes, false, Timers::default(), now);
         // The first send, as `ClientTransaction::start` would ask for it.
         let bytes = tx.request().to_vec();
+        if let Some(d) = tx.next_deadline() {
+            self.sip_timer(d, true, &branch);
+        }
         self.sip
             .client
-            .insert(branch.clone(), Box::new(ClientTx { tx, purpose }));
-        self.sip_schedule(&branch);
+            .insert(branch, Box::new(ClientTx { tx, purpose }));
         self.out.push(Output::SipSend {
             to: next_hop,
             bytes,
@@ -1093,30 +1125,51 @@ impl Gateway {
         self.rng.push_hex(&mut call_id, 8);
         call_id.push('@');
         push_ip(&mut call_id, self.config.gateway.sip_address.ip());
-        let (request, purpose) = if is_error {
-            // Our MESSAGE was already answered with 200; tell the SIP user in words.
+        // Our MESSAGE was already answered with 200 when an error comes back: tell
+        // the SIP user in words.
+        let notice;
+        let source = if is_error {
             let condition = crate::translate::error::stanza_error_condition(&stanza);
-            let notice = Element::new(ns::SERVER, "message")
+            notice = Element::new(ns::SERVER, "message")
                 .attr("from", &from.to_string())
                 .attr("to", &to.to_string())
                 .child(Element::new(ns::SERVER, "body").text(&format!(
                     "Your message to {} could not be delivered ({condition}).",
                     from.bare()
                 )));
-            let request = message_to_sip_between(&notice, &from, &to, &tag, &call_id);
-            (request, Purpose::Notice)
+            &notice
         } else {
-            // Translated before it moves into the transaction (kept for a bounce).
-            let request = message_to_sip_between(&stanza, &from, &to, &tag, &call_id);
-            (request, Purpose::Message(stanza))
+            &stanza
         };
-        match request {
-            Ok(Some(request)) => self.sip_request_out(request, purpose, now),
-            Ok(None) => {}
-            Err(e) => self.event(Event::Ignored {
-                conn: super::ConnId(0),
-                what: format!("stanza for a SIP user: {e}"),
-            }),
+        let request = match message_to_sip_between(source, &from, &to, &tag, &call_id) {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                self.event(Event::Ignored {
+                    conn: super::ConnId(0),
+                    what: format!("stanza for a SIP user: {e}"),
+                });
+                return;
+            }
+        };
+        let outbound = self.sip_admit();
+        let bytes = match &outbound {
+            Outbound::Admitted { via, .. } => request.to_bytes(Some(via)),
+            _ => Vec::new(),
+        };
+        // Written before the stanza moves into the transaction (kept for a bounce).
+        drop(request);
+        let purpose = if is_error {
+            Purpose::Notice
+        } else {
+            Purpose::Message(stanza)
+        };
+        match outbound {
+            Outbound::Admitted { branch, .. } => self.sip_request_send(branch, bytes, purpose, now),
+            Outbound::Refused(text) => {
+                self.purpose_failed(&purpose, 503, "resource-constraint", &text, now)
+            }
+            Outbound::NoNextHop => {}
         }
     }
 

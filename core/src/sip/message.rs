@@ -769,7 +769,7 @@ fn trim_end(s: &str) -> &str {
     }
 }
 
-fn push_content_length(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn push_content_length(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"Content-Length: ");
     push_decimal(out, len);
     out.extend_from_slice(b"\r\n");

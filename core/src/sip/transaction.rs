@@ -73,19 +73,19 @@ impl ClientTransaction {
         timers: Timers,
         now: Instant,
     ) -> (Self, Vec<TxAction>) {
-        let tx = Self::begin(request, reliable, timers, now);
+        let tx = Self::begin(request.to_bytes(), reliable, timers, now);
         let first = tx.request.clone();
         (tx, vec![TxAction::Transmit(first)])
     }
 
-    /// As [`ClientTransaction::start`], leaving the first send of
-    /// [`ClientTransaction::request`]'s bytes to the caller.
-    pub fn begin(request: &SipMessage, reliable: bool, timers: Timers, now: Instant) -> Self {
+    /// As [`ClientTransaction::start`] for a request already written, leaving the
+    /// first send of [`ClientTransaction::request`]'s bytes to the caller.
+    pub fn begin(request: Vec<u8>, reliable: bool, timers: Timers, now: Instant) -> Self {
         ClientTransaction {
             timer_e: (!reliable).then_some((now + timers.t1, timers.t1)),
             timer_f: Some(now + timers.timeout()),
             timer_k: None,
-            request: request.to_bytes(),
+            request,
             reliable,
             timers,
             state: State::Trying,

@@ -6,12 +6,10 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::jid::Jid;
-use crate::sip::message::{split_byte, split_once_byte, trim, Header};
+use crate::sip::message::{split_byte, split_once_byte, trim};
 use crate::sip::uri::NameAddr;
 use crate::sip::SipMessage;
-use crate::translate::address::{
-    jid_to_sip_split, push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid,
-};
+use crate::translate::address::{push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid};
 use crate::xml::{ns, parse_document, Attribute, Element, Node};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
@@ -41,21 +39,28 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// An element's text, as `text_content` gives it, allocated once at its full size.
-fn text_of(el: &Element) -> String {
+/// An element's text, as `text_content` gives it: borrowed when it is one piece,
+/// as character data usually is.
+fn text_of(el: &Element) -> Cow<'_, str> {
     fn text(n: &Node) -> Option<&str> {
         match n {
             Node::Text(t) => Some(t),
             Node::Element(_) => None,
         }
     }
+    let mut pieces = el.children.iter().filter_map(text);
+    let Some(first) = pieces.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = pieces.next() else {
+        return Cow::Borrowed(first);
+    };
     let len = el.children.iter().filter_map(text).map(str::len).sum();
     let mut out = String::with_capacity(len);
-    el.children
-        .iter()
-        .filter_map(text)
-        .for_each(|t| out.push_str(t));
-    out
+    out.push_str(first);
+    out.push_str(second);
+    pieces.for_each(|t| out.push_str(t));
+    Cow::Owned(out)
 }
 
 fn lang_of(el: &Element) -> Option<&str> {
@@ -170,10 +175,10 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
     Ok(stanza)
 }
 
-/// `<message/>` → the parts of a SIP MESSAGE (Request-URI, From with `tag`, To,
-/// Call-ID from `<thread/>` or `call_id`, CSeq, Content-Type, Subject,
-/// Content-Language, body). Via and Max-Forwards are the SIP layer's. Returns
-/// `None` for messages that carry nothing SIP can show (a chat state alone).
+/// `<message/>` → a SIP MESSAGE (Request-URI, From with `tag`, To, Call-ID from
+/// `<thread/>` or `call_id`, CSeq, Content-Type, Subject, Content-Language,
+/// body), as a model. Via and Max-Forwards are the SIP layer's. Returns `None` for
+/// messages that carry nothing SIP can show (a chat state alone).
 pub fn message_to_sip(
     stanza: &Element,
     tag: &str,
@@ -187,24 +192,106 @@ pub fn message_to_sip(
     };
     let from = jid("from")?;
     let to = jid("to")?;
-    message_to_sip_between(stanza, &from, &to, tag, call_id)
+    let Some(request) = message_to_sip_between(stanza, &from, &to, tag, call_id)? else {
+        return Ok(None);
+    };
+    // The model is what goes on the wire: the bytes as written, read back, less
+    // what the SIP layer adds (a reader wants a Via) and the length.
+    let bytes = request.to_bytes(Some("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK0"));
+    let mut msg =
+        SipMessage::parse(&bytes, &crate::sip::SipLimits::default()).map_err(|e| e.to_string())?;
+    msg.headers
+        .retain(|h| !matches!(&*h.name, "Via" | "Max-Forwards" | "Content-Length"));
+    Ok(Some(msg))
+}
+
+/// A SIP MESSAGE translated from a stanza, borrowing from it, written straight
+/// into bytes: a message on the hot path is never built as a header model.
+#[derive(Debug)]
+pub struct MessageRequest<'a> {
+    from: &'a Jid,
+    to: &'a Jid,
+    tag: &'a str,
+    call_id: Cow<'a, str>,
+    content_type: &'static str,
+    subject: Option<Cow<'a, str>>,
+    lang: Option<&'a str>,
+    body: Cow<'a, str>,
+}
+
+impl MessageRequest<'_> {
+    /// The request's bytes. With `via`, a Via with that value comes first and a
+    /// Max-Forwards of 70 last, as the SIP layer sends a request.
+    pub fn to_bytes(&self, via: Option<&str>) -> Vec<u8> {
+        let optional = |v: Option<&str>, name: &str| v.map_or(0, |v| v.len() + name.len() + 4);
+        let cap = 2 * sip_uri_capacity(self.to)
+            + sip_uri_capacity(self.from)
+            + self.tag.len()
+            + self.call_id.len()
+            + self.content_type.len()
+            + optional(via, "Via")
+            + optional(self.subject.as_deref(), "Subject")
+            + optional(self.lang, "Content-Language")
+            + self.body.len()
+            + 160;
+        let mut head = String::with_capacity(cap);
+        head.push_str("MESSAGE ");
+        let uri_at = head.len();
+        // The To header is the Request-URI without `gr`.
+        let bare_end = push_jid_sip(&mut head, self.to);
+        head.push_str(" SIP/2.0\r\n");
+        if let Some(via) = via {
+            head.push_str("Via: ");
+            head.push_str(via);
+            head.push_str("\r\n");
+        }
+        head.push_str("From: <");
+        push_jid_sip(&mut head, self.from);
+        head.push_str(">;tag=");
+        head.push_str(self.tag);
+        head.push_str("\r\nTo: <");
+        let mut out = head.into_bytes();
+        out.extend_from_within(uri_at..bare_end);
+        out.extend_from_slice(b">\r\n");
+        let mut field = |name: &[u8], value: &[u8]| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        field(b"Call-ID: ", self.call_id.as_bytes());
+        field(b"CSeq: ", b"1 MESSAGE");
+        field(b"Content-Type: ", self.content_type.as_bytes());
+        if let Some(subject) = &self.subject {
+            field(b"Subject: ", subject.as_bytes());
+        }
+        if let Some(lang) = self.lang {
+            field(b"Content-Language: ", lang.as_bytes());
+        }
+        if via.is_some() {
+            field(b"Max-Forwards: ", b"70");
+        }
+        crate::sip::message::push_content_length(&mut out, self.body.len());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.body.as_bytes());
+        out
+    }
 }
 
 /// As [`message_to_sip`], for a caller that has already parsed (and checked) the
-/// stanza's `from` and `to`.
-pub fn message_to_sip_between(
-    stanza: &Element,
-    from: &Jid,
-    to: &Jid,
-    tag: &str,
-    call_id: &str,
-) -> Result<Option<SipMessage>, String> {
+/// stanza's `from` and `to`, and without the model: the request as it is written.
+pub fn message_to_sip_between<'a>(
+    stanza: &'a Element,
+    from: &'a Jid,
+    to: &'a Jid,
+    tag: &'a str,
+    call_id: &'a str,
+) -> Result<Option<MessageRequest<'a>>, String> {
     let body = stanza.find(ns::SERVER, "body").map(text_of);
     let composing = stanza
         .elements()
         .find(|e| e.ns == CHATSTATES)
         .map(|e| &*e.name);
-    let (content_type, payload) = match (body, composing) {
+    let (content_type, body) = match (body, composing) {
         (Some(b), _) => ("text/plain;charset=UTF-8", b),
         (None, Some(state)) => {
             let active = state == "composing";
@@ -212,58 +299,32 @@ pub fn message_to_sip_between(
                 "<?xml version='1.0' encoding='UTF-8'?><isComposing xmlns='{ISCOMPOSING}'><state>{}</state><contenttype>text/plain</contenttype></isComposing>",
                 if active { "active" } else { "idle" }
             );
-            ("application/im-iscomposing+xml", doc)
+            ("application/im-iscomposing+xml", Cow::Owned(doc))
         }
         (None, None) => return Ok(None),
     };
-    let thread = stanza
+    let call_id = stanza
         .find(ns::SERVER, "thread")
         .map(text_of)
-        .filter(|t| !t.trim().is_empty());
-    // One encoding of each JID: the To header is the Request-URI without `gr`.
-    let (to_uri, to_bare) = jid_to_sip_split(to);
-    let mut from_value = String::with_capacity(sip_uri_capacity(from) + tag.len() + 7);
-    from_value.push('<');
-    push_jid_sip(&mut from_value, from);
-    from_value.push_str(">;tag=");
-    from_value.push_str(tag);
-    let bare = to_uri.get(..to_bare).unwrap_or(&to_uri);
-    let mut to_value = String::with_capacity(bare.len() + 2);
-    to_value.push('<');
-    to_value.push_str(bare);
-    to_value.push('>');
-    // Names written here are canonical already; room for the Via and Max-Forwards
-    // the SIP layer adds.
-    let header = |name: &'static str, value: String| Header {
-        name: Cow::Borrowed(name),
-        value,
-    };
-    let mut headers = Vec::with_capacity(10);
-    headers.push(header("From", from_value));
-    headers.push(header("To", to_value));
-    headers.push(header(
-        "Call-ID",
-        thread.unwrap_or_else(|| call_id.to_owned()),
-    ));
-    headers.push(header("CSeq", "1 MESSAGE".to_owned()));
-    headers.push(header("Content-Type", content_type.to_owned()));
-    if let Some(s) = stanza.find(ns::SERVER, "subject") {
-        let mut subject = text_of(s);
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or(Cow::Borrowed(call_id));
+    let subject = stanza.find(ns::SERVER, "subject").map(|s| {
+        let subject = text_of(s);
         if subject.contains(['\r', '\n']) {
-            subject = subject.replace(['\r', '\n'], " ");
+            Cow::Owned(subject.replace(['\r', '\n'], " "))
+        } else {
+            subject
         }
-        headers.push(header("Subject", subject));
-    }
-    if let Some(lang) = lang_of(stanza) {
-        headers.push(header("Content-Language", lang.to_owned()));
-    }
-    Ok(Some(SipMessage {
-        start: crate::sip::StartLine::Request {
-            method: "MESSAGE".to_owned(),
-            uri: to_uri,
-        },
-        headers,
-        body: payload.into_bytes(),
+    });
+    Ok(Some(MessageRequest {
+        from,
+        to,
+        tag,
+        call_id,
+        content_type,
+        subject,
+        lang: lang_of(stanza),
+        body,
     }))
 }
 

@@ -419,11 +419,6 @@ fn start_tag<'a>(
         let check = c.unchecked(c.at + len);
         c.at += len + 1;
         let value = unescape(raw_value, Context::Attribute(key), check)?;
-        if attrs.capacity() == 0 {
-            // Room for a stanza's usual attributes at once (from, to, id, type,
-            // xml:lang), not four and then eight.
-            attrs.reserve(6);
-        }
         if key == "xmlns" {
             scope.push(("", value));
         } else if let Some(prefix) = key.strip_prefix("xmlns:") {
@@ -435,6 +430,7 @@ fn start_tag<'a>(
             }
             scope.push((prefix, value));
         } else if let Some(split) = prefixed_key {
+            reserve_for_stanza(&mut attrs);
             prefixed.push((attrs.len(), key, split));
             attrs.push(Attribute {
                 ns: None,
@@ -442,6 +438,7 @@ fn start_tag<'a>(
                 value: value.into_owned(),
             });
         } else {
+            reserve_for_stanza(&mut attrs);
             attrs.push(Attribute {
                 ns: None,
                 name: name(key),
@@ -486,6 +483,14 @@ fn start_tag<'a>(
         attrs,
         empty,
     })
+}
+
+/// Room for a stanza's usual attributes at once (from, to, id, type, xml:lang),
+/// not four and then eight; a tag that declares only a namespace gets none.
+fn reserve_for_stanza(attrs: &mut Vec<Attribute>) {
+    if attrs.capacity() == 0 {
+        attrs.reserve(6);
+    }
 }
 
 /// Reads the stream header's start tag (`bytes` starts with its `<`), returning it
