@@ -202,6 +202,11 @@ impl Jid {
         &self.full
     }
 
+    /// The string form, taken out of the JID.
+    pub fn into_string(self) -> String {
+        self.full
+    }
+
     /// The bare JID's string form, `local@domain`, borrowed.
     pub fn bare_str(&self) -> &str {
         self.full.get(..self.domain_end).unwrap_or_default()

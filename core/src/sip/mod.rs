@@ -7,4 +7,4 @@ pub mod transaction;
 pub mod uri;
 
 pub use message::{Header, SipError, SipLimits, SipMessage, StartLine, StreamDecoder};
-pub use uri::{NameAddr, Param, SipUri, Via};
+pub use uri::{NameAddr, NameAddrRef, Param, SipUri, SipUriRef, Via};

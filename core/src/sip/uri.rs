@@ -83,8 +83,23 @@ pub struct SipUri {
     pub headers: Option<String>,
 }
 
-impl SipUri {
-    pub fn parse(text: &str) -> Result<SipUri, SipError> {
+/// A URI read in place, as [`SipUri::parse`] reads it: what the gateway maps to a
+/// JID per message without copying its parts out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SipUriRef<'a> {
+    /// As written ([`SipUri`] lower-cases it).
+    pub scheme: &'a str,
+    pub user: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub host: &'a str,
+    pub port: Option<u16>,
+    /// The text after the host part's `;`, empty when there is none.
+    params: &'a str,
+    pub headers: Option<&'a str>,
+}
+
+impl<'a> SipUriRef<'a> {
+    pub fn parse(text: &'a str) -> Result<SipUriRef<'a>, SipError> {
         let bad = |why: &str| {
             SipError::Malformed(format!(
                 "URI '{}': {why}",
@@ -106,36 +121,66 @@ impl SipUri {
             None => (None, rest),
         };
         let (hostpart, headers) = match split_once_byte(hostpart, b'?') {
-            Some((r, h)) => (r, Some(h.to_owned())),
+            Some((r, h)) => (r, Some(h)),
             None => (hostpart, None),
         };
         let (user, password) = match userinfo {
             Some(u) => match split_once_byte(u, b':') {
-                Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
-                None => (Some(u.to_owned()), None),
+                Some((u, p)) => (Some(u), Some(p)),
+                None => (Some(u), None),
             },
             None => (None, None),
         };
-        if user.as_deref() == Some("") {
+        if user == Some("") {
             return Err(bad("empty user part"));
         }
-        let (hostport, params) = match split_once_byte(hostpart, b';') {
-            Some((h, p)) => (h, parse_params(p)),
-            None => (hostpart, Vec::new()),
-        };
+        let (hostport, params) = split_once_byte(hostpart, b';').unwrap_or((hostpart, ""));
         let (host, port) = host_port(hostport).map_err(bad)?;
         if host.is_empty() {
             return Err(bad("empty host"));
         }
-        Ok(SipUri {
-            scheme: scheme.to_ascii_lowercase(),
+        Ok(SipUriRef {
+            scheme,
             user,
             password,
-            host: host.to_owned(),
+            host,
             port,
             params,
             headers,
         })
+    }
+
+    /// The value of the first parameter called `name` (any case), if it has one.
+    pub fn param_value(&self, name: &str) -> Option<&'a str> {
+        params_of(self.params)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v)
+    }
+
+    /// As [`SipUri::reads_back_unchanged`].
+    pub fn reads_back_unchanged(&self) -> bool {
+        self.port.is_some()
+            || params_of(self.params).next().is_some()
+            || self.headers.is_some()
+            || !self.host.ends_with(char::is_whitespace)
+    }
+
+    pub fn to_owned(&self) -> SipUri {
+        SipUri {
+            scheme: self.scheme.to_ascii_lowercase(),
+            user: self.user.map(str::to_owned),
+            password: self.password.map(str::to_owned),
+            host: self.host.to_owned(),
+            port: self.port,
+            params: parse_params(self.params),
+            headers: self.headers.map(str::to_owned),
+        }
+    }
+}
+
+impl SipUri {
+    pub fn parse(text: &str) -> Result<SipUri, SipError> {
+        SipUriRef::parse(text).map(|u| u.to_owned())
     }
 
     pub fn param(&self, name: &str) -> Option<&Param> {
@@ -194,8 +239,19 @@ pub struct NameAddr {
     pub angle: bool,
 }
 
-impl NameAddr {
-    pub fn parse(text: &str) -> Result<NameAddr, SipError> {
+/// A From/To/Contact value read in place, as [`NameAddr::parse`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameAddrRef<'a> {
+    /// Trimmed and without its quotes; `None` when empty.
+    pub display: Option<&'a str>,
+    pub uri: SipUriRef<'a>,
+    /// The header parameters' text, after the URI.
+    params: &'a str,
+    pub angle: bool,
+}
+
+impl<'a> NameAddrRef<'a> {
+    pub fn parse(text: &'a str) -> Result<NameAddrRef<'a>, SipError> {
         let text = trim(text);
         let bad = |why: &str| {
             SipError::Malformed(format!(
@@ -208,26 +264,43 @@ impl NameAddr {
             let display = display.trim_matches('"').trim();
             let after = text.get(lt + 1..).unwrap_or_default();
             let gt = memchr::memchr(b'>', after.as_bytes()).ok_or_else(|| bad("unclosed '<'"))?;
-            let uri = SipUri::parse(after.get(..gt).unwrap_or_default())?;
-            let params = parse_params(after.get(gt + 1..).unwrap_or_default());
-            return Ok(NameAddr {
-                display: (!display.is_empty()).then(|| display.to_owned()),
-                uri,
-                params,
+            return Ok(NameAddrRef {
+                display: (!display.is_empty()).then_some(display),
+                uri: SipUriRef::parse(after.get(..gt).unwrap_or_default())?,
+                params: after.get(gt + 1..).unwrap_or_default(),
                 angle: true,
             });
         }
         // RFC 3261 §20.10: without angle brackets, parameters belong to the header.
-        let (uri, params) = match split_once_byte(text, b';') {
-            Some((u, p)) => (u, parse_params(p)),
-            None => (text, Vec::new()),
-        };
-        Ok(NameAddr {
+        let (uri, params) = split_once_byte(text, b';').unwrap_or((text, ""));
+        Ok(NameAddrRef {
             display: None,
-            uri: SipUri::parse(uri)?,
+            uri: SipUriRef::parse(uri)?,
             params,
             angle: false,
         })
+    }
+
+    /// The value of the first header parameter called `name` (any case).
+    pub fn param_value(&self, name: &str) -> Option<&'a str> {
+        params_of(self.params)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v)
+    }
+
+    pub fn to_owned(&self) -> NameAddr {
+        NameAddr {
+            display: self.display.map(str::to_owned),
+            uri: self.uri.to_owned(),
+            params: parse_params(self.params),
+            angle: self.angle,
+        }
+    }
+}
+
+impl NameAddr {
+    pub fn parse(text: &str) -> Result<NameAddr, SipError> {
+        NameAddrRef::parse(text).map(|n| n.to_owned())
     }
 
     pub fn tag(&self) -> Option<&str> {

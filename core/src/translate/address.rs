@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::jid::{escape_node, unescape_node, Jid, JidError};
-use crate::sip::uri::SipUri;
+use crate::sip::uri::SipUriRef;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddressError {
@@ -131,16 +131,20 @@ pub fn percent_encode_user(s: &str) -> String {
 
 /// `sip:`, `sips:`, `pres:` or `im:` URI → JID.
 pub fn sip_to_jid(uri: &str) -> Result<Jid, AddressError> {
-    let parsed = SipUri::parse(uri).map_err(|e| AddressError::Malformed(e.to_string()))?;
-    uri_to_jid(parsed)
+    let parsed = SipUriRef::parse(uri).map_err(|e| AddressError::Malformed(e.to_string()))?;
+    uri_to_jid(&parsed)
 }
 
 /// A parsed URI → JID, as `sip_to_jid` maps it.
-pub fn uri_to_jid(parsed: SipUri) -> Result<Jid, AddressError> {
-    if !matches!(parsed.scheme.as_str(), "sip" | "sips" | "pres" | "im") {
-        return Err(AddressError::Scheme(parsed.scheme));
+pub fn uri_to_jid(parsed: &SipUriRef<'_>) -> Result<Jid, AddressError> {
+    let scheme = parsed.scheme;
+    if !["sip", "sips", "pres", "im"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(scheme))
+    {
+        return Err(AddressError::Scheme(scheme.to_ascii_lowercase()));
     }
-    let decoded = match &parsed.user {
+    let decoded = match parsed.user {
         Some(u) => Some(
             decode(u).ok_or_else(|| AddressError::Malformed("user part is not UTF-8".into()))?,
         ),
@@ -150,14 +154,14 @@ pub fn uri_to_jid(parsed: SipUri) -> Result<Jid, AddressError> {
         Some(d) => Some(escape_node(d).map_err(AddressError::Jid)?),
         None => None,
     };
-    let resource = match parsed.param("gr").and_then(|p| p.value.as_deref()) {
+    let resource = match parsed.param_value("gr") {
         Some(gr) => {
             Some(decode(gr).ok_or_else(|| AddressError::Malformed("gr is not UTF-8".into()))?)
         }
         None => None,
     };
     // Jid::new puts the host in normal form unless it is already.
-    Jid::new(local.as_deref(), &parsed.host, resource.as_deref()).map_err(AddressError::Jid)
+    Jid::new(local.as_deref(), parsed.host, resource.as_deref()).map_err(AddressError::Jid)
 }
 
 /// JID → `sip:` URI; a resource becomes the `gr` parameter.

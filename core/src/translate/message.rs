@@ -7,10 +7,10 @@ use std::fmt;
 
 use crate::jid::Jid;
 use crate::sip::message::{split_byte, split_once_byte, trim};
-use crate::sip::uri::NameAddr;
+use crate::sip::uri::NameAddrRef;
 use crate::sip::SipMessage;
 use crate::translate::address::{push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid};
-use crate::xml::{ns, parse_document, Attribute, Element, Node};
+use crate::xml::{ns, parse_document, Attribute, Element, Name, Node};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const ISCOMPOSING: &str = "urn:ietf:params:xml:ns:im-iscomposing";
@@ -95,14 +95,14 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
     let from_header = msg
         .header("From")
         .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
-    let from_addr = NameAddr::parse(from_header)
+    let from_addr = NameAddrRef::parse(from_header)
         .map_err(|e| Refusal::new(400, format!("Bad Request ({e})")))?;
     // The parsed URI maps directly when reading its serialisation back would give
     // the same URI, as it does but for a host with trailing whitespace.
     let from = if from_addr.uri.reads_back_unchanged() {
-        uri_to_jid(from_addr.uri)
+        uri_to_jid(&from_addr.uri)
     } else {
-        sip_to_jid(&from_addr.uri.to_string())
+        sip_to_jid(&from_addr.uri.to_owned().to_string())
     }
     .map_err(|e| Refusal::new(400, format!("Bad Request (From: {e})")))?;
     let target = match &msg.start {
@@ -113,11 +113,23 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
     };
     let to = sip_to_jid(target)
         .map_err(|e| Refusal::new(416, format!("Unsupported URI Scheme ({e})")))?;
-    let mut stanza = Element::new(ns::SERVER, "message")
-        .attr("from", from.as_str())
-        .attr("to", to.as_str())
-        .attr("type", "chat")
-        .attr("id", id);
+    // Built in place, at its size: the attributes are known to be distinct.
+    let attr = |name: &'static str, value: String| Attribute {
+        ns: None,
+        name: Name::Borrowed(name),
+        value,
+    };
+    let mut attrs = Vec::with_capacity(5);
+    attrs.push(attr("from", from.into_string()));
+    attrs.push(attr("to", to.into_string()));
+    attrs.push(attr("type", "chat".to_owned()));
+    attrs.push(attr("id", id.to_owned()));
+    let mut stanza = Element {
+        ns: Name::Borrowed(ns::SERVER),
+        name: Name::Borrowed("message"),
+        attrs,
+        children: Vec::with_capacity(3),
+    };
     if let Some(lang) = msg.header("Content-Language") {
         let first = trim(split_byte(lang, b',').next().unwrap_or_default());
         if !first.is_empty() {
