@@ -122,9 +122,8 @@ fn render() -> String {
         let out = match message_to_sip(&st, "tag1", "generated-call-id") {
             Ok(Some(m)) => {
                 let hdrs: Vec<String> = m
-                    .headers
-                    .iter()
-                    .map(|h| format!("{}: {}", h.name, h.value))
+                    .headers()
+                    .map(|(name, value)| format!("{name}: {value}"))
                     .collect();
                 format!(
                     "`{}` {} body `{}`",

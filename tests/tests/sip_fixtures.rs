@@ -26,15 +26,14 @@ fn message(file: &str) -> SipMessage {
 /// in order, and the body. Content-Length is compared by value, since PJSIP pads it.
 fn essence(m: &SipMessage) -> (StartLine, Vec<(String, String)>, Vec<u8>) {
     let headers = m
-        .headers
-        .iter()
-        .map(|h| {
+        .headers()
+        .map(|(name, value)| {
             (
-                h.name.to_string(),
-                if h.name == "Content-Length" {
-                    h.value.trim().to_owned()
+                name.to_owned(),
+                if name == "Content-Length" {
+                    value.trim().to_owned()
                 } else {
-                    h.value.clone()
+                    value.to_owned()
                 },
             )
         })

@@ -572,13 +572,7 @@ impl Gateway {
             }
             Outbound::NoNextHop => return,
         };
-        request.headers.insert(
-            0,
-            crate::sip::Header {
-                name: "Via".into(),
-                value: via,
-            },
-        );
+        request.insert_header(0, "Via", &via);
         if request.header("Max-Forwards").is_none() {
             request.push_header("Max-Forwards", "70");
         }

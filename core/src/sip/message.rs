@@ -33,19 +33,36 @@ pub enum StartLine {
 }
 
 /// One header field. `name` is the canonical full name (compact forms expanded),
-/// borrowed when it is a known one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    pub name: Cow<'static, str>,
-    pub value: String,
+/// borrowed when it is a known one; the value lies in the message's `text`.
+#[derive(Clone, Debug)]
+struct Field {
+    name: Cow<'static, str>,
+    at: usize,
+    len: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A SIP message. Its header values share one buffer: a parsed message's is the
+/// header block as received, so reading one costs one copy whatever the count.
+#[derive(Clone, Debug)]
 pub struct SipMessage {
     pub start: StartLine,
-    pub headers: Vec<Header>,
+    fields: Vec<Field>,
+    text: String,
     pub body: Vec<u8>,
 }
+
+/// Equal when the start line, the headers in order and the body are: where the
+/// values lie in the buffer does not matter.
+impl PartialEq for SipMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.start == other.start
+            && self.body == other.body
+            && self.fields.len() == other.fields.len()
+            && self.headers().eq(other.headers())
+    }
+}
+
+impl Eq for SipMessage {}
 
 /// Why a message could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,26 +282,53 @@ fn list_values(value: &str) -> impl Iterator<Item = &str> {
 }
 
 impl SipMessage {
-    pub fn request(method: &str, uri: &str) -> Self {
+    fn with_start(start: StartLine) -> Self {
         SipMessage {
-            start: StartLine::Request {
-                method: method.to_owned(),
-                uri: uri.to_owned(),
-            },
-            headers: Vec::new(),
+            start,
+            fields: Vec::new(),
+            text: String::new(),
             body: Vec::new(),
         }
     }
 
+    pub fn request(method: &str, uri: &str) -> Self {
+        SipMessage::with_start(StartLine::Request {
+            method: method.to_owned(),
+            uri: uri.to_owned(),
+        })
+    }
+
     pub fn response(code: u16, reason: &str) -> Self {
-        SipMessage {
-            start: StartLine::Response {
-                code,
-                reason: reason.to_owned(),
-            },
-            headers: Vec::new(),
-            body: Vec::new(),
+        SipMessage::with_start(StartLine::Response {
+            code,
+            reason: reason.to_owned(),
+        })
+    }
+
+    fn value(&self, f: &Field) -> &str {
+        self.text.get(f.at..f.at + f.len).unwrap_or_default()
+    }
+
+    /// Every header as (canonical name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|f| (&*f.name, self.value(f)))
+    }
+
+    /// A field for `value`, appended to the buffer.
+    fn field(&mut self, name: Cow<'static, str>, value: &str) -> Field {
+        let at = self.text.len();
+        self.text.push_str(value);
+        Field {
+            name,
+            at,
+            len: value.len(),
         }
+    }
+
+    /// Puts a header at `index` among the headers (0: first, as a Via is added).
+    pub fn insert_header(&mut self, index: usize, name: &str, value: &str) {
+        let f = self.field(canonical(name), value);
+        self.fields.insert(index.min(self.fields.len()), f);
     }
 
     /// Builder: appends a header.
@@ -294,20 +338,22 @@ impl SipMessage {
     }
 
     pub fn push_header(&mut self, name: &str, value: &str) {
-        self.headers.push(Header {
-            name: canonical(name),
-            value: value.to_owned(),
-        });
+        let f = self.field(canonical(name), value);
+        self.fields.push(f);
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove_header(&mut self, name: &str) {
+        let name = canonical(name);
+        self.fields.retain(|h| h.name != name);
     }
 
     /// Replaces every value of `name` with one.
     pub fn set_header(&mut self, name: &str, value: &str) {
         let name = canonical(name);
-        self.headers.retain(|h| h.name != name);
-        self.headers.push(Header {
-            name,
-            value: value.to_owned(),
-        });
+        self.fields.retain(|h| h.name != name);
+        let f = self.field(name, value);
+        self.fields.push(f);
     }
 
     pub fn method(&self) -> Option<&str> {
@@ -327,10 +373,10 @@ impl SipMessage {
     /// The first value of a header (any spelling, compact or full).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = canonical(name);
-        self.headers
+        self.fields
             .iter()
             .find(|h| h.name == *name)
-            .map(|h| h.value.as_str())
+            .map(|h| self.value(h))
     }
 
     /// Every value of a header, list headers split at their commas.
@@ -338,14 +384,15 @@ impl SipMessage {
         let name = canonical(name);
         let list = is_list_header(&name);
         let mut out = Vec::new();
-        for h in self.headers.iter().filter(|h| h.name == *name) {
+        for h in self.fields.iter().filter(|h| h.name == *name) {
+            let value = self.value(h);
             if !list {
-                out.push(h.value.clone());
+                out.push(value.to_owned());
             } else if out.is_empty() {
                 // The usual single header: its split is the answer, not copied again.
-                out = split_list(&h.value);
+                out = split_list(value);
             } else {
-                out.extend(split_list(&h.value));
+                out.extend(split_list(value));
             }
         }
         out
@@ -355,14 +402,14 @@ impl SipMessage {
     pub fn first_value(&self, name: &str) -> Option<&str> {
         let name = canonical(name);
         let list = is_list_header(&name);
-        self.headers
+        self.fields
             .iter()
             .filter(|h| h.name == *name)
             .find_map(|h| {
                 if list {
-                    first_of_list(&h.value)
+                    first_of_list(self.value(h))
                 } else {
-                    Some(h.value.as_str())
+                    Some(self.value(h))
                 }
             })
     }
@@ -454,8 +501,8 @@ impl SipMessage {
             StartLine::Request { method, uri } => method.len() + uri.len() + 12,
             StartLine::Response { reason, .. } => reason.len() + 12,
         };
-        for h in &self.headers {
-            cap += h.name.len() + h.value.len() + 4;
+        for h in &self.fields {
+            cap += h.name.len() + h.len + 4;
         }
         let mut out = Vec::with_capacity(cap);
         match &self.start {
@@ -474,7 +521,7 @@ impl SipMessage {
             }
         }
         let mut wrote_length = false;
-        for h in &self.headers {
+        for h in &self.fields {
             if h.name == "Content-Length" {
                 if wrote_length {
                     continue;
@@ -484,7 +531,7 @@ impl SipMessage {
             } else {
                 out.extend_from_slice(h.name.as_bytes());
                 out.extend_from_slice(b": ");
-                out.extend_from_slice(h.value.as_bytes());
+                out.extend_from_slice(self.value(h).as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
         }
@@ -499,62 +546,42 @@ impl SipMessage {
     /// What [`SipMessage::reply`] reads of a request, and nothing else: what a
     /// server transaction keeps to answer it.
     pub fn reply_basis(&self) -> SipMessage {
-        // Sized for the five (a filter tells `collect` nothing of the count).
-        let mut headers = Vec::with_capacity(5);
-        headers.extend(
-            self.headers
-                .iter()
-                .filter(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq"))
-                .cloned(),
-        );
-        SipMessage {
-            start: self.start.clone(),
-            headers,
-            body: Vec::new(),
-        }
+        let mut basis = SipMessage::with_start(self.start.clone());
+        self.copy_reply_fields(&mut basis, None);
+        basis
     }
 
-    /// [`SipMessage::reply`], moving the copied headers out of this message
-    /// rather than cloning them.
+    /// [`SipMessage::reply`], for a caller done with the request.
     pub fn into_reply(self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
-        let mut resp = SipMessage::response(code, reason);
-        resp.headers.reserve(8);
-        for mut h in self.headers {
-            match &*h.name {
-                "Via" | "From" | "Call-ID" | "CSeq" => resp.headers.push(h),
-                "To" => {
-                    add_to_tag(&mut h.value, to_tag);
-                    resp.headers.push(h);
-                }
-                _ => {}
-            }
-        }
-        resp
+        self.reply(code, reason, to_tag)
     }
 
     /// A response to this request that copies Via, From, To, Call-ID and CSeq
     /// (RFC 3261 §8.2.6.2); `to_tag` is added to To when it has none.
     pub fn reply(&self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
         let mut resp = SipMessage::response(code, reason);
-        // The five copied and a few the caller adds.
-        resp.headers.reserve(8);
-        for h in &self.headers {
-            match &*h.name {
-                "Via" | "From" | "Call-ID" | "CSeq" => resp.headers.push(h.clone()),
-                "To" => {
-                    let mut value =
-                        String::with_capacity(h.value.len() + to_tag.map_or(0, |t| t.len() + 5));
-                    value.push_str(&h.value);
-                    add_to_tag(&mut value, to_tag);
-                    resp.headers.push(Header {
-                        name: h.name.clone(),
-                        value,
-                    });
-                }
-                _ => {}
+        self.copy_reply_fields(&mut resp, to_tag);
+        resp
+    }
+
+    /// Copies Via, From, To, Call-ID and CSeq into `to`, in order, into one buffer
+    /// sized for them, with room for the fields a response adds.
+    fn copy_reply_fields(&self, to: &mut SipMessage, to_tag: Option<&str>) {
+        let copied = |h: &&Field| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq");
+        let len: usize = self.fields.iter().filter(copied).map(|h| h.len).sum();
+        to.text
+            .reserve(len + to_tag.map_or(0, |t| t.len() + 5) + 64);
+        to.fields.reserve(8);
+        for h in self.fields.iter().filter(copied) {
+            let f = to.field(h.name.clone(), self.value(h));
+            if h.name == "To" {
+                add_to_tag(&mut to.text, to_tag, f.at);
+                let len = to.text.len() - f.at;
+                to.fields.push(Field { len, ..f });
+            } else {
+                to.fields.push(f);
             }
         }
-        resp
     }
 }
 
@@ -582,18 +609,21 @@ pub(crate) fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Adds `;tag=` to a To value that has none (a response's To, RFC 3261 §8.2.6.2).
-fn add_to_tag(value: &mut String, to_tag: Option<&str>) {
+/// Adds `;tag=` to a To value that has none (a response's To, RFC 3261 §8.2.6.2):
+/// the value is `text` from `at` on.
+fn add_to_tag(text: &mut String, to_tag: Option<&str>, at: usize) {
     let Some(tag) = to_tag else {
         return;
     };
-    let tagged = value
+    let tagged = text
         .as_bytes()
+        .get(at..)
+        .unwrap_or_default()
         .windows(5)
         .any(|w| w.eq_ignore_ascii_case(b";tag="));
     if !tagged {
-        value.push_str(";tag=");
-        value.push_str(tag);
+        text.push_str(";tag=");
+        text.push_str(tag);
     }
 }
 
@@ -617,7 +647,13 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
     let start = parse_start(first)?;
     // One header per line at most: sized once instead of grown.
     let line_count = memchr::memchr_iter(b'\n', head).count();
-    let mut headers: Vec<Header> = Vec::with_capacity(line_count.min(limits.max_headers));
+    let mut msg = SipMessage {
+        start,
+        fields: Vec::with_capacity(line_count.min(limits.max_headers)),
+        // The values are read where they lie: one copy of the block.
+        text: text.to_owned(),
+        body: Vec::new(),
+    };
     for line in lines {
         if line.len() > limits.max_line {
             return Err(SipError::TooLarge(format!(
@@ -627,48 +663,48 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
         }
         if line.starts_with([' ', '\t']) {
             // Folded continuation (RFC 3261 §7.3.1): joined with one space.
-            let Some(last) = headers.last_mut() else {
+            let Some(last) = msg.fields.pop() else {
                 return Err(SipError::Malformed(
                     "a continuation line before any header".into(),
                 ));
             };
-            last.value.push(' ');
-            last.value.push_str(trim(line));
-            if last.value.len() > limits.max_line {
+            let joined = [msg.value(&last), " ", trim(line)].concat();
+            if joined.len() > limits.max_line {
                 return Err(SipError::TooLarge(format!(
                     "a folded header is longer than {} bytes",
                     limits.max_line
                 )));
             }
+            let f = msg.field(last.name, &joined);
+            msg.fields.push(f);
             continue;
         }
         let colon = memchr::memchr(b':', line.as_bytes()).ok_or_else(|| {
             SipError::Malformed(format!("header line without ':': '{}'", truncate(line)))
         })?;
         let name = trim_end(line.get(..colon).unwrap_or_default());
-        let value = line.get(colon + 1..).unwrap_or_default();
+        let value = trim(line.get(colon + 1..).unwrap_or_default());
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(SipError::Malformed(format!(
                 "bad header name '{}'",
                 truncate(name)
             )));
         }
-        if headers.len() >= limits.max_headers {
+        if msg.fields.len() >= limits.max_headers {
             return Err(SipError::TooLarge(format!(
                 "more than {} headers",
                 limits.max_headers
             )));
         }
-        headers.push(Header {
+        let Some(at) = offset_in(text, value) else {
+            return Err(SipError::Malformed("a header outside its block".into()));
+        };
+        msg.fields.push(Field {
             name: canonical(name),
-            value: trim(value).to_owned(),
+            at,
+            len: value.len(),
         });
     }
-    let msg = SipMessage {
-        start,
-        headers,
-        body: Vec::new(),
-    };
     // RFC 3261 §8.1.1: the mandatory headers.
     for required in ["Via", "From", "To", "Call-ID", "CSeq"] {
         if msg.header(required).is_none() {
@@ -688,6 +724,13 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
         }
     }
     Ok(msg)
+}
+
+/// Where `inner`, a slice of `outer`, starts in it: `outer` is the header block
+/// the message keeps, and every line and value is read from it in place.
+fn offset_in(outer: &str, inner: &str) -> Option<usize> {
+    let at = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    (at + inner.len() <= outer.len()).then_some(at)
 }
 
 /// The lines of a header block, as `split('\n')` with any `\r` before the LF removed.
@@ -1001,13 +1044,7 @@ mod tests {
         assert_eq!(m.header_values("Via").len(), 2);
         assert_eq!(m.body, b"hello");
         let again = SipMessage::parse(&m.to_bytes(), &SipLimits::default()).expect("re-parses");
-        assert_eq!(
-            again,
-            SipMessage {
-                headers: again.headers.clone(),
-                ..m.clone()
-            }
-        );
+        assert_eq!(again, m);
         assert_eq!(again.header("Content-Length"), Some("5"));
     }
 

@@ -212,8 +212,9 @@ pub fn message_to_sip(
     let bytes = request.to_bytes(Some("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK0"));
     let mut msg =
         SipMessage::parse(&bytes, &crate::sip::SipLimits::default()).map_err(|e| e.to_string())?;
-    msg.headers
-        .retain(|h| !matches!(&*h.name, "Via" | "Max-Forwards" | "Content-Length"));
+    for added in ["Via", "Max-Forwards", "Content-Length"] {
+        msg.remove_header(added);
+    }
     Ok(Some(msg))
 }
 
