@@ -705,11 +705,19 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
             len: value.len(),
         });
     }
-    // RFC 3261 §8.1.1: the mandatory headers.
-    for required in ["Via", "From", "To", "Call-ID", "CSeq"] {
-        if msg.header(required).is_none() {
-            return Err(SipError::Malformed(format!("missing {required}")));
+    // RFC 3261 §8.1.1: the mandatory headers, found in one pass.
+    const REQUIRED: [&str; 5] = ["Via", "From", "To", "Call-ID", "CSeq"];
+    let mut seen = [false; 5];
+    for f in &msg.fields {
+        if let Some(i) = REQUIRED.iter().position(|r| *r == f.name) {
+            if let Some(s) = seen.get_mut(i) {
+                *s = true;
+            }
         }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        let missing = REQUIRED.get(i).copied().unwrap_or_default();
+        return Err(SipError::Malformed(format!("missing {missing}")));
     }
     let Some((_, cm)) = msg.cseq_ref() else {
         return Err(SipError::Malformed(
@@ -841,8 +849,25 @@ fn truncate(s: &str) -> String {
 }
 
 fn is_token_char(b: u8) -> bool {
-    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+    TOKEN[usize::from(b)]
 }
+
+/// RFC 3261 §25.1 `token` characters, one lookup per byte of a header name.
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        // `b` is below 256, so the cast cannot truncate.
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    t
+};
 
 fn parse_start(line: &str) -> Result<StartLine, SipError> {
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {

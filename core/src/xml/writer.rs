@@ -40,7 +40,20 @@ const ATTR: [bool; 256] = table(true);
 
 fn first_escape(s: &str, attr: bool) -> Option<usize> {
     let t = if attr { &ATTR } else { &TEXT };
-    s.bytes().position(|b| t[usize::from(b)])
+    let hit = |b: u8| t[usize::from(b)];
+    let bytes = s.as_bytes();
+    // Eight lookups and one branch per block: most text has nothing to escape.
+    let mut at = 0;
+    for block in bytes.chunks_exact(8) {
+        if let [b0, b1, b2, b3, b4, b5, b6, b7] = *block {
+            if hit(b0) | hit(b1) | hit(b2) | hit(b3) | hit(b4) | hit(b5) | hit(b6) | hit(b7) {
+                break;
+            }
+        }
+        at += 8;
+    }
+    let tail = bytes.get(at..).unwrap_or_default();
+    tail.iter().position(|b| hit(*b)).map(|i| at + i)
 }
 
 fn escape(s: &str, attr: bool) -> Cow<'_, str> {
