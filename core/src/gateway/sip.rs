@@ -1171,11 +1171,11 @@ impl Gateway {
         let Some(branch) = msg
             .first_value("Via")
             .and_then(|v| ViaRef::parse(v).ok())
-            .and_then(|v| v.branch().map(str::to_owned))
+            .and_then(|v| v.branch())
         else {
             return;
         };
-        let Some(ct) = self.sip.client.get_mut(&branch) else {
+        let Some(ct) = self.sip.client.get_mut(branch) else {
             self.event(Event::Ignored {
                 conn: super::ConnId(0),
                 what: format!("SIP response for no transaction of ours (branch {branch})"),
@@ -1183,31 +1183,29 @@ impl Gateway {
             return;
         };
         let was_open = open(ct.tx.state);
-        let actions = ct.tx.on_response(msg, now);
+        let for_us = ct.tx.on_response(&msg, now);
         let answered = was_open && !open(ct.tx.state);
         if answered {
             self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
             self.sip_load_changed();
         }
-        self.sip_schedule(&branch);
-        for a in actions {
-            if let TxAction::Response(r) = a {
-                let code = r.status().unwrap_or(0);
-                if code >= 300 {
-                    let reason = match &r.start {
-                        StartLine::Response { reason, .. } => reason.clone(),
-                        StartLine::Request { .. } => String::new(),
-                    };
-                    self.sip_failed(&branch, code, &format!("SIP {code} {reason}"), now);
-                } else if code >= 200 {
-                    self.sip_succeeded(&branch, &r, now);
-                }
+        self.sip_schedule(branch);
+        if for_us {
+            let code = msg.status().unwrap_or(0);
+            if code >= 300 {
+                let reason = match &msg.start {
+                    StartLine::Response { reason, .. } => reason.as_str(),
+                    StartLine::Request { .. } => "",
+                };
+                self.sip_failed(branch, code, &format!("SIP {code} {reason}"), now);
+            } else if code >= 200 {
+                self.sip_succeeded(branch, &msg, now);
             }
         }
         if answered {
             // What the request was for has been settled: the stanza kept for a
             // bounce need not wait out Timer K.
-            if let Some(ct) = self.sip.client.get_mut(&branch) {
+            if let Some(ct) = self.sip.client.get_mut(branch) {
                 if matches!(ct.purpose, Purpose::Message(_)) {
                     ct.purpose = Purpose::Notice;
                 }
@@ -1332,7 +1330,6 @@ impl Gateway {
                         }
                     }
                     TxAction::Timeout => timed_out = true,
-                    TxAction::Response(_) => {}
                 }
             }
             if timed_out {

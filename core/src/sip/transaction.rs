@@ -45,8 +45,6 @@ pub enum State {
 pub enum TxAction {
     /// Send these bytes: the request, the first time or again on Timer E.
     Transmit(Vec<u8>),
-    /// Hand this response to the transaction user (provisional or final).
-    Response(SipMessage),
     /// No final response before Timer F: the TU treats it as a 408 (§8.1.3.1).
     Timeout,
 }
@@ -97,14 +95,16 @@ impl ClientTransaction {
         &self.request
     }
 
-    pub fn on_response(&mut self, response: SipMessage, now: Instant) -> Vec<TxAction> {
+    /// A response for this transaction: whether it goes on to the transaction
+    /// user (a retransmitted final response is absorbed).
+    pub fn on_response(&mut self, response: &SipMessage, now: Instant) -> bool {
         let Some(code) = response.status() else {
-            return Vec::new();
+            return false;
         };
         match self.state {
             State::Trying | State::Proceeding if code < 200 => {
                 self.state = State::Proceeding;
-                vec![TxAction::Response(response)]
+                true
             }
             State::Trying | State::Proceeding => {
                 self.state = State::Completed;
@@ -118,10 +118,10 @@ impl ClientTransaction {
                 } else {
                     self.timer_k = Some(now + self.timers.t4);
                 }
-                vec![TxAction::Response(response)]
+                true
             }
             // Retransmitted final responses are absorbed.
-            State::Completed | State::Terminated => Vec::new(),
+            State::Completed | State::Terminated => false,
         }
     }
 
@@ -251,7 +251,6 @@ mod tests {
                 match a {
                     TxAction::Transmit(_) => sends.push(at.duration_since(t0).as_millis()),
                     TxAction::Timeout => timeout = Some(at.duration_since(t0).as_millis()),
-                    TxAction::Response(_) => panic!("no response was given"),
                 }
             }
         }
@@ -279,7 +278,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut tx, _) = ClientTransaction::start(&req(), false, Timers::default(), t0);
         let trying = req().reply(100, "Trying", None);
-        assert_eq!(tx.on_response(trying, t0).len(), 1);
+        assert!(tx.on_response(&trying, t0));
         assert_eq!(tx.state, State::Proceeding);
         // In Proceeding, Timer E fires every T2.
         let e = tx.next_deadline().expect("timer E");
@@ -290,13 +289,10 @@ mod tests {
             Some(Duration::from_millis(4500))
         );
         let ok = req().reply(200, "OK", Some("t"));
-        assert_eq!(
-            tx.on_response(ok.clone(), t0),
-            vec![TxAction::Response(ok.clone())]
-        );
+        assert!(tx.on_response(&ok, t0));
         assert_eq!(tx.state, State::Completed);
         assert!(
-            tx.on_response(ok, t0).is_empty(),
+            !tx.on_response(&ok, t0),
             "retransmitted finals are absorbed"
         );
         assert_eq!(
