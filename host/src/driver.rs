@@ -26,7 +26,7 @@ pub trait Io {
     fn refuse(&mut self, stream: Self::Stream);
     /// Queues bytes for the connection's writer; returns the bytes queued and not
     /// yet written (0 for a connection the runtime no longer has).
-    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize;
+    fn transmit(&mut self, conn: ConnId, bytes: Vec<u8>) -> usize;
     /// Asks for `Input::Drained(conn)` once the connection's queue falls below
     /// [`SEND_LOW_WATER`]; false when it already has (no report will come).
     fn watch_drain(&mut self, conn: ConnId) -> bool;
@@ -295,7 +295,7 @@ impl Host {
                     }
                 }
                 Output::Transmit { conn, bytes } => {
-                    let pending = io.transmit(conn, &bytes);
+                    let pending = io.transmit(conn, bytes);
                     self.account(io, conn, pending);
                 }
                 Output::Connect { conn, addr, .. } => io.connect(conn, addr),
@@ -459,7 +459,7 @@ mod tests {
             0
         }
         fn refuse(&mut self, _: ()) {}
-        fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
+        fn transmit(&mut self, conn: ConnId, bytes: Vec<u8>) -> usize {
             let total = self.transmitted.entry(conn).or_default();
             *total += bytes.len();
             if self.reads {

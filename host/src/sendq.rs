@@ -42,17 +42,28 @@ impl Backlog {
 /// Most bytes a writer gathers into one write.
 const BATCH: usize = 64 * 1024;
 
-/// Fills `batch` with `first` and whatever else `more` has ready, up to [`BATCH`]:
-/// what is queued goes out in one write, with fewer syscalls.
-pub fn gather(batch: &mut Vec<u8>, first: &[u8], mut more: impl FnMut() -> Option<Vec<u8>>) {
+/// What to write for `first` and whatever else `more` has ready, up to [`BATCH`]:
+/// `first` itself when nothing else is (no copy), else everything gathered into
+/// `batch`, so that what is queued goes out in one write, with fewer syscalls.
+pub fn gather<'a>(
+    batch: &'a mut Vec<u8>,
+    first: &'a [u8],
+    mut more: impl FnMut() -> Option<Vec<u8>>,
+) -> &'a [u8] {
+    let next = if first.len() < BATCH { more() } else { None };
+    let Some(next) = next else {
+        return first;
+    };
     batch.clear();
     batch.extend_from_slice(first);
+    batch.extend_from_slice(&next);
     while batch.len() < BATCH {
         match more() {
             Some(next) => batch.extend_from_slice(&next),
             None => break,
         }
     }
+    batch
 }
 
 #[cfg(test)]
@@ -74,5 +85,16 @@ mod tests {
         assert!(!b.watch(), "already drained: no report will come");
         b.queued(10);
         assert!(!b.written(10), "the watch was taken back");
+    }
+
+    #[test]
+    fn a_lone_write_is_not_copied_and_queued_ones_are_joined() {
+        let mut batch = Vec::new();
+        let first = b"<message/>".to_vec();
+        let out = gather(&mut batch, &first, || None);
+        assert!(std::ptr::eq(out, first.as_slice()));
+        let mut queued = vec![b"<b/>".to_vec(), b"<a/>".to_vec()];
+        let out = gather(&mut batch, &first, || queued.pop());
+        assert_eq!(out, b"<message/><a/><b/>");
     }
 }

@@ -72,13 +72,13 @@ impl Io for SmolIo {
         spawn(async move {
             let mut batch = Vec::new();
             while let Ok(first) = wrx.recv().await {
-                sendq::gather(&mut batch, &first, || wrx.try_recv().ok());
-                if writer.write_all(&batch).await.is_err() {
+                let out = sendq::gather(&mut batch, &first, || wrx.try_recv().ok());
+                let written = out.len();
+                if writer.write_all(out).await.is_err() {
                     let _ = writer.shutdown(Shutdown::Both);
                     return;
                 }
-                if queued.written(batch.len()) && drained.send(Input::Drained(conn)).await.is_err()
-                {
+                if queued.written(written) && drained.send(Input::Drained(conn)).await.is_err() {
                     return;
                 }
             }
@@ -141,12 +141,12 @@ impl Io for SmolIo {
         let _ = stream.shutdown(Shutdown::Both);
     }
 
-    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
+    fn transmit(&mut self, conn: ConnId, bytes: Vec<u8>) -> usize {
         let Some(w) = self.writers.get(&conn) else {
             return 0;
         };
         let pending = w.backlog.queued(bytes.len());
-        let _ = w.queue.try_send(bytes.to_vec());
+        let _ = w.queue.try_send(bytes);
         pending
     }
 

@@ -100,14 +100,15 @@ fn spawn_writer(
     thread::spawn(move || {
         let mut batch = Vec::new();
         while let Ok(first) = queue.recv() {
-            sendq::gather(&mut batch, &first, || queue.try_recv().ok());
-            if let Err(e) = stream.write_all(&batch) {
+            let out = sendq::gather(&mut batch, &first, || queue.try_recv().ok());
+            let written = out.len();
+            if let Err(e) = stream.write_all(out) {
                 log(&format!("{conn}: write failed: {e}"));
                 // The reader sees the shutdown and reports the close.
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
-            if backlog.written(batch.len()) && tx.send(Input::Drained(conn)).is_err() {
+            if backlog.written(written) && tx.send(Input::Drained(conn)).is_err() {
                 return;
             }
         }
@@ -179,13 +180,13 @@ impl Io for StdIo {
         let _ = stream.shutdown(Shutdown::Both);
     }
 
-    fn transmit(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
+    fn transmit(&mut self, conn: ConnId, bytes: Vec<u8>) -> usize {
         let Some(s) = self.streams.get(&conn) else {
             return 0;
         };
         let pending = s.backlog.queued(bytes.len());
         // A writer that gave up has shut the socket; its reader reports that.
-        let _ = s.queue.send(bytes.to_vec());
+        let _ = s.queue.send(bytes);
         pending
     }
 

@@ -244,7 +244,7 @@ impl Conn {
                 // rustls buffers plaintext until the handshake completes; it cannot fail
                 // short of a closed connection, which the next read reports.
                 let _ = tls.writer().write_all(text.as_bytes());
-                flush_tls(self.id, tls, out);
+                flush_tls_sized(self.id, tls, out, text.len());
             }
             None => out.push(Output::Transmit {
                 conn: self.id,
@@ -310,8 +310,14 @@ fn read_plaintext(tls: &mut rustls::Connection, plain: &mut Vec<u8>) {
 const STANZA_BUFFER: usize = 1024;
 
 fn flush_tls(id: ConnId, tls: &mut rustls::Connection, out: &mut Outq) {
-    // A stanza's record: its text and the record's framing and tag.
-    let mut bytes = Vec::with_capacity(STANZA_BUFFER + 64);
+    flush_tls_sized(id, tls, out, STANZA_BUFFER);
+}
+
+/// [`flush_tls`] after `plain` bytes of plaintext: the record is that and its
+/// framing and tag, so the buffer is allocated at its size (a small one comes
+/// from the allocator's per-thread cache).
+fn flush_tls_sized(id: ConnId, tls: &mut rustls::Connection, out: &mut Outq, plain: usize) {
+    let mut bytes = Vec::with_capacity(plain + 64);
     while tls.wants_write() {
         match tls.write_tls(&mut bytes) {
             Ok(0) | Err(_) => break,
