@@ -413,24 +413,17 @@ impl ServerTx {
             None => SipMessage::response(code, reason),
         }
     }
-
-    /// As [`ServerTx::reply`]; a final response is built from the reply basis
-    /// itself, which nothing needs once a final response is given.
-    fn answer(&mut self, code: u16, reason: &str) -> SipMessage {
-        if code < 200 {
-            return self.reply(code, reason);
-        }
-        match self.request.take() {
-            Some(r) => r.into_reply(code, reason, Some(&self.to_tag)),
-            None => SipMessage::response(code, reason),
-        }
-    }
 }
 
 /// Whether a request may go toward the SIP side now.
 enum Outbound {
-    /// Yes, in the client transaction with this branch, carried by this Via.
-    Admitted { branch: String, via: String },
+    /// Yes, to the next hop, in the client transaction with this branch, carried
+    /// by this Via.
+    Admitted {
+        next_hop: SocketAddr,
+        branch: String,
+        via: String,
+    },
     /// No: too many requests are waiting for an answer (the text says so).
     Refused(String),
     /// There is no SIP side to send to.
@@ -564,8 +557,12 @@ impl Gateway {
         purpose: Purpose,
         now: Instant,
     ) {
-        let (branch, via) = match self.sip_admit() {
-            Outbound::Admitted { branch, via } => (branch, via),
+        let (next_hop, branch, via) = match self.sip_admit() {
+            Outbound::Admitted {
+                next_hop,
+                branch,
+                via,
+            } => (next_hop, branch, via),
             Outbound::Refused(text) => {
                 self.purpose_failed(&purpose, 503, "resource-constraint", &text, now);
                 return;
@@ -576,15 +573,15 @@ impl Gateway {
         if request.header("Max-Forwards").is_none() {
             request.push_header("Max-Forwards", "70");
         }
-        self.sip_request_send(branch, request.to_bytes(), purpose, now);
+        self.sip_request_send(next_hop, branch, request.to_bytes(), purpose, now);
     }
 
     /// Whether a new request may go toward the SIP side; if so, its branch and the
     /// Via that carries it. Admitted, it counts as in flight.
     fn sip_admit(&mut self) -> Outbound {
-        if self.config.gateway.sip_next_hop.is_none() {
+        let Some(next_hop) = self.config.gateway.sip_next_hop else {
             return Outbound::NoNextHop;
-        }
+        };
         if self.sip.in_flight >= MAX_SIP_STATE || self.sip.client.len() >= MAX_SIP_RETAINED {
             // A next hop this far behind gets no more: what would have been sent is
             // refused now, rather than retransmitted into it or left to Timer F.
@@ -603,14 +600,22 @@ impl Gateway {
         push_socket_addr(&mut via, self.config.gateway.sip_address);
         via.push_str(";branch=");
         via.push_str(&branch);
-        Outbound::Admitted { branch, via }
+        Outbound::Admitted {
+            next_hop,
+            branch,
+            via,
+        }
     }
 
     /// Sends an admitted request's bytes in a new client transaction.
-    fn sip_request_send(&mut self, branch: String, bytes: Vec<u8>, purpose: Purpose, now: Instant) {
-        let Some(next_hop) = self.config.gateway.sip_next_hop else {
-            return;
-        };
+    fn sip_request_send(
+        &mut self,
+        next_hop: SocketAddr,
+        branch: String,
+        bytes: Vec<u8>,
+        purpose: Purpose,
+        now: Instant,
+    ) {
         let tx = ClientTransaction::begin(bytes, false, Timers::default(), now);
         // The first send, as `ClientTransaction::start` would ask for it.
         let bytes = tx.request().to_vec();
@@ -1042,7 +1047,7 @@ impl Gateway {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
-        let resp = st.answer(code, reason);
+        let resp = st.reply(code, reason);
         let responded = st.respond(&resp, now);
         self.sip_responded(key, responded);
     }
@@ -1053,7 +1058,7 @@ impl Gateway {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
-        let mut resp = st.answer(503, &format!("Service Unavailable ({text})"));
+        let mut resp = st.reply(503, &format!("Service Unavailable ({text})"));
         resp.push_header("Retry-After", RETRY_AFTER);
         let responded = st.respond(&resp, now);
         self.sip_responded(key, responded);
@@ -1159,7 +1164,9 @@ impl Gateway {
             Purpose::Message(stanza)
         };
         match outbound {
-            Outbound::Admitted { branch, .. } => self.sip_request_send(branch, bytes, purpose, now),
+            Outbound::Admitted {
+                next_hop, branch, ..
+            } => self.sip_request_send(next_hop, branch, bytes, purpose, now),
             Outbound::Refused(text) => {
                 self.purpose_failed(&purpose, 503, "resource-constraint", &text, now)
             }

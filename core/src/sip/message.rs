@@ -55,10 +55,7 @@ pub struct SipMessage {
 /// values lie in the buffer does not matter.
 impl PartialEq for SipMessage {
     fn eq(&self, other: &Self) -> bool {
-        self.start == other.start
-            && self.body == other.body
-            && self.fields.len() == other.fields.len()
-            && self.headers().eq(other.headers())
+        self.start == other.start && self.body == other.body && self.headers().eq(other.headers())
     }
 }
 
@@ -549,11 +546,6 @@ impl SipMessage {
         let mut basis = SipMessage::with_start(self.start.clone());
         self.copy_reply_fields(&mut basis, None);
         basis
-    }
-
-    /// [`SipMessage::reply`], for a caller done with the request.
-    pub fn into_reply(self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
-        self.reply(code, reason, to_tag)
     }
 
     /// A response to this request that copies Via, From, To, Call-ID and CSeq

@@ -23,6 +23,14 @@ fn params_of(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
         })
 }
 
+/// The value of the first parameter called `name` (any case) in `;`-separated
+/// text, if it has one.
+fn param_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    params_of(text)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v)
+}
+
 fn parse_params(text: &str) -> Vec<Param> {
     params_of(text)
         .map(|(name, value)| Param {
@@ -152,9 +160,7 @@ impl<'a> SipUriRef<'a> {
 
     /// The value of the first parameter called `name` (any case), if it has one.
     pub fn param_value(&self, name: &str) -> Option<&'a str> {
-        params_of(self.params)
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v)
+        param_value(self.params, name)
     }
 
     /// As [`SipUri::reads_back_unchanged`].
@@ -283,9 +289,7 @@ impl<'a> NameAddrRef<'a> {
 
     /// The value of the first header parameter called `name` (any case).
     pub fn param_value(&self, name: &str) -> Option<&'a str> {
-        params_of(self.params)
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v)
+        param_value(self.params, name)
     }
 
     pub fn to_owned(&self) -> NameAddr {
@@ -440,9 +444,7 @@ impl<'a> ViaRef<'a> {
 
     /// As [`Via::branch`]: the value of the first `branch` parameter.
     pub(crate) fn branch(&self) -> Option<&'a str> {
-        params_of(self.params)
-            .find(|(name, _)| name.eq_ignore_ascii_case("branch"))
-            .and_then(|(_, value)| value)
+        param_value(self.params, "branch")
     }
 }
 

@@ -24,53 +24,7 @@ impl From<XmlError> for Stop {
 }
 
 /// Namespace declarations: prefix (empty for the default namespace) and URI.
-type Scope<'a> = Few<(&'a str, Cow<'a, str>), 4>;
-
-/// A stack whose first `N` entries live inline: a stanza declares a namespace or
-/// two and prefixes an attribute or two, and those cost no allocation.
-struct Few<T, const N: usize> {
-    /// `Some` exactly for the first `len` slots.
-    inline: [Option<T>; N],
-    len: usize,
-    spill: Vec<T>,
-}
-
-impl<T, const N: usize> Few<T, N> {
-    fn new() -> Self {
-        Few {
-            inline: std::array::from_fn(|_| None),
-            len: 0,
-            spill: Vec::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn push(&mut self, value: T) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => *slot = Some(value),
-            None => self.spill.push(value),
-        }
-        self.len += 1;
-    }
-
-    fn truncate(&mut self, len: usize) {
-        while self.len > len {
-            self.len -= 1;
-            match self.inline.get_mut(self.len) {
-                Some(slot) => *slot = None,
-                None => drop(self.spill.pop()),
-            }
-        }
-    }
-
-    /// The entries in the order pushed.
-    fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
-        self.inline.iter().flatten().chain(self.spill.iter())
-    }
-}
+type Scope<'a> = Vec<(&'a str, Cow<'a, str>)>;
 
 /// An element not yet closed: where its name lies in the bytes, and the scope
 /// length to restore when it closes.
@@ -238,7 +192,7 @@ pub(super) fn element(
         return Err(XmlError::NotWellFormed("text outside of any element".into()).into());
     }
     c.at += 1;
-    let mut scope: Scope<'_> = Few::new();
+    let mut scope: Scope<'_> = Vec::new();
     open.clear();
     let stack = open;
     loop {
@@ -379,7 +333,7 @@ fn start_tag<'a>(
     let mark = scope.len();
     let mut count = 0;
     // Prefixed attributes wait until every declaration on the tag is known.
-    let mut prefixed: Few<(usize, &'a str, (&'a str, &'a str)), 4> = Few::new();
+    let mut prefixed: Vec<(usize, &'a str, (&'a str, &'a str))> = Vec::new();
     let empty = loop {
         let spaced = c.skip_space();
         match c.peek()? {
@@ -434,10 +388,18 @@ fn start_tag<'a>(
         let prefixed_key = raw_key.split(key);
         // Each key went to one of three places: look where this one would have.
         let twice = match key.strip_prefix("xmlns") {
-            Some("") => scope.iter().skip(mark).any(|(p, _)| p.is_empty()),
+            Some("") => scope
+                .get(mark..)
+                .unwrap_or_default()
+                .iter()
+                .any(|(p, _)| p.is_empty()),
             Some(rest) if rest.starts_with(':') => {
                 let prefix = rest.get(1..).unwrap_or_default();
-                scope.iter().skip(mark).any(|(p, _)| *p == prefix)
+                scope
+                    .get(mark..)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|(p, _)| *p == prefix)
             }
             _ if prefixed_key.is_some() => prefixed.iter().any(|(_, k, _)| *k == key),
             _ => attrs.iter().any(|a| a.ns.is_none() && a.name == key),
@@ -501,7 +463,7 @@ fn start_tag<'a>(
         },
         None => (lookup("").unwrap_or_default(), qname),
     };
-    for &(at, key, split) in prefixed.iter() {
+    for (at, key, split) in prefixed {
         let (ns_attr, local) = match split {
             ("xml", local) => (Name::Borrowed(ns::XML), local),
             (prefix, local) => match lookup(prefix) {
@@ -543,7 +505,7 @@ pub(super) fn header_tag<'a>(
         return Err(XmlError::NotWellFormed("expected the stream header".into()));
     }
     c.at += 1;
-    let mut scope = Few::new();
+    let mut scope = Vec::new();
     let tag = match start_tag(&mut c, &mut scope, &[], limits) {
         Ok(tag) => tag,
         Err(Stop::Incomplete) => return Err(incomplete()),
@@ -555,8 +517,8 @@ pub(super) fn header_tag<'a>(
         ));
     }
     let scope = scope
-        .iter()
-        .map(|(p, u)| ((*p).to_owned(), u.to_string()))
+        .into_iter()
+        .map(|(p, u)| (p.to_owned(), u.into_owned()))
         .collect();
     Ok((tag, scope))
 }
