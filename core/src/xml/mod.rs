@@ -4,11 +4,15 @@
 mod oracle;
 mod parse;
 mod reader;
+mod stanza;
 mod writer;
 
 use std::borrow::Cow;
 
-pub use reader::{parse_document, Limits, StreamEvent, StreamHeader, StreamReader, XmlError};
+pub use reader::{
+    parse_document, Limits, StanzaEvent, StreamEvent, StreamHeader, StreamReader, XmlError,
+};
+pub use stanza::Stanza;
 pub use writer::{escape_attr, escape_text, write_element, write_element_with, StreamHeaderOut};
 
 /// Whether XML 1.0 allows `c` in a document (the `Char` production): not the C0

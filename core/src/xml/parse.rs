@@ -4,10 +4,8 @@
 //! bytes end before the element does, so the reader can try it on whatever a read
 //! brought before falling back to the resumable scanner.
 
-use std::borrow::Cow;
-
 use super::reader::{xml_chars, Limits, XmlError};
-use super::{name, ns, Attribute, Element, Name, Node};
+use super::{name, Element, Name, Stanza};
 
 /// Why parsing stopped short of an element.
 #[derive(Debug)]
@@ -23,26 +21,66 @@ impl From<XmlError> for Stop {
     }
 }
 
-/// Namespace declarations: prefix (empty for the default namespace) and URI.
-type Scope<'a> = Vec<(&'a str, Cow<'a, str>)>;
-
-/// An element not yet closed: where its name lies in the bytes, and the scope
-/// length to restore when it closes.
-#[derive(Debug)]
-pub(super) struct Open {
-    el: Element,
-    name_at: (usize, usize),
-    mark: usize,
+/// Where a piece of a stanza's text lies: in the element's own bytes, or (`side`)
+/// in the buffer that holds the unescaped form of the pieces that needed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub from: u32,
+    pub to: u32,
+    pub side: bool,
 }
 
-/// A start tag as read, before it becomes an element.
-pub(super) struct Tag<'a> {
-    pub qname: &'a str,
-    pub ns: Name,
-    pub local: &'a str,
-    pub attrs: Vec<Attribute>,
-    /// `<… />`
-    pub empty: bool,
+impl Span {
+    fn raw(from: usize, to: usize) -> Self {
+        Span {
+            from: from as u32,
+            to: to as u32,
+            side: false,
+        }
+    }
+
+    /// The piece's text, given the element's bytes and the side buffer.
+    pub fn of<'t>(self, text: &'t str, side: &'t str) -> &'t str {
+        let from = self.from as usize;
+        let to = self.to as usize;
+        if self.side { side } else { text }
+            .get(from..to)
+            .unwrap_or_default()
+    }
+
+    fn is_empty(self) -> bool {
+        self.from == self.to
+    }
+}
+
+/// One step of an element as read, in document order: a start tag (its
+/// attributes follow it), character data, or an end (an empty tag has one too).
+/// Namespaces are resolved; names and text are spans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Tok {
+    Start { ns: Name, name: Span },
+    Attr { ns: Option<Name>, name: Span, value: Span },
+    Text(Span),
+    End,
+}
+
+/// The parser's working space, kept by the reader for its allocations: the steps
+/// of the element being read, the unescaped pieces, the declarations in scope
+/// (prefix and URI), and the elements not yet closed (name, scope length).
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    pub toks: Vec<Tok>,
+    pub side: String,
+    scope: Vec<(Span, Span)>,
+    open: Vec<(Span, usize)>,
+}
+
+impl Scratch {
+    /// The element just read from `text`, owning its bytes.
+    pub fn stanza(&mut self, text: &str) -> Stanza {
+        let toks = self.toks.drain(..).collect();
+        Stanza::read(text.to_owned(), std::mem::take(&mut self.side), toks)
+    }
 }
 
 struct Cursor<'a> {
@@ -99,12 +137,6 @@ impl<'a> RawName<'a> {
             xml_chars(self.text)?;
         }
         Ok(self.text)
-    }
-
-    /// Prefix and local part, split at the first colon.
-    fn split<'s>(&self, text: &'s str) -> Option<(&'s str, &'s str)> {
-        let at = self.colon?;
-        Some((text.get(..at)?, text.get(at + 1..)?))
     }
 }
 
@@ -173,28 +205,27 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Parses the element that starts at the first byte of `bytes` (a `<` followed by a
-/// name). Returns it with the number of bytes it spans. `outer` holds the
-/// declarations in scope from outside (the stream header's).
-/// `open` is scratch space for the elements not yet closed, kept by the caller so
-/// that its allocation is reused.
-/// `clean` says how many leading bytes of `text` are known to hold no character
-/// XML forbids.
+/// Parses the element that starts at the first byte of `text` (a `<` followed by a
+/// name) into `s.toks` (and `s.side`, for what needed unescaping). Returns the
+/// number of bytes it spans. `outer` holds the declarations in scope from outside
+/// (the stream header's). `clean` says how many leading bytes of `text` are known
+/// to hold no character XML forbids.
 pub(super) fn element(
     text: &str,
     clean: usize,
     outer: &[(String, Name)],
     limits: &Limits,
-    open: &mut Vec<Open>,
-) -> Result<(Element, usize), Stop> {
+    s: &mut Scratch,
+) -> Result<usize, Stop> {
     let mut c = Cursor::new(text, clean);
     if c.peek()? != b'<' {
         return Err(XmlError::NotWellFormed("text outside of any element".into()).into());
     }
     c.at += 1;
-    let mut scope: Scope<'_> = Vec::new();
-    open.clear();
-    let stack = open;
+    s.toks.clear();
+    s.side.clear();
+    s.scope.clear();
+    s.open.clear();
     loop {
         // At the byte after a '<'.
         match c.peek()? {
@@ -210,10 +241,10 @@ pub(super) fn element(
                     .into());
                 }
                 c.at += 1;
-                let Some(Open { el, name_at, mark }) = stack.pop() else {
+                let Some((opened, mark)) = s.open.pop() else {
                     return Err(XmlError::NotWellFormed("an unmatched end tag".into()).into());
                 };
-                let opened = c.b.get(name_at.0..name_at.1).unwrap_or_default();
+                let opened = opened.of(c.s, "").as_bytes();
                 if name != opened {
                     return Err(XmlError::NotWellFormed(format!(
                         "</{}> does not close <{}>",
@@ -222,10 +253,10 @@ pub(super) fn element(
                     ))
                     .into());
                 }
-                scope.truncate(mark);
-                match stack.last_mut() {
-                    Some(parent) => parent.el.children.push(Node::Element(el)),
-                    None => return Ok((el, c.at)),
+                s.scope.truncate(mark);
+                s.toks.push(Tok::End);
+                if s.open.is_empty() {
+                    return Ok(c.at);
                 }
             }
             b'!' => {
@@ -252,38 +283,30 @@ pub(super) fn element(
                 if c.unchecked(c.at + len) {
                     xml_chars(text)?;
                 }
-                append_text(stack, Cow::Borrowed(text))?;
+                push_text(s, Span::raw(c.at, c.at + len))?;
                 c.at += len + 3;
             }
             b'?' => {
                 return Err(XmlError::RestrictedXml("a processing instruction".into()).into());
             }
             _ => {
-                let mark = scope.len();
-                let raw_name_start = c.at;
-                let tag = start_tag(&mut c, &mut scope, outer, limits)?;
-                let name_at = (raw_name_start, raw_name_start + tag.qname.len());
-                if stack.len() + 1 > limits.max_depth {
+                let mark = s.scope.len();
+                let (name, empty) = start_tag(&mut c, s, outer, limits)?;
+                if s.open.len() + 1 > limits.max_depth {
                     return Err(XmlError::PolicyViolation(format!(
                         "elements nested deeper than {}",
                         limits.max_depth
                     ))
                     .into());
                 }
-                let el = Element {
-                    ns: tag.ns,
-                    name: name(tag.local),
-                    attrs: tag.attrs,
-                    children: Vec::new(),
-                };
-                if tag.empty {
-                    scope.truncate(mark);
-                    match stack.last_mut() {
-                        Some(parent) => parent.el.children.push(Node::Element(el)),
-                        None => return Ok((el, c.at)),
+                if empty {
+                    s.scope.truncate(mark);
+                    s.toks.push(Tok::End);
+                    if s.open.is_empty() {
+                        return Ok(c.at);
                     }
                 } else {
-                    stack.push(Open { el, name_at, mark });
+                    s.open.push((name, mark));
                 }
             }
         }
@@ -295,45 +318,52 @@ pub(super) fn element(
         if len > 0 {
             let raw = c.piece(c.at, c.at + len)?;
             let check = c.unchecked(c.at + len);
-            append_text(stack, unescape(raw, Context::Text, check)?)?;
+            let span = unescape(raw, c.at, Context::Text, check, &mut s.side)?;
+            push_text(s, span)?;
         }
         c.at += len + 1;
     }
 }
 
-fn append_text(stack: &mut [Open], text: Cow<'_, str>) -> Result<(), XmlError> {
-    let Some(Open { el, .. }) = stack.last_mut() else {
+/// Character data inside the element being read (never outside it).
+fn push_text(s: &mut Scratch, span: Span) -> Result<(), XmlError> {
+    if s.open.is_empty() {
         return Err(XmlError::NotWellFormed(
             "text outside of any element".into(),
         ));
-    };
-    if let Some(Node::Text(t)) = el.children.last_mut() {
-        t.push_str(&text);
-    } else if !text.is_empty() {
-        el.children.push(Node::Text(text.into_owned()));
+    }
+    if !span.is_empty() {
+        s.toks.push(Tok::Text(span));
     }
     Ok(())
 }
 
-/// Reads a start tag from the byte after its `<` through its `>`: declares its
-/// namespaces in `scope`, resolves the element's and the attributes' namespaces
-/// (`outer` is consulted after `scope`).
-fn start_tag<'a>(
-    c: &mut Cursor<'a>,
-    scope: &mut Scope<'a>,
+/// Reads a start tag from the byte after its `<` through its `>` into `s.toks`:
+/// declares its namespaces in `s.scope`, resolves the element's and the
+/// attributes' namespaces (`outer` is consulted after the scope). Returns the
+/// span of the tag's qualified name and whether the tag is empty.
+fn start_tag(
+    c: &mut Cursor<'_>,
+    s: &mut Scratch,
     outer: &[(String, Name)],
     limits: &Limits,
-) -> Result<Tag<'a>, Stop> {
+) -> Result<(Span, bool), Stop> {
+    let from = c.at;
     let raw = c.name()?;
     if raw.text.is_empty() {
         return Err(XmlError::NotWellFormed("a tag without a name".into()).into());
     }
     let qname = raw.text()?;
-    let mut attrs: Vec<Attribute> = Vec::new();
-    let mark = scope.len();
+    let qname_span = Span::raw(from, c.at);
+    let mark = s.scope.len();
+    let start = s.toks.len();
+    s.toks.push(Tok::Start {
+        ns: Name::Borrowed(""),
+        name: qname_span,
+    });
     let mut count = 0;
-    // Prefixed attributes wait until every declaration on the tag is known.
-    let mut prefixed: Vec<(usize, &'a str, (&'a str, &'a str))> = Vec::new();
+    // Prefixed attributes are resolved once every declaration on the tag is known.
+    let mut prefixed = false;
     let empty = loop {
         let spaced = c.skip_space();
         match c.peek()? {
@@ -368,7 +398,9 @@ fn start_tag<'a>(
             ))
             .into());
         }
+        let key_from = c.at;
         let raw_key = c.name()?;
+        let key_span = Span::raw(key_from, c.at);
         c.skip_space();
         let quote = if c.peek()? == b'=' {
             c.at += 1;
@@ -385,24 +417,20 @@ fn start_tag<'a>(
             .into());
         }
         let key = raw_key.text()?;
-        let prefixed_key = raw_key.split(key);
-        // Each key went to one of three places: look where this one would have.
-        let twice = match key.strip_prefix("xmlns") {
-            Some("") => scope
+        // Each key went to one of two places: look where this one would have.
+        let declared = |prefix: &str| {
+            s.scope
                 .get(mark..)
                 .unwrap_or_default()
                 .iter()
-                .any(|(p, _)| p.is_empty()),
-            Some(rest) if rest.starts_with(':') => {
-                let prefix = rest.get(1..).unwrap_or_default();
-                scope
-                    .get(mark..)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|(p, _)| *p == prefix)
-            }
-            _ if prefixed_key.is_some() => prefixed.iter().any(|(_, k, _)| *k == key),
-            _ => attrs.iter().any(|a| a.ns.is_none() && a.name == key),
+                .any(|(p, _)| p.of(c.s, "") == prefix)
+        };
+        let twice = match key.strip_prefix("xmlns") {
+            Some("") => declared(""),
+            Some(rest) if rest.starts_with(':') => declared(rest.get(1..).unwrap_or_default()),
+            _ => s.toks.get(start + 1..).unwrap_or_default().iter().any(
+                |t| matches!(t, Tok::Attr { name, .. } if name.of(c.s, "") == key),
+            ),
         };
         if twice {
             return Err(
@@ -417,10 +445,16 @@ fn start_tag<'a>(
         };
         let raw_value = c.piece(c.at, c.at + len)?;
         let check = c.unchecked(c.at + len);
+        let value = unescape(
+            raw_value,
+            c.at,
+            Context::Attribute(key),
+            check,
+            &mut s.side,
+        )?;
         c.at += len + 1;
-        let value = unescape(raw_value, Context::Attribute(key), check)?;
         if key == "xmlns" {
-            scope.push(("", value));
+            s.scope.push((Span::default(), value));
         } else if let Some(prefix) = key.strip_prefix("xmlns:") {
             if value.is_empty() {
                 return Err(XmlError::NotWellFormed(format!(
@@ -428,27 +462,20 @@ fn start_tag<'a>(
                 ))
                 .into());
             }
-            scope.push((prefix, value));
-        } else if let Some(split) = prefixed_key {
-            reserve_for_stanza(&mut attrs);
-            prefixed.push((attrs.len(), key, split));
-            attrs.push(Attribute {
-                ns: None,
-                name: Name::Borrowed(""),
-                value: value.into_owned(),
-            });
+            s.scope.push((Span::raw(key_from + 6, key_from + key.len()), value));
         } else {
-            reserve_for_stanza(&mut attrs);
-            attrs.push(Attribute {
+            prefixed |= raw_key.colon.is_some();
+            s.toks.push(Tok::Attr {
                 ns: None,
-                name: name(key),
-                value: value.into_owned(),
+                name: key_span,
+                value,
             });
         }
     };
+    let (text, side, scope) = (c.s, s.side.as_str(), &s.scope);
     let lookup = |prefix: &str| -> Option<Name> {
-        match scope.iter().rev().find(|(p, _)| *p == prefix) {
-            Some((_, u)) => Some(name(u)),
+        match scope.iter().rev().find(|(p, _)| p.of(text, "") == prefix) {
+            Some((_, u)) => Some(name(u.of(text, side))),
             None => outer
                 .iter()
                 .rev()
@@ -456,71 +483,86 @@ fn start_tag<'a>(
                 .map(|(_, u)| u.clone()),
         }
     };
-    let (ns_uri, local) = match raw.split(qname) {
-        Some((prefix, local)) => match lookup(prefix) {
-            Some(u) => (u, local),
-            None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>")).into()),
-        },
-        None => (lookup("").unwrap_or_default(), qname),
+    // The local part of a name is what follows its first colon.
+    let split = |span: Span, at: usize| {
+        let colon = span.from as usize + at;
+        (
+            span.of(text, "").get(..at).unwrap_or_default(),
+            Span::raw(colon + 1, span.to as usize),
+        )
     };
-    for (at, key, split) in prefixed {
-        let (ns_attr, local) = match split {
-            ("xml", local) => (Name::Borrowed(ns::XML), local),
-            (prefix, local) => match lookup(prefix) {
+    let (ns_uri, local) = match raw.colon {
+        Some(at) => {
+            let (prefix, local) = split(qname_span, at);
+            match lookup(prefix) {
                 Some(u) => (u, local),
-                None => return Err(XmlError::BadNamespacePrefix(format!("attribute {key}")).into()),
-            },
-        };
-        if let Some(a) = attrs.get_mut(at) {
-            a.ns = Some(ns_attr);
-            a.name = name(local);
+                None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>")).into()),
+            }
+        }
+        None => (lookup("").unwrap_or_default(), qname_span),
+    };
+    if prefixed {
+        for t in s.toks.get_mut(start + 1..).unwrap_or_default() {
+            let Tok::Attr { ns, name, .. } = t else {
+                continue;
+            };
+            let key = name.of(text, "");
+            let Some(at) = key.find(':') else {
+                continue;
+            };
+            let (prefix, local) = split(*name, at);
+            let resolved = match prefix {
+                "xml" => Name::Borrowed(super::ns::XML),
+                prefix => match lookup(prefix) {
+                    Some(u) => u,
+                    None => {
+                        return Err(
+                            XmlError::BadNamespacePrefix(format!("attribute {key}")).into()
+                        )
+                    }
+                },
+            };
+            *ns = Some(resolved);
+            *name = local;
         }
     }
-    Ok(Tag {
-        qname,
-        ns: ns_uri,
-        local,
-        attrs,
-        empty,
-    })
-}
-
-/// Room for a stanza's usual attributes at once (from, to, id, type, xml:lang),
-/// not four and then eight; a tag that declares only a namespace gets none.
-fn reserve_for_stanza(attrs: &mut Vec<Attribute>) {
-    if attrs.capacity() == 0 {
-        attrs.reserve(6);
+    if let Some(Tok::Start { ns, name }) = s.toks.get_mut(start) {
+        *ns = ns_uri;
+        *name = local;
     }
+    Ok((qname_span, empty))
 }
 
 /// Reads the stream header's start tag (`bytes` starts with its `<`), returning it
-/// with the declarations it makes.
-pub(super) fn header_tag<'a>(
-    text: &'a str,
+/// (as an element without children) with the declarations it makes.
+pub(super) fn header_tag(
+    text: &str,
     limits: &Limits,
-) -> Result<(Tag<'a>, Vec<(String, String)>), XmlError> {
+) -> Result<(Element, Vec<(String, String)>), XmlError> {
     let mut c = Cursor::new(text, 0);
     let incomplete = || XmlError::NotWellFormed("the stream header is incomplete".into());
     if c.peek().map_err(|_| incomplete())? != b'<' {
         return Err(XmlError::NotWellFormed("expected the stream header".into()));
     }
     c.at += 1;
-    let mut scope = Vec::new();
-    let tag = match start_tag(&mut c, &mut scope, &[], limits) {
-        Ok(tag) => tag,
+    let mut s = Scratch::default();
+    let empty = match start_tag(&mut c, &mut s, &[], limits) {
+        Ok((_, empty)) => empty,
         Err(Stop::Incomplete) => return Err(incomplete()),
         Err(Stop::Bad(e)) => return Err(e),
     };
-    if tag.empty {
+    if empty {
         return Err(XmlError::NotWellFormed(
             "the stream header closes itself".into(),
         ));
     }
-    let scope = scope
-        .into_iter()
-        .map(|(p, u)| (p.to_owned(), u.into_owned()))
+    s.toks.push(Tok::End);
+    let scope = s
+        .scope
+        .iter()
+        .map(|(p, u)| (p.of(text, "").to_owned(), u.of(text, &s.side).to_owned()))
         .collect();
-    Ok((tag, scope))
+    Ok((super::stanza::build(text, &s.side, &s.toks), scope))
 }
 
 #[derive(Clone, Copy)]
@@ -529,14 +571,17 @@ enum Context<'a> {
     Attribute(&'a str),
 }
 
-/// Character data or an attribute value with its references replaced, checked for
-/// characters XML does not allow (`check`: the raw text may hold some).
-/// Borrowed when nothing is escaped.
-fn unescape<'a>(
-    text: &'a str,
+/// Character data or an attribute value (`text`, which lies at `at` in the
+/// element) with its references replaced, checked for characters XML does not
+/// allow (`check`: the raw text may hold some). Its span in the element when
+/// nothing is escaped; otherwise the unescaped text is appended to `side`.
+fn unescape(
+    text: &str,
+    at: usize,
     context: Context<'_>,
     check: bool,
-) -> Result<Cow<'a, str>, XmlError> {
+    side: &mut String,
+) -> Result<Span, XmlError> {
     let raw = text.as_bytes();
     // One scan finds what needs more than a copy: a reference, and in an
     // attribute a '<' (an error), in character data a CR.
@@ -561,7 +606,7 @@ fn unescape<'a>(
         if check {
             xml_chars(text)?;
         }
-        return Ok(Cow::Borrowed(text));
+        return Ok(Span::raw(at, at + text.len()));
     };
     // Character data has its line ends normalised (XML 1.0 §2.11); what a
     // reference writes is kept as it is.
@@ -580,10 +625,12 @@ fn unescape<'a>(
         }
         Ok(())
     };
-    let mut out = String::with_capacity(text.len());
+    let from = side.len();
+    let out = side;
+    out.reserve(text.len());
     let mut rest = text;
     while let Some(amp) = rest.find('&') {
-        literal(&mut out, rest.get(..amp).unwrap_or_default())?;
+        literal(out, rest.get(..amp).unwrap_or_default())?;
         let after = rest.get(amp + 1..).unwrap_or_default();
         let Some(semi) = after.find(';') else {
             return Err(XmlError::NotWellFormed(
@@ -626,8 +673,12 @@ fn unescape<'a>(
         out.push(c);
         rest = after.get(semi + 1..).unwrap_or_default();
     }
-    literal(&mut out, rest)?;
-    Ok(Cow::Owned(out))
+    literal(out, rest)?;
+    Ok(Span {
+        from: from as u32,
+        to: out.len() as u32,
+        side: true,
+    })
 }
 
 /// `\r\n` and a lone `\r` become `\n`.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::{is_xml_char, name, ns, parse, Element, Name};
+use super::{is_xml_char, name, ns, parse, Element, Name, Stanza};
 
 pub type Limits = crate::config::XmlLimits;
 
@@ -29,6 +29,15 @@ pub struct StreamHeader {
 pub enum StreamEvent {
     Header(StreamHeader),
     Element(Element),
+    End,
+}
+
+/// As [`StreamEvent`], with each top-level element as read: its tree is built
+/// only if asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StanzaEvent {
+    Header(StreamHeader),
+    Stanza(Stanza),
     End,
 }
 
@@ -138,8 +147,8 @@ pub struct StreamReader {
     /// Names of the elements open in the construct being scanned, so that a wrong
     /// end tag is refused at once instead of waiting for the size limit.
     open_names: Vec<(usize, usize)>,
-    /// The parser's scratch space, kept for its allocation.
-    open: Vec<parse::Open>,
+    /// The parser's scratch space, kept for its allocations.
+    scratch: parse::Scratch,
     /// The buffered bytes from `text_at` on, as far as they are known to be UTF-8,
     /// so that each byte is checked once however many elements a read brought.
     text: String,
@@ -162,7 +171,7 @@ impl StreamReader {
             scope: Vec::new(),
             seen_decl: false,
             open_names: Vec::new(),
-            open: Vec::new(),
+            scratch: parse::Scratch::default(),
             text: String::new(),
             text_at: 0,
             clean_to: 0,
@@ -215,6 +224,15 @@ impl StreamReader {
 
     /// The next complete event, or `None` until more bytes arrive.
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+        Ok(self.next_stanza_event()?.map(|event| match event {
+            StanzaEvent::Header(h) => StreamEvent::Header(h),
+            StanzaEvent::Stanza(s) => StreamEvent::Element(s.into_element()),
+            StanzaEvent::End => StreamEvent::End,
+        }))
+    }
+
+    /// As [`StreamReader::next_event`], with the element as read.
+    pub fn next_stanza_event(&mut self) -> Result<Option<StanzaEvent>, XmlError> {
         match self.stage {
             Stage::Ended | Stage::Failed => return Ok(None),
             Stage::Prolog | Stage::Body => {}
@@ -226,11 +244,11 @@ impl StreamReader {
         result
     }
 
-    fn next_inner(&mut self) -> Result<Option<StreamEvent>, XmlError> {
+    fn next_inner(&mut self) -> Result<Option<StanzaEvent>, XmlError> {
         if self.stage == Stage::Body && self.scan.is_none() {
             if let Some(el) = self.try_element() {
                 self.compact();
-                return Ok(Some(StreamEvent::Element(el)));
+                return Ok(Some(StanzaEvent::Stanza(el)));
             }
         }
         loop {
@@ -252,17 +270,16 @@ impl StreamReader {
                 }
                 self.stage = Stage::Ended;
                 self.compact();
-                return Ok(Some(StreamEvent::End));
+                return Ok(Some(StanzaEvent::End));
             }
             let event = match self.stage {
                 Stage::Prolog => {
                     let bytes = self.buf.get(start..end).unwrap_or_default().to_vec();
                     let header = self.parse_header(&bytes)?;
                     self.stage = Stage::Body;
-                    StreamEvent::Header(header)
+                    StanzaEvent::Header(header)
                 }
-                // Parsed where it lies in the buffer: no copy per stanza.
-                _ => StreamEvent::Element(self.parse_element(start, end)?),
+                _ => StanzaEvent::Stanza(self.parse_element(start, end)?),
             };
             self.compact();
             return Ok(Some(event));
@@ -514,11 +531,11 @@ impl StreamReader {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| XmlError::NotWellFormed("the stream header is not UTF-8".into()))?;
         let (tag, scope) = parse::header_tag(text, &self.limits)?;
-        if tag.ns != ns::STREAM || tag.local != "stream" {
+        if tag.ns != ns::STREAM || tag.name != "stream" {
             return Err(XmlError::InvalidNamespace(format!(
                 "the root element is {{{}}}{}, not {{{}}}stream",
                 tag.ns,
-                tag.local,
+                tag.name,
                 ns::STREAM
             )));
         }
@@ -552,7 +569,7 @@ impl StreamReader {
     }
 
     /// A complete element, as the scanner delimited it.
-    fn parse_element(&mut self, start: usize, end: usize) -> Result<Element, XmlError> {
+    fn parse_element(&mut self, start: usize, end: usize) -> Result<Stanza, XmlError> {
         let bytes = self.buf.get(start..end).unwrap_or_default();
         #[cfg(any(test, feature = "oracle"))]
         if self.oracle {
@@ -561,12 +578,12 @@ impl StreamReader {
                 .iter()
                 .map(|(p, u)| (p.clone(), u.to_string()))
                 .collect();
-            return super::oracle::parse_element(bytes, &outer, &self.limits);
+            return super::oracle::parse_element(bytes, &outer, &self.limits).map(Stanza::from);
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|_| XmlError::NotWellFormed("the element is not UTF-8".into()))?;
-        match parse::element(text, 0, &self.scope, &self.limits, &mut self.open) {
-            Ok((el, _)) => Ok(el),
+        match parse::element(text, 0, &self.scope, &self.limits, &mut self.scratch) {
+            Ok(len) => Ok(self.scratch.stanza(text.get(..len).unwrap_or_default())),
             Err(parse::Stop::Bad(e)) => Err(e),
             Err(parse::Stop::Incomplete) => {
                 Err(XmlError::NotWellFormed("the element is incomplete".into()))
@@ -607,7 +624,7 @@ impl StreamReader {
     /// The common case, tried first: the next element is complete in the buffer and
     /// parses in one pass. Anything else (bytes missing, an error) is left to the
     /// scanner, which resumes across reads and reports errors as it finds them.
-    fn try_element(&mut self) -> Option<Element> {
+    fn try_element(&mut self) -> Option<Stanza> {
         #[cfg(any(test, feature = "oracle"))]
         if self.oracle {
             return None;
@@ -626,10 +643,10 @@ impl StreamReader {
         }
         let window = window.get(..end)?;
         let clean = self.clean_to.saturating_sub(self.pos);
-        let (el, len) =
-            parse::element(window, clean, &self.scope, &self.limits, &mut self.open).ok()?;
+        let len =
+            parse::element(window, clean, &self.scope, &self.limits, &mut self.scratch).ok()?;
         self.pos += len;
-        Some(el)
+        Some(self.scratch.stanza(window.get(..len)?))
     }
 }
 

@@ -1,0 +1,265 @@
+//! A top-level element as the reader read it: its bytes and the steps the parser
+//! found in them, with no tree built. What the message path reads (attributes,
+//! a child's text, `xml:lang`) comes straight from the bytes; anything else gets
+//! the element tree, built on demand.
+
+use std::borrow::Cow;
+
+use super::parse::{Span, Tok};
+use super::{name, ns, Attribute, Element, Node};
+
+/// A stanza (or any top-level element): as read, or built by the gateway.
+#[derive(Clone, Debug)]
+pub struct Stanza(Repr);
+
+#[derive(Clone, Debug)]
+enum Repr {
+    Read {
+        /// The element's bytes, checked.
+        text: String,
+        /// The unescaped form of the pieces that held references.
+        side: String,
+        toks: Vec<Tok>,
+    },
+    Built(Element),
+}
+
+impl From<Element> for Stanza {
+    fn from(el: Element) -> Self {
+        Stanza(Repr::Built(el))
+    }
+}
+
+impl PartialEq for Stanza {
+    fn eq(&self, other: &Self) -> bool {
+        self.element() == other.element()
+    }
+}
+
+impl Stanza {
+    pub(super) fn read(text: String, side: String, toks: Vec<Tok>) -> Self {
+        Stanza(Repr::Read { text, side, toks })
+    }
+
+    /// The element tree.
+    pub fn into_element(self) -> Element {
+        match self.0 {
+            Repr::Read { text, side, toks } => build(&text, &side, &toks),
+            Repr::Built(el) => el,
+        }
+    }
+
+    /// The element tree, built if the stanza is as read.
+    pub fn element(&self) -> Cow<'_, Element> {
+        match &self.0 {
+            Repr::Read { text, side, toks } => Cow::Owned(build(text, side, toks)),
+            Repr::Built(el) => Cow::Borrowed(el),
+        }
+    }
+
+    /// The element's namespace and local name.
+    pub fn qname(&self) -> (&str, &str) {
+        match &self.0 {
+            Repr::Read { text, toks, .. } => match toks.first() {
+                Some(Tok::Start { ns, name }) => (ns, name.of(text, "")),
+                _ => ("", ""),
+            },
+            Repr::Built(el) => (&el.ns, &el.name),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.qname().1
+    }
+
+    pub fn is(&self, ns: &str, name: &str) -> bool {
+        self.qname() == (ns, name)
+    }
+
+    /// The value of an unprefixed attribute.
+    pub fn get_attr(&self, key: &str) -> Option<&str> {
+        match &self.0 {
+            Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
+                (ns.is_none() && name.of(text, "") == key).then(|| value.of(text, side))
+            }),
+            Repr::Built(el) => el.get_attr(key),
+        }
+    }
+
+    /// `xml:lang` on the element itself.
+    pub fn lang(&self) -> Option<&str> {
+        match &self.0 {
+            Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
+                (ns.as_deref() == Some(ns::XML) && name.of(text, "") == "lang")
+                    .then(|| value.of(text, side))
+            }),
+            Repr::Built(el) => el
+                .attrs
+                .iter()
+                .find(|a| a.ns.as_deref() == Some(ns::XML) && a.name == "lang")
+                .map(|a| a.value.as_str()),
+        }
+    }
+
+    /// The local name of the first child element in namespace `ns`.
+    pub fn child_in(&self, ns: &str) -> Option<&str> {
+        match &self.0 {
+            Repr::Read { text, toks, .. } => children(toks).find_map(|at| match toks.get(at) {
+                Some(Tok::Start { ns: n, name }) if n == ns => Some(name.of(text, "")),
+                _ => None,
+            }),
+            Repr::Built(el) => el.elements().find(|e| e.ns == ns).map(|e| &*e.name),
+        }
+    }
+
+    /// The text of the first child element `{ns}name` (its text children
+    /// joined), borrowed when it is one piece.
+    pub fn child_text(&self, ns: &str, name: &str) -> Option<Cow<'_, str>> {
+        match &self.0 {
+            Repr::Read { text, side, toks } => {
+                let at = children(toks).find(|at| {
+                    matches!(toks.get(*at), Some(Tok::Start { ns: n, name: l })
+                        if n == ns && l.of(text, "") == name)
+                })?;
+                let mut pieces = texts(toks, at).map(|s| s.of(text, side));
+                let Some(first) = pieces.next() else {
+                    return Some(Cow::Borrowed(""));
+                };
+                let Some(second) = pieces.next() else {
+                    return Some(Cow::Borrowed(first));
+                };
+                let mut out = String::from(first);
+                out.push_str(second);
+                pieces.for_each(|p| out.push_str(p));
+                Some(Cow::Owned(out))
+            }
+            Repr::Built(el) => el.find(ns, name).map(text_of),
+        }
+    }
+}
+
+/// An element's text, borrowed when it is one piece.
+fn text_of(el: &Element) -> Cow<'_, str> {
+    fn text(n: &Node) -> Option<&str> {
+        match n {
+            Node::Text(t) => Some(t),
+            Node::Element(_) => None,
+        }
+    }
+    let mut pieces = el.children.iter().filter_map(text);
+    let Some(first) = pieces.next() else {
+        return Cow::Borrowed("");
+    };
+    let Some(second) = pieces.next() else {
+        return Cow::Borrowed(first);
+    };
+    let mut out = String::from(first);
+    out.push_str(second);
+    pieces.for_each(|t| out.push_str(t));
+    Cow::Owned(out)
+}
+
+/// The root's attributes: namespace, name and value.
+fn attrs(toks: &[Tok]) -> impl Iterator<Item = (&Option<super::Name>, Span, Span)> {
+    toks.iter().skip(1).map_while(|t| match t {
+        Tok::Attr { ns, name, value } => Some((ns, *name, *value)),
+        _ => None,
+    })
+}
+
+/// Where the root's child elements start.
+fn children(toks: &[Tok]) -> impl Iterator<Item = usize> + '_ {
+    let mut depth = 0usize;
+    toks.iter().enumerate().filter_map(move |(at, t)| match t {
+        Tok::Start { .. } => {
+            depth += 1;
+            (depth == 2).then_some(at)
+        }
+        Tok::End => {
+            depth = depth.saturating_sub(1);
+            None
+        }
+        _ => None,
+    })
+}
+
+/// The text children of the element that starts at `at` (not its children's).
+fn texts(toks: &[Tok], at: usize) -> impl Iterator<Item = Span> + '_ {
+    toks.iter()
+        .skip(at)
+        .scan(0usize, |depth, t| match t {
+            Tok::Start { .. } => {
+                *depth += 1;
+                Some(None)
+            }
+            Tok::End => {
+                *depth = depth.saturating_sub(1);
+                (*depth > 0).then_some(None)
+            }
+            Tok::Text(span) if *depth == 1 => Some(Some(*span)),
+            _ => Some(None),
+        })
+        .flatten()
+}
+
+/// The element tree of what the parser read.
+pub(super) fn build(text: &str, side: &str, toks: &[Tok]) -> Element {
+    let mut stack: Vec<Element> = Vec::new();
+    let mut at = 0;
+    while let Some(t) = toks.get(at) {
+        at += 1;
+        match t {
+            Tok::Start { ns, name: local } => {
+                let count = toks
+                    .get(at..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|t| matches!(t, Tok::Attr { .. }))
+                    .count();
+                let mut attrs = Vec::with_capacity(count);
+                for t in toks.get(at..at + count).unwrap_or_default() {
+                    if let Tok::Attr { ns, name: n, value } = t {
+                        attrs.push(Attribute {
+                            ns: ns.clone(),
+                            name: name(n.of(text, "")),
+                            value: value.of(text, side).to_owned(),
+                        });
+                    }
+                }
+                at += count;
+                stack.push(Element {
+                    ns: ns.clone(),
+                    name: name(local.of(text, "")),
+                    attrs,
+                    children: Vec::new(),
+                });
+            }
+            Tok::Attr { .. } => {}
+            Tok::Text(span) => {
+                let piece = span.of(text, side);
+                if let Some(el) = stack.last_mut() {
+                    if let Some(Node::Text(t)) = el.children.last_mut() {
+                        t.push_str(piece);
+                    } else {
+                        el.children.push(Node::Text(piece.to_owned()));
+                    }
+                }
+            }
+            Tok::End => {
+                let Some(el) = stack.pop() else { break };
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Element(el)),
+                    None => return el,
+                }
+            }
+        }
+    }
+    // The parser ends every element it starts; should it not, what is open
+    // closes here.
+    let mut el = stack.pop().unwrap_or_else(|| Element::new("", ""));
+    while let Some(mut parent) = stack.pop() {
+        parent.children.push(Node::Element(el));
+        el = parent;
+    }
+    el
+}
