@@ -7,7 +7,7 @@ use isthmus_core::sip::pidf::Pidf;
 use isthmus_core::sip::{SipLimits, SipMessage};
 use isthmus_core::translate::message::{message_to_sip_between, sip_to_message};
 use isthmus_core::translate::presence::pidf_to_presence;
-use isthmus_core::xml::{ns, StreamEvent, StreamReader};
+use isthmus_core::xml::{ns, StanzaEvent, StreamReader};
 
 pub mod whole;
 
@@ -49,7 +49,7 @@ pub fn open_reader() -> StreamReader {
 /// policy, translation → SIP MESSAGE bytes.
 pub fn inbound(reader: &mut StreamReader, config: &Config, bytes: &[u8]) -> Option<Vec<u8>> {
     reader.push(bytes);
-    let Ok(Some(StreamEvent::Element(el))) = reader.next_event() else {
+    let Ok(Some(StanzaEvent::Stanza(el))) = reader.next_stanza_event() else {
         return None;
     };
     let from = Jid::parse(el.get_attr("from")?).ok()?;

@@ -18,7 +18,7 @@ use crate::s2s::sasl;
 pub use crate::s2s::stream::ConnId;
 use crate::s2s::stream::{Conn, IngestError, Kind, PendingDialback, Phase, VerifyRequest};
 use crate::s2s::tls::{CertCheck, TlsContext};
-use crate::xml::{ns, Element, StreamEvent, StreamHeader, StreamHeaderOut};
+use crate::xml::{ns, Element, Stanza, StanzaEvent, StreamHeader, StreamHeaderOut};
 
 /// Most stanzas a route holds while its stream is being negotiated.
 const MAX_QUEUED: usize = 1000;
@@ -559,7 +559,7 @@ impl Gateway {
             if c.phase == Phase::Closed || c.phase == Phase::TlsHandshake {
                 break;
             }
-            let event = match c.reader.next_event() {
+            let event = match c.reader.next_stanza_event() {
                 Ok(Some(ev)) => ev,
                 Ok(None) => break,
                 Err(e) => {
@@ -569,9 +569,9 @@ impl Gateway {
                 }
             };
             let result = match event {
-                StreamEvent::Header(h) => self.on_header(&mut c, h, now),
-                StreamEvent::Element(el) => self.on_element(&mut c, el, now),
-                StreamEvent::End => {
+                StanzaEvent::Header(h) => self.on_header(&mut c, h, now),
+                StanzaEvent::Stanza(el) => self.on_element(&mut c, el, now),
+                StanzaEvent::End => {
                     self.on_stream_end(c, now);
                     return;
                 }
@@ -647,7 +647,7 @@ impl Gateway {
         };
         if self.config.serves(&remote) {
             // Both ends are ours: no federation needed.
-            self.deliver_local_to(queued.stanza.clone(), Some((from, to)), now);
+            self.deliver_local_to(queued.stanza.clone().into(), Some((from, to)), now);
             self.stanza_written(queued, now);
             return Ok(());
         }
@@ -1044,16 +1044,16 @@ impl Gateway {
     fn on_element(
         &mut self,
         c: &mut Conn,
-        el: Element,
+        el: Stanza,
         now: Instant,
     ) -> Result<Flow, (String, String)> {
         if el.is(ns::STREAM, "error") {
-            let (cond, text) = stream_error_parts(&el);
+            let (cond, text) = stream_error_parts(&el.element());
             return self.on_peer_stream_error(c, &cond, &text, now);
         }
         match c.kind {
             Kind::Inbound => self.inbound_element(c, el, now),
-            Kind::Route | Kind::Verify => self.outbound_element(c, el, now),
+            Kind::Route | Kind::Verify => self.outbound_element(c, el.into_element(), now),
         }
     }
 
@@ -1630,13 +1630,13 @@ impl Gateway {
     fn inbound_element(
         &mut self,
         c: &mut Conn,
-        el: Element,
+        el: Stanza,
         now: Instant,
     ) -> Result<Flow, (String, String)> {
         if c.phase != Phase::Open {
             return Err(err(
                 "not-authorized",
-                format!("<{}/> before the stream header", el.name),
+                format!("<{}/> before the stream header", el.name()),
             ));
         }
         let row = self.row_for(&c.remote).unwrap_or_default();
@@ -1666,10 +1666,7 @@ impl Gateway {
             c.send(&Element::new(ns::TLS, "proceed"), &mut self.out, now);
             return self.begin_tls(c, server.into(), now);
         }
-        if !c.tls_active()
-            && row.tls == TlsMode::Required
-            && (el.ns != ns::DIALBACK || el.name != "verify")
-        {
+        if !c.tls_active() && row.tls == TlsMode::Required && !el.is(ns::DIALBACK, "verify") {
             return Err(err(
                 "policy-violation",
                 format!(
@@ -1680,21 +1677,22 @@ impl Gateway {
             ));
         }
         if el.is(ns::SASL, "auth") {
-            return self.inbound_sasl(c, &el, &row, now);
+            return self.inbound_sasl(c, &el.element(), &row, now);
         }
-        if el.ns == ns::DIALBACK {
-            return match &*el.name {
-                "result" => self.inbound_db_result(c, &el, &row, now),
-                "verify" => self.inbound_db_verify(c, &el, now),
-                _ => Err(err("unsupported-stanza-type", format!("<db:{}/>", el.name))),
+        let (el_ns, el_name) = el.qname();
+        if el_ns == ns::DIALBACK {
+            return match el_name {
+                "result" => self.inbound_db_result(c, &el.element(), &row, now),
+                "verify" => self.inbound_db_verify(c, &el.element(), now),
+                _ => Err(err("unsupported-stanza-type", format!("<db:{el_name}/>"))),
             };
         }
-        if el.ns == ns::SERVER && matches!(&*el.name, "message" | "presence" | "iq") {
+        if el_ns == ns::SERVER && matches!(el_name, "message" | "presence" | "iq") {
             return self.inbound_stanza(c, el, now);
         }
         Err(err(
             "unsupported-stanza-type",
-            format!("<{}/> in namespace '{}' is not a stanza", el.name, el.ns),
+            format!("<{el_name}/> in namespace '{el_ns}' is not a stanza"),
         ))
     }
 
@@ -1917,7 +1915,7 @@ impl Gateway {
     fn inbound_stanza(
         &mut self,
         c: &mut Conn,
-        el: Element,
+        el: Stanza,
         now: Instant,
     ) -> Result<Flow, (String, String)> {
         if !c.is_authenticated() {
@@ -1925,7 +1923,8 @@ impl Gateway {
                 "not-authorized",
                 format!(
                     "<{}/> from {} before the stream was authenticated",
-                    el.name, c.remote
+                    el.name(),
+                    c.remote
                 ),
             ));
         }
@@ -1934,7 +1933,7 @@ impl Gateway {
         let (Some(Ok(from)), Some(Ok(to))) = (from, to) else {
             return Err(err(
                 "improper-addressing",
-                format!("<{}/> needs valid 'from' and 'to'", el.name),
+                format!("<{}/> needs valid 'from' and 'to'", el.name()),
             ));
         };
         let allowed_from = match c.method {

@@ -15,7 +15,7 @@ use crate::sip::uri::ViaRef;
 use crate::sip::{SipError, SipLimits, SipMessage, StartLine};
 use crate::translate::error::sip_to_condition;
 use crate::translate::message::{message_to_sip_between, sip_to_message};
-use crate::xml::{ns, Element};
+use crate::xml::{ns, Element, Stanza};
 
 /// Most SIP requests (either way) in progress: received and not yet answered, or
 /// sent and not yet answered (past that, 503 rather than memory without bound).
@@ -439,7 +439,7 @@ pub(super) struct ClientTx {
 #[derive(Clone)]
 pub(super) enum Purpose {
     /// A MESSAGE carrying this stanza; a failure goes back to its sender.
-    Message(Element),
+    Message(Stanza),
     /// A MESSAGE telling a SIP user about an XMPP error: nothing to report back.
     Notice,
     /// A NOTIFY in the watcher dialog with this key.
@@ -499,7 +499,7 @@ fn push_decimal(out: &mut String, n: u32) {
 }
 
 /// A stanza's `from` and `to`, when both are there and valid.
-fn addresses_of(stanza: &Element) -> Option<(Jid, Jid)> {
+fn addresses_of(stanza: &Stanza) -> Option<(Jid, Jid)> {
     let from = stanza.get_attr("from").and_then(|f| Jid::parse(f).ok());
     let to = stanza.get_attr("to").and_then(|t| Jid::parse(t).ok());
     Some((from?, to?))
@@ -1066,22 +1066,22 @@ impl Gateway {
 
     /// A stanza for a user of a served domain.
     pub(super) fn deliver_local(&mut self, stanza: Element, now: Instant) {
-        self.deliver_local_to(stanza, None, now);
+        self.deliver_local_to(stanza.into(), None, now);
     }
 
     /// As [`Gateway::deliver_local`], with the stanza's `from` and `to` when the
     /// caller has parsed them already.
     pub(super) fn deliver_local_to(
         &mut self,
-        stanza: Element,
+        stanza: Stanza,
         addresses: Option<(Jid, Jid)>,
         now: Instant,
     ) {
         if self.config.gateway.sip_next_hop.is_none() {
-            self.out.push(Output::Deliver(stanza));
+            self.out.push(Output::Deliver(stanza.into_element()));
             return;
         }
-        match &*stanza.name {
+        match stanza.name() {
             "message" => {
                 if let Some((from, to)) = addresses.or_else(|| addresses_of(&stanza)) {
                     self.message_to_sip_user(stanza, from, to, now);
@@ -1089,13 +1089,13 @@ impl Gateway {
             }
             "presence" => {
                 if let Some((from, to)) = addresses.or_else(|| addresses_of(&stanza)) {
-                    self.xmpp_presence(stanza, from, to, now);
+                    self.xmpp_presence(stanza.into_element(), from, to, now);
                 }
             }
             _ => {
                 // SIP users answer no iq: RFC 6120 §8.5.3.1's service-unavailable.
                 if let Some(reply) = error_reply(
-                    &stanza,
+                    &stanza.element(),
                     "service-unavailable",
                     "a SIP user cannot answer this request",
                 ) {
@@ -1107,13 +1107,15 @@ impl Gateway {
         }
     }
 
-    fn message_to_sip_user(&mut self, stanza: Element, from: Jid, to: Jid, now: Instant) {
+    fn message_to_sip_user(&mut self, stanza: Stanza, from: Jid, to: Jid, now: Instant) {
         let is_error = stanza.get_attr("type") == Some("error");
         if !is_error {
             if let Err(refusal) =
                 crate::policy::inbound_message(&self.config, &from, self.contact_added(&to, &from))
             {
-                if let Some(reply) = error_reply(&stanza, refusal.condition, &refusal.text) {
+                if let Some(reply) =
+                    error_reply(&stanza.element(), refusal.condition, &refusal.text)
+                {
                     let _ = self.route_stanza(now, reply, None);
                 }
                 return;
@@ -1128,14 +1130,17 @@ impl Gateway {
         // the SIP user in words.
         let notice;
         let source = if is_error {
-            let condition = crate::translate::error::stanza_error_condition(&stanza);
-            notice = Element::new(ns::SERVER, "message")
-                .attr("from", &from.to_string())
-                .attr("to", &to.to_string())
-                .child(Element::new(ns::SERVER, "body").text(&format!(
-                    "Your message to {} could not be delivered ({condition}).",
-                    from.bare()
-                )));
+            let tree = stanza.element();
+            let condition = crate::translate::error::stanza_error_condition(&tree);
+            notice = Stanza::from(
+                Element::new(ns::SERVER, "message")
+                    .attr("from", &from.to_string())
+                    .attr("to", &to.to_string())
+                    .child(Element::new(ns::SERVER, "body").text(&format!(
+                        "Your message to {} could not be delivered ({condition}).",
+                        from.bare()
+                    ))),
+            );
             &notice
         } else {
             &stanza
@@ -1246,7 +1251,7 @@ impl Gateway {
     ) {
         match purpose {
             Purpose::Message(stanza) => {
-                if let Some(reply) = error_reply(stanza, condition, text) {
+                if let Some(reply) = error_reply(&stanza.element(), condition, text) {
                     let _ = self.route_stanza(now, reply, None);
                 }
             }

@@ -10,7 +10,7 @@ use crate::sip::message::{split_byte, split_once_byte, trim};
 use crate::sip::uri::NameAddrRef;
 use crate::sip::SipMessage;
 use crate::translate::address::{push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid};
-use crate::xml::{ns, parse_document, Attribute, Element, Name, Node};
+use crate::xml::{ns, parse_document, Attribute, Element, Name, Stanza};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const ISCOMPOSING: &str = "urn:ietf:params:xml:ns:im-iscomposing";
@@ -37,37 +37,6 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.code, self.reason)
     }
-}
-
-/// An element's text, as `text_content` gives it: borrowed when it is one piece,
-/// as character data usually is.
-fn text_of(el: &Element) -> Cow<'_, str> {
-    fn text(n: &Node) -> Option<&str> {
-        match n {
-            Node::Text(t) => Some(t),
-            Node::Element(_) => None,
-        }
-    }
-    let mut pieces = el.children.iter().filter_map(text);
-    let Some(first) = pieces.next() else {
-        return Cow::Borrowed("");
-    };
-    let Some(second) = pieces.next() else {
-        return Cow::Borrowed(first);
-    };
-    let len = el.children.iter().filter_map(text).map(str::len).sum();
-    let mut out = String::with_capacity(len);
-    out.push_str(first);
-    out.push_str(second);
-    pieces.for_each(|t| out.push_str(t));
-    Cow::Owned(out)
-}
-
-fn lang_of(el: &Element) -> Option<&str> {
-    el.attrs
-        .iter()
-        .find(|a| a.ns.as_deref() == Some(ns::XML) && a.name == "lang")
-        .map(|a| a.value.as_str())
 }
 
 /// Parses a Content-Type into (type/subtype lower-cased, charset as written).
@@ -204,7 +173,8 @@ pub fn message_to_sip(
     };
     let from = jid("from")?;
     let to = jid("to")?;
-    let Some(request) = message_to_sip_between(stanza, &from, &to, tag, call_id)? else {
+    let stanza = Stanza::from(stanza.clone());
+    let Some(request) = message_to_sip_between(&stanza, &from, &to, tag, call_id)? else {
         return Ok(None);
     };
     // The model is what goes on the wire: the bytes as written, read back, less
@@ -293,17 +263,18 @@ impl MessageRequest<'_> {
 /// As [`message_to_sip`], for a caller that has already parsed (and checked) the
 /// stanza's `from` and `to`, and without the model: the request as it is written.
 pub fn message_to_sip_between<'a>(
-    stanza: &'a Element,
+    stanza: &'a Stanza,
     from: &'a Jid,
     to: &'a Jid,
     tag: &'a str,
     call_id: &'a str,
 ) -> Result<Option<MessageRequest<'a>>, String> {
-    let body = stanza.find(ns::SERVER, "body").map(text_of);
-    let composing = stanza
-        .elements()
-        .find(|e| e.ns == CHATSTATES)
-        .map(|e| &*e.name);
+    let [body, thread, subject] = stanza.child_texts([
+        (ns::SERVER, "body"),
+        (ns::SERVER, "thread"),
+        (ns::SERVER, "subject"),
+    ]);
+    let composing = stanza.child_in(CHATSTATES);
     let (content_type, body) = match (body, composing) {
         (Some(b), _) => ("text/plain;charset=UTF-8", b),
         (None, Some(state)) => {
@@ -316,13 +287,10 @@ pub fn message_to_sip_between<'a>(
         }
         (None, None) => return Ok(None),
     };
-    let call_id = stanza
-        .find(ns::SERVER, "thread")
-        .map(text_of)
+    let call_id = thread
         .filter(|t| !t.trim().is_empty())
         .unwrap_or(Cow::Borrowed(call_id));
-    let subject = stanza.find(ns::SERVER, "subject").map(|s| {
-        let subject = text_of(s);
+    let subject = subject.map(|subject| {
         if subject.contains(['\r', '\n']) {
             Cow::Owned(subject.replace(['\r', '\n'], " "))
         } else {
@@ -336,7 +304,7 @@ pub fn message_to_sip_between<'a>(
         call_id,
         content_type,
         subject,
-        lang: lang_of(stanza),
+        lang: stanza.lang(),
         body,
     }))
 }

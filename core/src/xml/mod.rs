@@ -42,6 +42,14 @@ pub type Name = Cow<'static, str>;
 
 /// `s` as a [`Name`]: one of the common names without a copy, any other copied.
 pub fn name(s: &str) -> Name {
+    match common(s) {
+        Some(common) => Cow::Borrowed(common),
+        None => Cow::Owned(s.to_owned()),
+    }
+}
+
+/// `s` as one of the names the gateway reads on every stanza, if it is one.
+fn common(s: &str) -> Option<&'static str> {
     let common: &'static str = match s {
         // Namespaces.
         ns::SERVER => ns::SERVER,
@@ -102,9 +110,9 @@ pub fn name(s: &str) -> Name {
         "code" => "code",
         "by" => "by",
         "stamp" => "stamp",
-        _ => return Cow::Owned(s.to_owned()),
+        _ => return None,
     };
-    Cow::Borrowed(common)
+    Some(common)
 }
 
 /// One attribute. `ns` is `None` for unprefixed attributes (the common case) and the

@@ -53,13 +53,48 @@ impl Span {
     }
 }
 
+/// A namespace URI as a step holds it: one of the common ones, or where its
+/// text lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NsRef {
+    Common(&'static str),
+    At(Span),
+}
+
+impl NsRef {
+    pub const NONE: NsRef = NsRef::Common("");
+
+    pub fn of<'t>(self, text: &'t str, side: &'t str) -> &'t str {
+        match self {
+            NsRef::Common(uri) => uri,
+            NsRef::At(span) => span.of(text, side),
+        }
+    }
+
+    /// The URI as a [`Name`].
+    pub fn name(self, text: &str, side: &str) -> Name {
+        match self {
+            NsRef::Common(uri) => Name::Borrowed(uri),
+            NsRef::At(span) => name(span.of(text, side)),
+        }
+    }
+}
+
 /// One step of an element as read, in document order: a start tag (its
 /// attributes follow it), character data, or an end (an empty tag has one too).
 /// Namespaces are resolved; names and text are spans.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tok {
-    Start { ns: Name, name: Span },
-    Attr { ns: Option<Name>, name: Span, value: Span },
+    Start {
+        ns: NsRef,
+        name: Span,
+    },
+    /// `ns` is `NsRef::NONE` for an unprefixed attribute.
+    Attr {
+        ns: NsRef,
+        name: Span,
+        value: Span,
+    },
     Text(Span),
     End,
 }
@@ -115,6 +150,18 @@ const NAME_CLASS: [u8; 256] = {
     while i < ends.len() {
         t[ends[i] as usize] = NAME_END;
         i += 1;
+    }
+    t
+};
+
+/// Bytes an attribute value can hold that need no second look: printable ASCII
+/// but the quotes, `&` and `<`.
+const VALUE_PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = !matches!(b as u8, b'\'' | b'"' | b'&' | b'<');
+        b += 1;
     }
     t
 };
@@ -358,7 +405,7 @@ fn start_tag(
     let mark = s.scope.len();
     let start = s.toks.len();
     s.toks.push(Tok::Start {
-        ns: Name::Borrowed(""),
+        ns: NsRef::NONE,
         name: qname_span,
     });
     let mut count = 0;
@@ -418,18 +465,20 @@ fn start_tag(
         }
         let key = raw_key.text()?;
         // Each key went to one of two places: look where this one would have.
+        let b = c.b;
+        let bytes = |span: Span| b.get(span.from as usize..span.to as usize);
         let declared = |prefix: &str| {
             s.scope
                 .get(mark..)
                 .unwrap_or_default()
                 .iter()
-                .any(|(p, _)| p.of(c.s, "") == prefix)
+                .any(|(p, _)| bytes(*p) == Some(prefix.as_bytes()))
         };
         let twice = match key.strip_prefix("xmlns") {
             Some("") => declared(""),
             Some(rest) if rest.starts_with(':') => declared(rest.get(1..).unwrap_or_default()),
             _ => s.toks.get(start + 1..).unwrap_or_default().iter().any(
-                |t| matches!(t, Tok::Attr { name, .. } if name.of(c.s, "") == key),
+                |t| matches!(t, Tok::Attr { name, .. } if bytes(*name) == Some(key.as_bytes())),
             ),
         };
         if twice {
@@ -439,19 +488,24 @@ fn start_tag(
         }
         count += 1;
         c.at += 1;
+        // Most values are printable ASCII with nothing to unescape: read to
+        // the quote in the same pass that checks them.
         let rest = c.b.get(c.at..).unwrap_or_default();
-        let Some(len) = memchr::memchr(quote, rest) else {
-            return Err(Stop::Incomplete);
+        let plain = rest.iter().position(|b| !VALUE_PLAIN[usize::from(*b)]);
+        let (value, len) = match plain {
+            Some(len) if rest.get(len) == Some(&quote) => (Span::raw(c.at, c.at + len), len),
+            _ => {
+                let from = plain.unwrap_or(rest.len());
+                let Some(len) = memchr::memchr(quote, rest.get(from..).unwrap_or_default()) else {
+                    return Err(Stop::Incomplete);
+                };
+                let len = from + len;
+                let raw_value = c.piece(c.at, c.at + len)?;
+                let check = c.unchecked(c.at + len);
+                let value = unescape(raw_value, c.at, Context::Attribute(key), check, &mut s.side)?;
+                (value, len)
+            }
         };
-        let raw_value = c.piece(c.at, c.at + len)?;
-        let check = c.unchecked(c.at + len);
-        let value = unescape(
-            raw_value,
-            c.at,
-            Context::Attribute(key),
-            check,
-            &mut s.side,
-        )?;
         c.at += len + 1;
         if key == "xmlns" {
             s.scope.push((Span::default(), value));
@@ -462,68 +516,54 @@ fn start_tag(
                 ))
                 .into());
             }
-            s.scope.push((Span::raw(key_from + 6, key_from + key.len()), value));
+            s.scope
+                .push((Span::raw(key_from + 6, key_from + key.len()), value));
         } else {
             prefixed |= raw_key.colon.is_some();
             s.toks.push(Tok::Attr {
-                ns: None,
+                ns: NsRef::NONE,
                 name: key_span,
                 value,
             });
         }
     };
-    let (text, side, scope) = (c.s, s.side.as_str(), &s.scope);
-    let lookup = |prefix: &str| -> Option<Name> {
-        match scope.iter().rev().find(|(p, _)| p.of(text, "") == prefix) {
-            Some((_, u)) => Some(name(u.of(text, side))),
-            None => outer
-                .iter()
-                .rev()
-                .find(|(p, _)| p == prefix)
-                .map(|(_, u)| u.clone()),
-        }
-    };
-    // The local part of a name is what follows its first colon.
-    let split = |span: Span, at: usize| {
-        let colon = span.from as usize + at;
-        (
-            span.of(text, "").get(..at).unwrap_or_default(),
-            Span::raw(colon + 1, span.to as usize),
-        )
-    };
+    let text = c.s;
     let (ns_uri, local) = match raw.colon {
         Some(at) => {
-            let (prefix, local) = split(qname_span, at);
-            match lookup(prefix) {
+            let (prefix, local) = split(text, qname_span, at);
+            match lookup(prefix, text, s, outer) {
                 Some(u) => (u, local),
                 None => return Err(XmlError::BadNamespacePrefix(format!("<{qname}>")).into()),
             }
         }
-        None => (lookup("").unwrap_or_default(), qname_span),
+        None => (
+            lookup("", text, s, outer).unwrap_or(NsRef::NONE),
+            qname_span,
+        ),
     };
     if prefixed {
-        for t in s.toks.get_mut(start + 1..).unwrap_or_default() {
-            let Tok::Attr { ns, name, .. } = t else {
+        for at in start + 1..s.toks.len() {
+            let Some(&Tok::Attr { name, .. }) = s.toks.get(at) else {
                 continue;
             };
             let key = name.of(text, "");
-            let Some(at) = key.find(':') else {
+            let Some(colon) = key.find(':') else {
                 continue;
             };
-            let (prefix, local) = split(*name, at);
+            let (prefix, local) = split(text, name, colon);
             let resolved = match prefix {
-                "xml" => Name::Borrowed(super::ns::XML),
-                prefix => match lookup(prefix) {
+                "xml" => NsRef::Common(super::ns::XML),
+                prefix => match lookup(prefix, text, s, outer) {
                     Some(u) => u,
                     None => {
-                        return Err(
-                            XmlError::BadNamespacePrefix(format!("attribute {key}")).into()
-                        )
+                        return Err(XmlError::BadNamespacePrefix(format!("attribute {key}")).into())
                     }
                 },
             };
-            *ns = Some(resolved);
-            *name = local;
+            if let Some(Tok::Attr { ns, name, .. }) = s.toks.get_mut(at) {
+                *ns = resolved;
+                *name = local;
+            }
         }
     }
     if let Some(Tok::Start { ns, name }) = s.toks.get_mut(start) {
@@ -531,6 +571,45 @@ fn start_tag(
         *name = local;
     }
     Ok((qname_span, empty))
+}
+
+/// The URI bound to `prefix` (empty for the default namespace) in the element's
+/// scope, then in `outer`'s. One of the outer scope's uncommon URIs is copied
+/// into the side buffer, so that the stanza holds everything it names.
+fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -> Option<NsRef> {
+    let inner = s
+        .scope
+        .iter()
+        .rev()
+        .find(|(p, _)| p.of(text, "") == prefix)
+        .map(|(_, u)| *u);
+    if let Some(uri) = inner {
+        let found = uri.of(text, &s.side);
+        return Some(super::common(found).map_or(NsRef::At(uri), NsRef::Common));
+    }
+    let (_, uri) = outer.iter().rev().find(|(p, _)| p == prefix)?;
+    Some(match uri {
+        Name::Borrowed(common) => NsRef::Common(common),
+        Name::Owned(uri) => {
+            let from = s.side.len();
+            s.side.push_str(uri);
+            NsRef::At(Span {
+                from: from as u32,
+                to: s.side.len() as u32,
+                side: true,
+            })
+        }
+    })
+}
+
+/// A qualified name's prefix, and the span of its local part (after the first
+/// colon, at `at` in the name).
+fn split(text: &str, span: Span, at: usize) -> (&str, Span) {
+    let colon = span.from as usize + at;
+    (
+        span.of(text, "").get(..at).unwrap_or_default(),
+        Span::raw(colon + 1, span.to as usize),
+    )
 }
 
 /// Reads the stream header's start tag (`bytes` starts with its `<`), returning it
@@ -629,47 +708,52 @@ fn unescape(
     let out = side;
     out.reserve(text.len());
     let mut rest = text;
-    while let Some(amp) = rest.find('&') {
+    while let Some(amp) = memchr::memchr(b'&', rest.as_bytes()) {
         literal(out, rest.get(..amp).unwrap_or_default())?;
         let after = rest.get(amp + 1..).unwrap_or_default();
-        let Some(semi) = after.find(';') else {
+        let Some(semi) = memchr::memchr(b';', after.as_bytes()) else {
             return Err(XmlError::NotWellFormed(
                 "an '&' that starts no reference".into(),
             ));
         };
         let name = after.get(..semi).unwrap_or_default();
-        let is_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_alphanumeric() || matches!(c, '#' | '_' | '-' | '.' | ':'));
-        if !is_name {
-            return Err(XmlError::NotWellFormed(
-                "an '&' that starts no reference".into(),
-            ));
-        }
         let c = match name {
+            // The predefined entities need no further look (nor a check: each
+            // is a character XML allows).
             "amp" => '&',
             "lt" => '<',
             "gt" => '>',
             "apos" => '\'',
             "quot" => '"',
-            _ => match name.strip_prefix('#') {
-                Some(code) => char_ref(code).ok_or_else(|| {
-                    XmlError::NotWellFormed(format!(
-                        "character reference: &{name}; is not a character"
-                    ))
-                })?,
-                None => {
-                    return Err(XmlError::RestrictedXml(match context {
-                        Context::Text => format!("the entity reference &{name};"),
-                        Context::Attribute(key) => {
-                            format!("an entity reference in attribute {key}")
-                        }
-                    }))
+            _ => {
+                let is_name = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || matches!(c, '#' | '_' | '-' | '.' | ':'));
+                if !is_name {
+                    return Err(XmlError::NotWellFormed(
+                        "an '&' that starts no reference".into(),
+                    ));
                 }
-            },
+                let c = match name.strip_prefix('#') {
+                    Some(code) => char_ref(code).ok_or_else(|| {
+                        XmlError::NotWellFormed(format!(
+                            "character reference: &{name}; is not a character"
+                        ))
+                    })?,
+                    None => {
+                        return Err(XmlError::RestrictedXml(match context {
+                            Context::Text => format!("the entity reference &{name};"),
+                            Context::Attribute(key) => {
+                                format!("an entity reference in attribute {key}")
+                            }
+                        }))
+                    }
+                };
+                xml_chars(c.encode_utf8(&mut [0; 4]))?;
+                c
+            }
         };
-        xml_chars(c.encode_utf8(&mut [0; 4]))?;
         out.push(c);
         rest = after.get(semi + 1..).unwrap_or_default();
     }

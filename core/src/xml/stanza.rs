@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::parse::{Span, Tok};
+use super::parse::{NsRef, Span, Tok};
 use super::{name, ns, Attribute, Element, Node};
 
 /// A stanza (or any top-level element): as read, or built by the gateway.
@@ -60,8 +60,8 @@ impl Stanza {
     /// The element's namespace and local name.
     pub fn qname(&self) -> (&str, &str) {
         match &self.0 {
-            Repr::Read { text, toks, .. } => match toks.first() {
-                Some(Tok::Start { ns, name }) => (ns, name.of(text, "")),
+            Repr::Read { text, side, toks } => match toks.first() {
+                Some(Tok::Start { ns, name }) => (ns.of(text, side), name.of(text, "")),
                 _ => ("", ""),
             },
             Repr::Built(el) => (&el.ns, &el.name),
@@ -80,7 +80,7 @@ impl Stanza {
     pub fn get_attr(&self, key: &str) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns.is_none() && name.of(text, "") == key).then(|| value.of(text, side))
+                (ns == NsRef::NONE && name.of(text, "") == key).then(|| value.of(text, side))
             }),
             Repr::Built(el) => el.get_attr(key),
         }
@@ -90,7 +90,7 @@ impl Stanza {
     pub fn lang(&self) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns.as_deref() == Some(ns::XML) && name.of(text, "") == "lang")
+                (ns == NsRef::Common(ns::XML) && name.of(text, "") == "lang")
                     .then(|| value.of(text, side))
             }),
             Repr::Built(el) => el
@@ -104,37 +104,68 @@ impl Stanza {
     /// The local name of the first child element in namespace `ns`.
     pub fn child_in(&self, ns: &str) -> Option<&str> {
         match &self.0 {
-            Repr::Read { text, toks, .. } => children(toks).find_map(|at| match toks.get(at) {
-                Some(Tok::Start { ns: n, name }) if n == ns => Some(name.of(text, "")),
+            Repr::Read { text, side, toks } => children(toks).find_map(|at| match toks.get(at) {
+                Some(Tok::Start { ns: n, name }) if n.of(text, side) == ns => {
+                    Some(name.of(text, ""))
+                }
                 _ => None,
             }),
             Repr::Built(el) => el.elements().find(|e| e.ns == ns).map(|e| &*e.name),
         }
     }
 
-    /// The text of the first child element `{ns}name` (its text children
-    /// joined), borrowed when it is one piece.
-    pub fn child_text(&self, ns: &str, name: &str) -> Option<Cow<'_, str>> {
-        match &self.0 {
-            Repr::Read { text, side, toks } => {
-                let at = children(toks).find(|at| {
-                    matches!(toks.get(*at), Some(Tok::Start { ns: n, name: l })
-                        if n == ns && l.of(text, "") == name)
-                })?;
-                let mut pieces = texts(toks, at).map(|s| s.of(text, side));
-                let Some(first) = pieces.next() else {
-                    return Some(Cow::Borrowed(""));
-                };
-                let Some(second) = pieces.next() else {
-                    return Some(Cow::Borrowed(first));
-                };
-                let mut out = String::from(first);
-                out.push_str(second);
-                pieces.for_each(|p| out.push_str(p));
-                Some(Cow::Owned(out))
+    /// For each `(ns, name)` wanted, the text of the first such child element
+    /// (its text children joined), borrowed when it is one piece; one pass.
+    pub fn child_texts<const N: usize>(
+        &self,
+        wanted: [(&str, &str); N],
+    ) -> [Option<Cow<'_, str>>; N] {
+        let (text, side, toks) = match &self.0 {
+            Repr::Read { text, side, toks } => (text, side, toks),
+            Repr::Built(el) => return wanted.map(|(ns, name)| el.find(ns, name).map(text_of)),
+        };
+        let mut found: [Option<Cow<'_, str>>; N] = std::array::from_fn(|_| None);
+        let mut depth = 0usize;
+        // The slot of the child being read, if it is one wanted.
+        let mut current = None;
+        for t in toks {
+            match t {
+                Tok::Start { ns, name } => {
+                    depth += 1;
+                    if depth == 2 {
+                        let local = name.of(text, "");
+                        current = wanted
+                            .iter()
+                            .zip(found.iter_mut())
+                            .find(|((n, l), slot)| {
+                                slot.is_none() && *l == local && *n == ns.of(text, side)
+                            })
+                            .map(|(_, slot)| slot);
+                        if let Some(slot) = current.as_mut() {
+                            **slot = Some(Cow::Borrowed(""));
+                        }
+                    }
+                }
+                Tok::End => {
+                    if depth == 2 {
+                        current = None;
+                    }
+                    depth = depth.saturating_sub(1);
+                }
+                Tok::Text(span) if depth == 2 => {
+                    if let Some(Some(got)) = current.as_deref_mut() {
+                        let piece = span.of(text, side);
+                        if got.is_empty() {
+                            *got = Cow::Borrowed(piece);
+                        } else {
+                            got.to_mut().push_str(piece);
+                        }
+                    }
+                }
+                _ => {}
             }
-            Repr::Built(el) => el.find(ns, name).map(text_of),
         }
+        found
     }
 }
 
@@ -160,9 +191,9 @@ fn text_of(el: &Element) -> Cow<'_, str> {
 }
 
 /// The root's attributes: namespace, name and value.
-fn attrs(toks: &[Tok]) -> impl Iterator<Item = (&Option<super::Name>, Span, Span)> {
-    toks.iter().skip(1).map_while(|t| match t {
-        Tok::Attr { ns, name, value } => Some((ns, *name, *value)),
+fn attrs(toks: &[Tok]) -> impl Iterator<Item = (NsRef, Span, Span)> + '_ {
+    toks.iter().skip(1).map_while(|t| match *t {
+        Tok::Attr { ns, name, value } => Some((ns, name, value)),
         _ => None,
     })
 }
@@ -183,25 +214,6 @@ fn children(toks: &[Tok]) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// The text children of the element that starts at `at` (not its children's).
-fn texts(toks: &[Tok], at: usize) -> impl Iterator<Item = Span> + '_ {
-    toks.iter()
-        .skip(at)
-        .scan(0usize, |depth, t| match t {
-            Tok::Start { .. } => {
-                *depth += 1;
-                Some(None)
-            }
-            Tok::End => {
-                *depth = depth.saturating_sub(1);
-                (*depth > 0).then_some(None)
-            }
-            Tok::Text(span) if *depth == 1 => Some(Some(*span)),
-            _ => Some(None),
-        })
-        .flatten()
-}
-
 /// The element tree of what the parser read.
 pub(super) fn build(text: &str, side: &str, toks: &[Tok]) -> Element {
     let mut stack: Vec<Element> = Vec::new();
@@ -220,7 +232,7 @@ pub(super) fn build(text: &str, side: &str, toks: &[Tok]) -> Element {
                 for t in toks.get(at..at + count).unwrap_or_default() {
                     if let Tok::Attr { ns, name: n, value } = t {
                         attrs.push(Attribute {
-                            ns: ns.clone(),
+                            ns: (*ns != NsRef::NONE).then(|| ns.name(text, side)),
                             name: name(n.of(text, "")),
                             value: value.of(text, side).to_owned(),
                         });
@@ -228,7 +240,7 @@ pub(super) fn build(text: &str, side: &str, toks: &[Tok]) -> Element {
                 }
                 at += count;
                 stack.push(Element {
-                    ns: ns.clone(),
+                    ns: ns.name(text, side),
                     name: name(local.of(text, "")),
                     attrs,
                     children: Vec::new(),
