@@ -51,6 +51,14 @@ impl Span {
     fn is_empty(self) -> bool {
         self.from == self.to
     }
+
+    /// The piece's bytes, for comparing: no character boundaries to check.
+    pub fn bytes<'t>(self, text: &'t str, side: &'t str) -> &'t [u8] {
+        if self.side { side } else { text }
+            .as_bytes()
+            .get(self.from as usize..self.to as usize)
+            .unwrap_or_default()
+    }
 }
 
 /// A namespace URI as a step holds it: one of the common ones, or where its
@@ -68,6 +76,13 @@ impl NsRef {
         match self {
             NsRef::Common(uri) => uri,
             NsRef::At(span) => span.of(text, side),
+        }
+    }
+
+    pub fn bytes<'t>(self, text: &'t str, side: &'t str) -> &'t [u8] {
+        match self {
+            NsRef::Common(uri) => uri.as_bytes(),
+            NsRef::At(span) => span.bytes(text, side),
         }
     }
 
@@ -113,8 +128,11 @@ pub(super) struct Scratch {
 impl Scratch {
     /// The element just read from `text`, owning its bytes.
     pub fn stanza(&mut self, text: &str) -> Stanza {
-        let toks = self.toks.drain(..).collect();
-        Stanza::read(text.to_owned(), std::mem::take(&mut self.side), toks)
+        Stanza::read(
+            text.to_owned(),
+            std::mem::take(&mut self.side),
+            self.toks.to_vec(),
+        )
     }
 }
 
@@ -224,6 +242,7 @@ impl<'a> Cursor<'a> {
     /// The name at the cursor, with whether it is plain (printable ASCII, so
     /// nothing in it needs checking beyond the conversion) and where its first
     /// colon is.
+    #[inline(always)]
     fn name(&mut self) -> Result<RawName<'a>, Stop> {
         let from = self.at;
         let rest = self.b.get(from..).unwrap_or_default();
@@ -291,7 +310,7 @@ pub(super) fn element(
                 let Some((opened, mark)) = s.open.pop() else {
                     return Err(XmlError::NotWellFormed("an unmatched end tag".into()).into());
                 };
-                let opened = opened.of(c.s, "").as_bytes();
+                let opened = opened.bytes(c.s, "");
                 if name != opened {
                     return Err(XmlError::NotWellFormed(format!(
                         "</{}> does not close <{}>",
@@ -581,7 +600,7 @@ fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -
         .scope
         .iter()
         .rev()
-        .find(|(p, _)| p.of(text, "") == prefix)
+        .find(|(p, _)| p.bytes(text, "") == prefix.as_bytes())
         .map(|(_, u)| *u);
     if let Some(uri) = inner {
         let found = uri.of(text, &s.side);

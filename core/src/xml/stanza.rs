@@ -80,7 +80,8 @@ impl Stanza {
     pub fn get_attr(&self, key: &str) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns == NsRef::NONE && name.of(text, "") == key).then(|| value.of(text, side))
+                (ns == NsRef::NONE && name.bytes(text, "") == key.as_bytes())
+                    .then(|| value.of(text, side))
             }),
             Repr::Built(el) => el.get_attr(key),
         }
@@ -90,7 +91,7 @@ impl Stanza {
     pub fn lang(&self) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns == NsRef::Common(ns::XML) && name.of(text, "") == "lang")
+                (ns == NsRef::Common(ns::XML) && name.bytes(text, "") == b"lang")
                     .then(|| value.of(text, side))
             }),
             Repr::Built(el) => el
@@ -133,12 +134,14 @@ impl Stanza {
                 Tok::Start { ns, name } => {
                     depth += 1;
                     if depth == 2 {
-                        let local = name.of(text, "");
+                        let local = name.bytes(text, "");
                         current = wanted
                             .iter()
                             .zip(found.iter_mut())
                             .find(|((n, l), slot)| {
-                                slot.is_none() && *l == local && *n == ns.of(text, side)
+                                slot.is_none()
+                                    && l.as_bytes() == local
+                                    && n.as_bytes() == ns.bytes(text, side)
                             })
                             .map(|(_, slot)| slot);
                         if let Some(slot) = current.as_mut() {
