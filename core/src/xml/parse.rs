@@ -491,13 +491,13 @@ fn start_tag(
                 .get(mark..)
                 .unwrap_or_default()
                 .iter()
-                .any(|(p, _)| bytes(*p) == Some(prefix.as_bytes()))
+                .any(|(p, _)| bytes(*p).is_some_and(|p| same(p, prefix.as_bytes())))
         };
         let twice = match key.strip_prefix("xmlns") {
             Some("") => declared(""),
             Some(rest) if rest.starts_with(':') => declared(rest.get(1..).unwrap_or_default()),
             _ => s.toks.get(start + 1..).unwrap_or_default().iter().any(
-                |t| matches!(t, Tok::Attr { name, .. } if bytes(*name) == Some(key.as_bytes())),
+                |t| matches!(t, Tok::Attr { name, .. } if bytes(*name).is_some_and(|n| same(n, key.as_bytes()))),
             ),
         };
         if twice {
@@ -600,13 +600,15 @@ fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -
         .scope
         .iter()
         .rev()
-        .find(|(p, _)| p.bytes(text, "") == prefix.as_bytes())
+        .find(|(p, _)| same(p.bytes(text, ""), prefix.as_bytes()))
         .map(|(_, u)| *u);
     if let Some(uri) = inner {
-        let found = uri.of(text, &s.side);
-        return Some(super::common(found).map_or(NsRef::At(uri), NsRef::Common));
+        return Some(NsRef::At(uri));
     }
-    let (_, uri) = outer.iter().rev().find(|(p, _)| p == prefix)?;
+    let (_, uri) = outer
+        .iter()
+        .rev()
+        .find(|(p, _)| same(p.as_bytes(), prefix.as_bytes()))?;
     Some(match uri {
         Name::Borrowed(common) => NsRef::Common(common),
         Name::Owned(uri) => {
@@ -619,6 +621,12 @@ fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -
             })
         }
     })
+}
+
+/// Whether two short byte strings (names, prefixes) are equal, compared in
+/// place: a call to `memcmp` costs more than the comparison.
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// A qualified name's prefix, and the span of its local part (after the first

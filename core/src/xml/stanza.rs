@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::parse::{NsRef, Span, Tok};
+use super::parse::{same, NsRef, Span, Tok};
 use super::{name, ns, Attribute, Element, Node};
 
 /// A stanza (or any top-level element): as read, or built by the gateway.
@@ -80,7 +80,7 @@ impl Stanza {
     pub fn get_attr(&self, key: &str) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns == NsRef::NONE && name.bytes(text, "") == key.as_bytes())
+                (ns == NsRef::NONE && same(name.bytes(text, ""), key.as_bytes()))
                     .then(|| value.of(text, side))
             }),
             Repr::Built(el) => el.get_attr(key),
@@ -91,7 +91,7 @@ impl Stanza {
     pub fn lang(&self) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns == NsRef::Common(ns::XML) && name.bytes(text, "") == b"lang")
+                (ns == NsRef::Common(ns::XML) && same(name.bytes(text, ""), b"lang"))
                     .then(|| value.of(text, side))
             }),
             Repr::Built(el) => el
@@ -106,7 +106,7 @@ impl Stanza {
     pub fn child_in(&self, ns: &str) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => children(toks).find_map(|at| match toks.get(at) {
-                Some(Tok::Start { ns: n, name }) if n.of(text, side) == ns => {
+                Some(Tok::Start { ns: n, name }) if same(n.bytes(text, side), ns.as_bytes()) => {
                     Some(name.of(text, ""))
                 }
                 _ => None,
@@ -140,8 +140,8 @@ impl Stanza {
                             .zip(found.iter_mut())
                             .find(|((n, l), slot)| {
                                 slot.is_none()
-                                    && l.as_bytes() == local
-                                    && n.as_bytes() == ns.bytes(text, side)
+                                    && same(l.as_bytes(), local)
+                                    && same(n.as_bytes(), ns.bytes(text, side))
                             })
                             .map(|(_, slot)| slot);
                         if let Some(slot) = current.as_mut() {
