@@ -60,7 +60,8 @@ fn configs() -> (Config, Config) {
 /// the gateway's figures.
 fn echoed(msg: &str) -> [&str; 5] {
     let mut out = [""; 5];
-    for line in msg.split("\r\n").skip(1) {
+    for line in msg.split('\n').skip(1) {
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
             break;
         }

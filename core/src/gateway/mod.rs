@@ -634,18 +634,29 @@ impl Gateway {
             .and_then(|t| {
                 Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}")))
             })?;
-        let local = from.domain().to_owned();
-        if !self.config.serves(&local) {
-            return Err(RouteError::NotServed(local));
+        self.route_stanza_between(now, stanza, sip, from, to)
+    }
+
+    /// As [`Gateway::route_stanza`], for a stanza whose `from` and `to` (these)
+    /// the caller has already parsed.
+    fn route_stanza_between(
+        &mut self,
+        now: Instant,
+        stanza: Element,
+        sip: Option<String>,
+        from: Jid,
+        to: Jid,
+    ) -> Result<(), RouteError> {
+        if !self.config.serves(from.domain()) {
+            return Err(RouteError::NotServed(from.domain().to_owned()));
         }
-        let remote = to.domain().to_owned();
         let deadline = sip.as_ref().map(|_| now + SIP_ANSWER_WITHIN);
         let queued = Queued {
             stanza,
             sip,
             deadline,
         };
-        if self.config.serves(&remote) {
+        if self.config.serves(to.domain()) {
             // Both ends are ours: no federation needed.
             self.deliver_local_to(queued.stanza.clone().into(), Some((from, to)), now);
             self.stanza_written(queued, now);
@@ -655,7 +666,7 @@ impl Gateway {
             self.bounce_queued(queued, refusal.condition, &refusal.text, now);
             return Ok(());
         }
-        let key = (local.clone(), remote.clone());
+        let key = (from.domain().to_owned(), to.domain().to_owned());
         let ready = self
             .routes
             .get(&key)
@@ -675,8 +686,10 @@ impl Gateway {
         }
         let waiting = self.routes.get(&key).map_or(0, |r| r.queue.len());
         if waiting >= MAX_QUEUED {
-            let text =
-                format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
+            let text = format!(
+                "more than {MAX_QUEUED} stanzas are waiting for the stream to {}",
+                key.1
+            );
             match queued.sip {
                 // Past saturation the SIP client backs off instead of retransmitting.
                 Some(key) => self.sip_overloaded(&key, &text, now),
@@ -689,16 +702,16 @@ impl Gateway {
             .get(&key)
             .and_then(|r| r.conn)
             .is_some_and(|id| self.conns.contains_key(&id));
-        self.routes
-            .entry(key)
-            .or_insert_with(|| Route {
+        let route = match self.routes.get_mut(&key) {
+            Some(route) => route,
+            None => self.routes.entry(key.clone()).or_insert_with(|| Route {
                 conn: None,
                 queue: VecDeque::new(),
-            })
-            .queue
-            .push_back(queued);
+            }),
+        };
+        route.queue.push_back(queued);
         if !has_conn {
-            self.open_route(&local, &remote, now);
+            self.open_route(&key.0, &key.1, now);
         }
         Ok(())
     }

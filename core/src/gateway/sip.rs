@@ -14,7 +14,7 @@ use crate::sip::transaction::{ClientTransaction, ServerTransaction, Timers, TxAc
 use crate::sip::uri::ViaRef;
 use crate::sip::{SipError, SipLimits, SipMessage, StartLine};
 use crate::translate::error::sip_to_condition;
-use crate::translate::message::{message_to_sip_between, sip_to_message};
+use crate::translate::message::{message_to_sip_between, sip_to_message_between};
 use crate::xml::{ns, Element, Stanza};
 
 /// Most SIP requests (either way) in progress: received and not yet answered, or
@@ -984,25 +984,22 @@ impl Gateway {
         let mut id = String::with_capacity(4 + 12);
         id.push_str("sip-");
         self.rng.push_hex(&mut id, 6);
-        let stanza = match sip_to_message(msg, &id) {
+        let (stanza, from, to) = match sip_to_message_between(msg, &id) {
             Ok(s) => s,
             Err(r) => {
                 self.sip_answer(key, r.code, &r.reason, now);
                 return;
             }
         };
-        let from_domain = stanza
-            .get_attr("from")
-            .and_then(|f| Jid::parse(f).ok())
-            .map(|j| j.domain().to_owned())
-            .unwrap_or_default();
-        if !self.config.serves(&from_domain) {
-            let reason =
-                format!("Forbidden ({from_domain} is not a SIP domain this gateway serves)");
+        if !self.config.serves(from.domain()) {
+            let reason = format!(
+                "Forbidden ({} is not a SIP domain this gateway serves)",
+                from.domain()
+            );
             self.sip_answer(key, 403, &reason, now);
             return;
         }
-        if let Err(e) = self.route_stanza(now, stanza, Some(key.to_owned())) {
+        if let Err(e) = self.route_stanza_between(now, stanza, Some(key.to_owned()), from, to) {
             self.sip_answer(key, 400, &format!("Bad Request ({e})"), now);
         }
     }

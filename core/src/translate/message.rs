@@ -61,6 +61,11 @@ fn content_type(value: &str) -> (Cow<'_, str>, Option<&str>) {
 /// SIP MESSAGE → `<message type='chat'/>` from the sender's JID to the Request-URI's.
 /// `id` becomes the stanza id, so that an XMPP error can find its SIP transaction.
 pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
+    sip_to_message_between(msg, id).map(|(stanza, _, _)| stanza)
+}
+
+/// As [`sip_to_message`], with the stanza's `from` and `to` as JIDs.
+pub fn sip_to_message_between(msg: &SipMessage, id: &str) -> Result<(Element, Jid, Jid), Refusal> {
     let from_header = msg
         .header("From")
         .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
@@ -89,8 +94,8 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
         value,
     };
     let mut attrs = Vec::with_capacity(5);
-    attrs.push(attr("from", from.into_string()));
-    attrs.push(attr("to", to.into_string()));
+    attrs.push(attr("from", from.as_str().to_owned()));
+    attrs.push(attr("to", to.as_str().to_owned()));
     attrs.push(attr("type", "chat".to_owned()));
     attrs.push(attr("id", id.to_owned()));
     let mut stanza = Element {
@@ -153,7 +158,7 @@ pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
     if let Some(call_id) = msg.call_id() {
         stanza = stanza.child(Element::new(ns::SERVER, "thread").text(call_id));
     }
-    Ok(stanza)
+    Ok((stanza, from, to))
 }
 
 /// `<message/>` → a SIP MESSAGE (Request-URI, From with `tag`, To, Call-ID from
