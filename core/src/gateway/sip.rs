@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::{error_reply, Event, Gateway, Output};
@@ -370,9 +371,9 @@ enum SipPeer {
 
 struct ServerTx {
     tx: ServerTransaction,
-    /// The request's [`SipMessage::reply_basis`], until the final response: a
-    /// transaction waiting out Timer J keeps only what it sent.
-    request: Option<SipMessage>,
+    /// The request, shared with whoever is handling it, until the final
+    /// response: a transaction waiting out Timer J keeps only what it sent.
+    request: Option<Rc<SipMessage>>,
     peer: SipPeer,
     to_tag: String,
 }
@@ -914,8 +915,7 @@ impl Gateway {
     }
 
     fn sip_request(&mut self, msg: SipMessage, from: SipPeer, now: Instant) {
-        let method = msg.method().unwrap_or_default().to_owned();
-        if method == "ACK" {
+        if msg.method() == Some("ACK") {
             // ACKs for our final responses to INVITE end there (hop by hop).
             return;
         }
@@ -944,17 +944,19 @@ impl Gateway {
         }
         let to_tag = self.rng.hex(6);
         self.sip.answering += 1;
+        // The transaction answers from the request itself: no copy of it is made.
+        let msg = Rc::new(msg);
         self.sip.server.insert(
             key.clone(),
             Box::new(ServerTx {
                 // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
                 tx: ServerTransaction::new(matches!(from, SipPeer::Stream(_)), Timers::default()),
-                request: Some(msg.reply_basis()),
+                request: Some(Rc::clone(&msg)),
                 peer: from,
                 to_tag,
             }),
         );
-        match method.as_str() {
+        match msg.method().unwrap_or_default() {
             "MESSAGE" => self.sip_message(&key, &msg, now),
             "OPTIONS" => {
                 let mut resp = msg.reply(200, "OK", None);

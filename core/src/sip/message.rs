@@ -540,14 +540,6 @@ impl SipMessage {
         out
     }
 
-    /// What [`SipMessage::reply`] reads of a request, and nothing else: what a
-    /// server transaction keeps to answer it.
-    pub fn reply_basis(&self) -> SipMessage {
-        let mut basis = SipMessage::with_start(self.start.clone());
-        self.copy_reply_fields(&mut basis, None);
-        basis
-    }
-
     /// A response to this request that copies Via, From, To, Call-ID and CSeq
     /// (RFC 3261 §8.2.6.2); `to_tag` is added to To when it has none.
     pub fn reply(&self, code: u16, reason: &str, to_tag: Option<&str>) -> SipMessage {
