@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use isthmus_core::config::XmlLimits;
 use isthmus_core::gateway::{Gateway, Output};
 use isthmus_core::sip::{SipLimits, SipMessage, StreamDecoder};
-use isthmus_core::xml::{StreamEvent, StreamReader};
+use isthmus_core::xml::{ns, Element, Stanza, StanzaEvent, StreamEvent, StreamReader};
 
 /// Chunk sizes come from the data itself, so the fuzzer explores splits too.
 fn chunks(data: &[u8]) -> (Vec<usize>, &[u8]) {
@@ -79,7 +79,14 @@ impl Transcript {
     fn feed(&mut self, chunk: &[u8]) {
         self.reader.push(chunk);
         loop {
-            match self.reader.next_event() {
+            let event = self.reader.next_stanza_event().map(|e| {
+                e.map(|e| match e {
+                    StanzaEvent::Header(h) => StreamEvent::Header(h),
+                    StanzaEvent::Stanza(s) => StreamEvent::Element(view_agrees(s)),
+                    StanzaEvent::End => StreamEvent::End,
+                })
+            });
+            match event {
                 Ok(Some(event)) => {
                     if let StreamEvent::Element(e) = &event {
                         if e.name == "proceed" || e.name == "success" {
@@ -96,6 +103,42 @@ impl Transcript {
             }
         }
     }
+}
+
+/// A stanza as read answers what its tree answers: its name, attributes,
+/// `xml:lang`, each child's text and the first child of each namespace. Returns
+/// the tree.
+pub fn view_agrees(stanza: Stanza) -> Element {
+    let el = stanza.element().into_owned();
+    assert_eq!(stanza.qname(), (&*el.ns, &*el.name));
+    let keys = el.attrs.iter().map(|a| &*a.name);
+    for key in keys.chain(["from", "to", "type", "id", "lang", "xmlns"]) {
+        assert_eq!(stanza.get_attr(key), el.get_attr(key), "attribute {key}");
+    }
+    let lang = el
+        .attrs
+        .iter()
+        .find(|a| a.ns.as_deref() == Some(ns::XML) && a.name == "lang")
+        .map(|a| a.value.as_str());
+    assert_eq!(stanza.lang(), lang);
+    let wanted = el.elements().map(|c| (&*c.ns, &*c.name));
+    for (child_ns, child) in wanted.chain([(ns::SERVER, "body"), (ns::SERVER, "thread")]) {
+        let [text] = stanza.child_texts([(child_ns, child)]);
+        let tree = el.find(child_ns, child).map(|c| c.text_content());
+        assert_eq!(
+            text.as_deref(),
+            tree.as_deref(),
+            "text of {{{child_ns}}}{child}"
+        );
+        let first = el.elements().find(|c| c.ns == child_ns).map(|c| &*c.name);
+        assert_eq!(
+            stanza.child_in(child_ns),
+            first,
+            "first child in {child_ns}"
+        );
+    }
+    assert_eq!(Stanza::from(el.clone()), stanza);
+    el
 }
 
 /// The SIP codec: datagram parsing and stream framing never panic, whatever

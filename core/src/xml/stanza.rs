@@ -278,3 +278,65 @@ pub(super) fn build(text: &str, side: &str, toks: &[Tok]) -> Element {
     }
     el
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::{StanzaEvent, StreamReader};
+
+    const HEADER: &str = "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:x='urn:example:outer' version='1.0'>";
+
+    fn read(stanza: &str) -> Stanza {
+        let mut r = StreamReader::new(crate::config::XmlLimits::default());
+        r.push(HEADER.as_bytes());
+        r.push(stanza.as_bytes());
+        assert!(matches!(
+            r.next_stanza_event(),
+            Ok(Some(StanzaEvent::Header(_)))
+        ));
+        match r.next_stanza_event() {
+            Ok(Some(StanzaEvent::Stanza(s))) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stanza_as_read_answers_from_its_bytes() {
+        let s = read(
+            "<message from='a@b/c' to=\"d&amp;e@f\" xml:lang='en' type='chat'>\
+             <body xml:lang='de'>one <![CDATA[<two>]]> &lt;three&gt;</body>\
+             <body>second</body><subject/>\
+             <x:thread>not this one</x:thread><thread>th<i>nested</i>-1</thread>\
+             <composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        );
+        assert_eq!(s.qname(), (ns::SERVER, "message"));
+        assert_eq!(s.get_attr("from"), Some("a@b/c"));
+        assert_eq!(s.get_attr("to"), Some("d&e@f"));
+        // xml:lang is not the unprefixed attribute lang.
+        assert_eq!(s.get_attr("lang"), None);
+        assert_eq!(s.lang(), Some("en"));
+        let [body, subject, thread, outer] = s.child_texts([
+            (ns::SERVER, "body"),
+            (ns::SERVER, "subject"),
+            (ns::SERVER, "thread"),
+            ("urn:example:outer", "thread"),
+        ]);
+        assert_eq!(body.as_deref(), Some("one <two> <three>"));
+        assert_eq!(subject.as_deref(), Some(""));
+        // Only the element's own text, not its children's.
+        assert_eq!(thread.as_deref(), Some("th-1"));
+        assert_eq!(outer.as_deref(), Some("not this one"));
+        assert_eq!(
+            s.child_in("http://jabber.org/protocol/chatstates"),
+            Some("composing")
+        );
+        assert_eq!(s.child_in("urn:none"), None);
+        // The same answers from the tree it builds.
+        let built = Stanza::from(s.clone().into_element());
+        assert_eq!(built.get_attr("to"), Some("d&e@f"));
+        assert_eq!(built.lang(), Some("en"));
+        let [body] = built.child_texts([(ns::SERVER, "body")]);
+        assert_eq!(body.as_deref(), Some("one <two> <three>"));
+        assert_eq!(built, s);
+    }
+}
