@@ -136,6 +136,9 @@ pub fn view_agrees(stanza: Stanza) -> Element {
             first,
             "first child in {child_ns}"
         );
+        let ([text], first_in) = stanza.children([(child_ns, child)], child_ns);
+        assert_eq!(text.as_deref(), tree.as_deref());
+        assert_eq!(first_in, first);
     }
     assert_eq!(Stanza::from(el.clone()), stanza);
     el

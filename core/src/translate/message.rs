@@ -274,12 +274,14 @@ pub fn message_to_sip_between<'a>(
     tag: &'a str,
     call_id: &'a str,
 ) -> Result<Option<MessageRequest<'a>>, String> {
-    let [body, thread, subject] = stanza.child_texts([
-        (ns::SERVER, "body"),
-        (ns::SERVER, "thread"),
-        (ns::SERVER, "subject"),
-    ]);
-    let composing = stanza.child_in(CHATSTATES);
+    let ([body, thread, subject], composing) = stanza.children(
+        [
+            (ns::SERVER, "body"),
+            (ns::SERVER, "thread"),
+            (ns::SERVER, "subject"),
+        ],
+        CHATSTATES,
+    );
     let (content_type, body) = match (body, composing) {
         (Some(b), _) => ("text/plain;charset=UTF-8", b),
         (None, Some(state)) => {

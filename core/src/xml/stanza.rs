@@ -116,15 +116,30 @@ impl Stanza {
     }
 
     /// For each `(ns, name)` wanted, the text of the first such child element
-    /// (its text children joined), borrowed when it is one piece; one pass.
+    /// (its text children joined), borrowed when it is one piece.
     pub fn child_texts<const N: usize>(
         &self,
         wanted: [(&str, &str); N],
     ) -> [Option<Cow<'_, str>>; N] {
+        self.children(wanted, "").0
+    }
+
+    /// [`Stanza::child_texts`] and [`Stanza::child_in`] in one pass.
+    pub fn children<const N: usize>(
+        &self,
+        wanted: [(&str, &str); N],
+        first_in: &str,
+    ) -> ([Option<Cow<'_, str>>; N], Option<&str>) {
         let (text, side, toks) = match &self.0 {
             Repr::Read { text, side, toks } => (text, side, toks),
-            Repr::Built(el) => return wanted.map(|(ns, name)| el.find(ns, name).map(text_of)),
+            Repr::Built(el) => {
+                return (
+                    wanted.map(|(ns, name)| el.find(ns, name).map(text_of)),
+                    el.elements().find(|e| e.ns == first_in).map(|e| &*e.name),
+                )
+            }
         };
+        let mut first = None;
         let mut found: [Option<Cow<'_, str>>; N] = std::array::from_fn(|_| None);
         let mut depth = 0usize;
         // The slot of the child being read, if it is one wanted.
@@ -134,6 +149,10 @@ impl Stanza {
                 Tok::Start { ns, name } => {
                     depth += 1;
                     if depth == 2 {
+                        let child_ns = ns.bytes(text, side);
+                        if first.is_none() && same(child_ns, first_in.as_bytes()) {
+                            first = Some(name.of(text, ""));
+                        }
                         let local = name.bytes(text, "");
                         current = wanted
                             .iter()
@@ -141,7 +160,7 @@ impl Stanza {
                             .find(|((n, l), slot)| {
                                 slot.is_none()
                                     && same(l.as_bytes(), local)
-                                    && same(n.as_bytes(), ns.bytes(text, side))
+                                    && same(n.as_bytes(), child_ns)
                             })
                             .map(|(_, slot)| slot);
                         if let Some(slot) = current.as_mut() {
@@ -168,7 +187,7 @@ impl Stanza {
                 _ => {}
             }
         }
-        found
+        (found, first)
     }
 }
 
