@@ -391,8 +391,31 @@ struct Responded {
 
 impl ServerTx {
     fn respond(&mut self, resp: &SipMessage, now: Instant) -> Responded {
+        match resp.status() {
+            Some(code) => self.respond_bytes(code, resp.to_bytes(), now),
+            // Not a response: nothing to send, and the transaction is as it was.
+            None => Responded {
+                sent: None,
+                peer: self.peer,
+                answered: false,
+                deadline: self.tx.next_deadline(),
+            },
+        }
+    }
+
+    /// The final (or provisional) response `code` with nothing to add to the
+    /// request's copied fields, written straight from the request.
+    fn answer(&mut self, code: u16, reason: &str, now: Instant) -> Responded {
+        let bytes = match &self.request {
+            Some(r) => r.reply_bytes(code, reason, Some(&self.to_tag)),
+            None => SipMessage::response(code, reason).to_bytes(),
+        };
+        self.respond_bytes(code, bytes, now)
+    }
+
+    fn respond_bytes(&mut self, code: u16, bytes: Vec<u8>, now: Instant) -> Responded {
         let was_open = open(self.tx.state);
-        let sent = self.tx.respond(resp, now);
+        let sent = self.tx.respond_bytes(code, bytes, now);
         let answered = was_open && !open(self.tx.state);
         if answered {
             // Only the response is needed from here on (retransmissions get it).
@@ -1046,8 +1069,7 @@ impl Gateway {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
-        let resp = st.reply(code, reason);
-        let responded = st.respond(&resp, now);
+        let responded = st.answer(code, reason, now);
         self.sip_responded(key, responded);
     }
 

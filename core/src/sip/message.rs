@@ -548,15 +548,49 @@ impl SipMessage {
         resp
     }
 
+    /// The bytes of [`SipMessage::reply`]'s response, written straight from the
+    /// request: what a response with nothing more to add is sent as.
+    pub fn reply_bytes(&self, code: u16, reason: &str, to_tag: Option<&str>) -> Vec<u8> {
+        let len: usize = self.reply_fields().map(|h| h.name.len() + h.len + 4).sum();
+        let mut out = Vec::with_capacity(len + reason.len() + to_tag.map_or(0, str::len) + 48);
+        out.extend_from_slice(b"SIP/2.0 ");
+        push_decimal(&mut out, usize::from(code));
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in self.reply_fields() {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            let value = self.value(h);
+            out.extend_from_slice(value.as_bytes());
+            if h.name == "To" {
+                if let Some(tag) = to_tag.filter(|_| !has_tag(value)) {
+                    out.extend_from_slice(b";tag=");
+                    out.extend_from_slice(tag.as_bytes());
+                }
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        push_content_length(&mut out, 0);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// The fields a response copies (RFC 3261 §8.2.6.2), in order.
+    fn reply_fields(&self) -> impl Iterator<Item = &Field> {
+        self.fields
+            .iter()
+            .filter(|h| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq"))
+    }
+
     /// Copies Via, From, To, Call-ID and CSeq into `to`, in order, into one buffer
     /// sized for them, with room for the fields a response adds.
     fn copy_reply_fields(&self, to: &mut SipMessage, to_tag: Option<&str>) {
-        let copied = |h: &&Field| matches!(&*h.name, "Via" | "From" | "To" | "Call-ID" | "CSeq");
-        let len: usize = self.fields.iter().filter(copied).map(|h| h.len).sum();
+        let len: usize = self.reply_fields().map(|h| h.len).sum();
         to.text
             .reserve(len + to_tag.map_or(0, |t| t.len() + 5) + 64);
         to.fields.reserve(8);
-        for h in self.fields.iter().filter(copied) {
+        for h in self.reply_fields() {
             let f = to.field(h.name.clone(), self.value(h));
             if h.name == "To" {
                 add_to_tag(&mut to.text, to_tag, f.at);
@@ -599,16 +633,18 @@ fn add_to_tag(text: &mut String, to_tag: Option<&str>, at: usize) {
     let Some(tag) = to_tag else {
         return;
     };
-    let tagged = text
-        .as_bytes()
-        .get(at..)
-        .unwrap_or_default()
-        .windows(5)
-        .any(|w| w.eq_ignore_ascii_case(b";tag="));
-    if !tagged {
+    if !has_tag(text.get(at..).unwrap_or_default()) {
         text.push_str(";tag=");
         text.push_str(tag);
     }
+}
+
+/// Whether a To value carries a tag already.
+fn has_tag(value: &str) -> bool {
+    value
+        .as_bytes()
+        .windows(5)
+        .any(|w| w.eq_ignore_ascii_case(b";tag="))
 }
 
 fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
@@ -1042,6 +1078,41 @@ mod tests {
         Subject: folded\r\n \t line\r\n\
         c: text/plain\r\n\
         l:   5\r\n\r\nhello";
+
+    #[test]
+    fn a_reply_written_from_the_request_is_the_reply_serialised() {
+        let tagged = MSG.replace("t: sip:bob@b.example", "t: <sip:bob@b.example>;TAG=x9");
+        let two_vias = MSG.replace(
+            "f: <sip",
+            "Via: SIP/2.0/UDP 10.0.0.3;branch=z9hG4bK3\r\nf: <sip",
+        );
+        for text in [MSG, tagged.as_str(), two_vias.as_str()] {
+            let m = SipMessage::parse(text.as_bytes(), &SipLimits::default()).expect("parses");
+            for (code, reason, tag) in
+                [(200, "OK", Some("gw1")), (503, "Service Unavailable", None)]
+            {
+                let written = m.reply_bytes(code, reason, tag);
+                assert_eq!(
+                    String::from_utf8_lossy(&written),
+                    String::from_utf8_lossy(&m.reply(code, reason, tag).to_bytes())
+                );
+            }
+        }
+        let m = SipMessage::parse(MSG.as_bytes(), &SipLimits::default()).expect("parses");
+        let text = String::from_utf8(m.reply_bytes(200, "OK", Some("gw1"))).expect("utf-8");
+        assert!(
+            text.starts_with("SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 10.0.0.1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nTo: sip:bob@b.example;tag=gw1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn compact_folded_and_list_headers() {

@@ -196,11 +196,15 @@ impl ServerTransaction {
     /// takes no more responses.
     pub fn respond(&mut self, response: &SipMessage, now: Instant) -> Option<Vec<u8>> {
         let code = response.status()?;
+        self.respond_bytes(code, response.to_bytes(), now)
+    }
+
+    /// As [`ServerTransaction::respond`], for a response `code` already written.
+    pub fn respond_bytes(&mut self, code: u16, bytes: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
         if matches!(self.state, State::Completed | State::Terminated) {
             // §17.2.2: a final response has been sent; later ones are discarded.
             return None;
         }
-        let bytes = response.to_bytes();
         self.last_response = Some(bytes.clone());
         if code < 200 {
             self.state = State::Proceeding;
