@@ -145,7 +145,8 @@ pub fn view_agrees(stanza: Stanza) -> Element {
 }
 
 /// The SIP codec: datagram parsing and stream framing never panic, whatever
-/// parses re-serialises to a message that parses to the same thing, and a
+/// parses re-serialises to a message that parses to the same thing (and is
+/// answered with the same bytes either way a reply is written), and a
 /// stateless 503 built from the bytes parses.
 pub fn sip_codec(data: &[u8]) {
     let limits = SipLimits::default();
@@ -153,6 +154,13 @@ pub fn sip_codec(data: &[u8]) {
         let again = SipMessage::parse(&m.to_bytes(), &limits).expect("a parsed message re-parses");
         assert_eq!(again.start, m.start);
         assert_eq!(again.body, m.body);
+        // A response written straight from the request is the reply model's bytes.
+        for tag in [Some("gw"), None] {
+            assert_eq!(
+                m.reply_bytes(200, "OK", tag),
+                m.reply(200, "OK", tag).to_bytes()
+            );
+        }
     }
     // A stateless refusal, when there is one, is a well-formed 503.
     if let Some(reply) = isthmus_core::gateway::overloaded_reply(data) {
