@@ -820,7 +820,8 @@ fn is_trim_safe(b: u8) -> bool {
 pub(crate) fn trim(s: &str) -> &str {
     let b = s.as_bytes();
     let Some(start) = b.iter().position(|&c| !is_ascii_ws(c)) else {
-        return "";
+        // Empty, but still within `s`: a header's value is found by its place.
+        return s.get(s.len()..).unwrap_or_default();
     };
     let end = b
         .iter()
@@ -1078,6 +1079,17 @@ mod tests {
         Subject: folded\r\n \t line\r\n\
         c: text/plain\r\n\
         l:   5\r\n\r\nhello";
+
+    #[test]
+    fn an_empty_header_value_is_a_header() {
+        let text = MSG.replace("Subject: folded\r\n \t line", "Subject:\r\nSupported:   ");
+        let m = SipMessage::parse(text.as_bytes(), &SipLimits::default()).expect("parses");
+        assert_eq!(m.header("Subject"), Some(""));
+        assert_eq!(m.header("Supported"), Some(""));
+        assert_eq!(m.header("Content-Type"), Some("text/plain"));
+        let again = SipMessage::parse(&m.to_bytes(), &SipLimits::default()).expect("re-parses");
+        assert_eq!(again.header("Subject"), Some(""));
+    }
 
     #[test]
     fn a_reply_written_from_the_request_is_the_reply_serialised() {
