@@ -674,6 +674,8 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
         text: text.to_owned(),
         body: Vec::new(),
     };
+    // The headers other than Content-Length.
+    let mut others = 0;
     for line in lines {
         if line.len() > limits.max_line {
             return Err(SipError::TooLarge(format!(
@@ -710,7 +712,13 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
                 truncate(name)
             )));
         }
-        if msg.fields.len() >= limits.max_headers {
+        let name = canonical(name);
+        // Content-Length is left out of the count, once: a message without one
+        // is written with one, and must still be within the limit when read back.
+        if name != "Content-Length" {
+            others += 1;
+        }
+        if others > limits.max_headers || msg.fields.len() > limits.max_headers {
             return Err(SipError::TooLarge(format!(
                 "more than {} headers",
                 limits.max_headers
@@ -720,7 +728,7 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
             return Err(SipError::Malformed("a header outside its block".into()));
         };
         msg.fields.push(Field {
-            name: canonical(name),
+            name,
             at,
             len: value.len(),
         });
@@ -1079,6 +1087,28 @@ mod tests {
         Subject: folded\r\n \t line\r\n\
         c: text/plain\r\n\
         l:   5\r\n\r\nhello";
+
+    #[test]
+    fn a_message_at_the_header_limit_reads_back_with_its_content_length() {
+        let limits = SipLimits::default();
+        // Five mandatory headers and padding up to the limit, no Content-Length.
+        let pad: String = (0..limits.max_headers - 5)
+            .map(|i| format!("X-Pad-{i}: {i}\r\n"))
+            .collect();
+        let text = format!(
+            "MESSAGE sip:b@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+             From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: c\r\n\
+             CSeq: 1 MESSAGE\r\n{pad}\r\n"
+        );
+        let m = SipMessage::parse(text.as_bytes(), &limits).expect("at the limit");
+        let again = SipMessage::parse(&m.to_bytes(), &limits).expect("reads back");
+        assert_eq!(again.header("Content-Length"), Some("0"));
+        let over = text.replace("\r\n\r\n", "\r\nX-One-More: 1\r\n\r\n");
+        assert!(matches!(
+            SipMessage::parse(over.as_bytes(), &limits),
+            Err(SipError::TooLarge(_))
+        ));
+    }
 
     #[test]
     fn an_empty_header_value_is_a_header() {
