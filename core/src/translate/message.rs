@@ -61,11 +61,23 @@ fn content_type(value: &str) -> (Cow<'_, str>, Option<&str>) {
 /// SIP MESSAGE → `<message type='chat'/>` from the sender's JID to the Request-URI's.
 /// `id` becomes the stanza id, so that an XMPP error can find its SIP transaction.
 pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
-    sip_to_message_between(msg, id).map(|(stanza, _, _)| stanza)
+    let jids_as_attrs = |from: Jid, to: Jid| (from.into_string(), to.into_string(), ());
+    translate_message(msg, id, jids_as_attrs).map(|(stanza, ())| stanza)
 }
 
 /// As [`sip_to_message`], with the stanza's `from` and `to` as JIDs.
 pub fn sip_to_message_between(msg: &SipMessage, id: &str) -> Result<(Element, Jid, Jid), Refusal> {
+    let kept = |from: Jid, to: Jid| (from.as_str().to_owned(), to.as_str().to_owned(), (from, to));
+    translate_message(msg, id, kept).map(|(stanza, (from, to))| (stanza, from, to))
+}
+
+/// The translation; `addresses` makes the `from` and `to` attribute values of
+/// the two JIDs, and says what of them the caller keeps.
+fn translate_message<T>(
+    msg: &SipMessage,
+    id: &str,
+    addresses: impl FnOnce(Jid, Jid) -> (String, String, T),
+) -> Result<(Element, T), Refusal> {
     let from_header = msg
         .header("From")
         .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
@@ -93,9 +105,10 @@ pub fn sip_to_message_between(msg: &SipMessage, id: &str) -> Result<(Element, Ji
         name: Name::Borrowed(name),
         value,
     };
+    let (from_value, to_value, kept) = addresses(from, to);
     let mut attrs = Vec::with_capacity(5);
-    attrs.push(attr("from", from.as_str().to_owned()));
-    attrs.push(attr("to", to.as_str().to_owned()));
+    attrs.push(attr("from", from_value));
+    attrs.push(attr("to", to_value));
     attrs.push(attr("type", "chat".to_owned()));
     attrs.push(attr("id", id.to_owned()));
     let mut stanza = Element {
@@ -158,7 +171,7 @@ pub fn sip_to_message_between(msg: &SipMessage, id: &str) -> Result<(Element, Ji
     if let Some(call_id) = msg.call_id() {
         stanza = stanza.child(Element::new(ns::SERVER, "thread").text(call_id));
     }
-    Ok((stanza, from, to))
+    Ok((stanza, kept))
 }
 
 /// `<message/>` → a SIP MESSAGE (Request-URI, From with `tag`, To, Call-ID from
