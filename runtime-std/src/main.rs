@@ -26,6 +26,8 @@ use isthmus_host::signals;
 type In = Input<TcpStream>;
 
 struct Stream {
+    /// The core's own handle, for writing at once while the writer is idle.
+    direct: TcpStream,
     queue: Sender<Vec<u8>>,
     backlog: Arc<Backlog>,
     intake: Arc<Intake>,
@@ -138,8 +140,11 @@ impl Io for StdIo {
         // Small stanzas go out at once (DESIGN.md).
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
-        match stream.try_clone() {
-            Ok(reader) => {
+        match stream
+            .try_clone()
+            .and_then(|r| Ok((r, stream.try_clone()?)))
+        {
+            Ok((reader, direct)) => {
                 let intake = Arc::new(Intake::default());
                 spawn_reader(self.tx.clone(), conn, reader, sip, intake.clone());
                 let (queue, writes) = channel();
@@ -148,6 +153,7 @@ impl Io for StdIo {
                 self.streams.insert(
                     conn,
                     Stream {
+                        direct,
                         queue,
                         backlog,
                         intake,
@@ -184,6 +190,23 @@ impl Io for StdIo {
         let Some(s) = self.streams.get(&conn) else {
             return 0;
         };
+        // Nothing pending means the writer has put everything it was given on
+        // the wire and waits: the bytes go out now, in order, from this thread,
+        // without waking it; only what the socket will not take at once is
+        // handed over.
+        let mut bytes = bytes;
+        if s.backlog.queued(0) == 0 {
+            let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+            match rustix::net::send(&s.direct, &bytes, flags) {
+                Ok(n) if n == bytes.len() => return 0,
+                Ok(n) => {
+                    bytes.drain(..n);
+                }
+                // Would block, or failed: the writer waits for room or meets the
+                // error and shuts the socket.
+                Err(_) => {}
+            }
+        }
         let pending = s.backlog.queued(bytes.len());
         // A writer that gave up has shut the socket; its reader reports that.
         let _ = s.queue.send(bytes);
