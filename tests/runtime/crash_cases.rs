@@ -454,3 +454,181 @@ fn subscriptions_survive_a_sigkill_in_the_middle_of_traffic() {
     });
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// xmpp.test's server side for the gateway's outbound stream, which stops
+/// reading for `stall` after the first stanza and then reads on: the numbers the
+/// bodies of the messages it gets start with, in the order they came.
+fn stalling_partner(listener: TcpListener, stall: Duration, ids: Arc<Mutex<Vec<usize>>>) {
+    for stream in listener.incoming().flatten() {
+        let ids = ids.clone();
+        std::thread::spawn(move || {
+            let mut s = stream;
+            let header = read_until(&mut s, "version='1.0'>");
+            let to = attr(&header, "from").unwrap_or("sip.test").to_owned();
+            if s.write_all(format!("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='xmpp.test' to='{to}' id='stall' version='1.0'><stream:features/>").as_bytes()).is_err() {
+                return;
+            }
+            let _ = s.set_read_timeout(None);
+            let mut pending = String::new();
+            let mut stalled = false;
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+                if let Some(start) = pending.find("<db:result") {
+                    if let Some(end) = pending[start..].find("</db:result>") {
+                        pending.drain(..start + end + "</db:result>".len());
+                        let _ = s
+                            .write_all(b"<db:result from='xmpp.test' to='sip.test' type='valid'/>");
+                    }
+                }
+                while let Some(start) = pending.find("<message") {
+                    let Some(end) = pending[start..].find("</message>") else {
+                        break;
+                    };
+                    let el = pending[start..start + end].to_owned();
+                    pending.drain(..start + end + "</message>".len());
+                    let number = el
+                        .split_once("<body>")
+                        .and_then(|(_, b)| b.get(..4))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(usize::MAX);
+                    ids.lock().expect("lock").push(number);
+                    if !stalled {
+                        stalled = true;
+                        std::thread::sleep(stall);
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn a_partner_that_stops_reading_gets_every_accepted_message_once_and_in_order() {
+    // About 10 MB toward a reader that takes nothing for four seconds: more than
+    // the kernel's buffers hold, so the gateway's own writes back up.
+    const MESSAGES: usize = 5000;
+    let proxy = Proxy::start();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("partner listener");
+    let partner_port = listener.local_addr().expect("addr").port();
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    {
+        let ids = ids.clone();
+        std::thread::spawn(move || stalling_partner(listener, Duration::from_secs(4), ids));
+    }
+    let s = setup("stall", &proxy, partner_port);
+    let mut config = std::fs::read_to_string(&s.config).expect("config");
+    config.push_str("partner_type = \"federated\"\n");
+    std::fs::write(&s.config, config).expect("config");
+    let _gw = start(&s, "stall.log");
+    // A user agent of its own: its answers are taken as they come, so that its
+    // socket never waits on the test.
+    let ua = UdpSocket::bind("127.0.0.1:0").expect("ua socket");
+    let ua_port = ua.local_addr().expect("addr").port();
+    ua.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let codes = Arc::new(Mutex::new(vec![Vec::<u16>::new(); MESSAGES]));
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (ua, codes, done) = (ua.try_clone().expect("clone"), codes.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !done.load(Ordering::Relaxed) {
+                let Ok((n, _)) = ua.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(msg) = SipMessage::parse(&buf[..n], &SipLimits::default()) else {
+                    continue;
+                };
+                let StartLine::Response { code, .. } = msg.start else {
+                    continue;
+                };
+                let i = msg
+                    .call_id()
+                    .and_then(|c| c.strip_prefix("stall-")?.parse::<usize>().ok());
+                if let Some(i) = i {
+                    if let Some(answers) = codes.lock().expect("lock").get_mut(i) {
+                        answers.push(code);
+                    }
+                }
+            }
+        });
+    }
+    let body = "x".repeat(2000);
+    let requests: Vec<String> = (0..MESSAGES)
+        .map(|i| {
+            format!(
+                "MESSAGE sip:romeo@xmpp.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{ua_port};branch=z9hG4bKstall{i}\r\nMax-Forwards: 69\r\n\
+                 From: <sip:juliet@sip.test>;tag=s{i}\r\nTo: <sip:romeo@xmpp.test>\r\nCall-ID: stall-{i}\r\nCSeq: 1 MESSAGE\r\n\
+                 Content-Type: text/plain\r\nContent-Length: {len}\r\n\r\n{i:04} {body}",
+                len = body.len() + 5,
+            )
+        })
+        .collect();
+    let send = |which: &[usize]| {
+        for (n, i) in which.iter().enumerate() {
+            let _ = ua.send_to(requests[*i].as_bytes(), ("127.0.0.1", s.sip));
+            // Paced, so that no socket on the way overflows.
+            if n % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    send(&(0..MESSAGES).collect::<Vec<_>>());
+    // As a user agent does (Timer E), a request whose final answer did not come
+    // is sent again: a burst of answers may overflow the test's socket, and the
+    // gateway's transaction answers a retransmission with what it sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let unanswered: Vec<usize> = {
+            let c = codes.lock().expect("lock");
+            (0..MESSAGES)
+                .filter(|i| !c[*i].iter().any(|code| *code >= 200))
+                .collect()
+        };
+        if unanswered.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} MESSAGEs never answered, the first stall-{}",
+            unanswered.len(),
+            unanswered[0]
+        );
+        send(&unanswered);
+    }
+    done.store(true, Ordering::Relaxed);
+    let codes = codes.lock().expect("lock").clone();
+    for (i, c) in codes.iter().enumerate() {
+        let finals: BTreeSet<u16> = c.iter().copied().filter(|c| *c >= 200).collect();
+        assert_eq!(finals.len(), 1, "stall-{i}: one final answer, got {c:?}");
+    }
+    let delivered: Vec<usize> = (0..MESSAGES)
+        .filter(|i| codes[*i].iter().any(|c| (200..300).contains(c)))
+        .collect();
+    assert!(!delivered.is_empty(), "no MESSAGE was accepted");
+    wait_until("every accepted message at the partner", 30, || {
+        ids.lock().expect("lock").len() >= delivered.len()
+    });
+    // Nothing more comes late.
+    std::thread::sleep(Duration::from_millis(300));
+    let got = ids.lock().expect("lock").clone();
+    let in_order = got.windows(2).all(|w| w[0] < w[1]);
+    let (got_set, accepted): (BTreeSet<usize>, BTreeSet<usize>) =
+        (got.iter().copied().collect(), delivered.iter().copied().collect());
+    let refused_but_sent: Vec<_> = got_set.difference(&accepted).take(5).collect();
+    let accepted_not_sent: Vec<_> = accepted.difference(&got_set).take(5).collect();
+    assert!(
+        in_order && refused_but_sent.is_empty() && accepted_not_sent.is_empty(),
+        "the partner gets exactly the accepted messages, once each, in the order sent: \
+         {} got, {} accepted, in order {in_order}, refused but sent {refused_but_sent:?}, \
+         accepted but not sent {accepted_not_sent:?}",
+        got.len(),
+        delivered.len()
+    );
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
