@@ -3,6 +3,7 @@
 //! the queue drained. The writer reports only then, so a stream that keeps up
 //! costs no message back per write.
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 use crate::driver::SEND_LOW_WATER;
@@ -37,6 +38,26 @@ impl Backlog {
         // (then its report is on the way).
         !self.watch.swap(false, SeqCst)
     }
+}
+
+/// Writes `bytes` at once from the core's thread when the stream's writer has
+/// nothing pending (it has put everything it was given on the wire and waits),
+/// so that they go out in order without waking it. Returns what the socket
+/// would not take without blocking, for the writer, or `None` when all went out.
+pub fn send_now(socket: impl AsFd, backlog: &Backlog, mut bytes: Vec<u8>) -> Option<Vec<u8>> {
+    if backlog.queued(0) == 0 {
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        match rustix::net::send(socket, &bytes, flags) {
+            Ok(n) if n == bytes.len() => return None,
+            Ok(n) => {
+                bytes.drain(..n);
+            }
+            // Would block, or failed: the writer waits for room or meets the
+            // error and shuts the socket.
+            Err(_) => {}
+        }
+    }
+    Some(bytes)
 }
 
 /// Most bytes a writer gathers into one write.

@@ -145,22 +145,10 @@ impl Io for SmolIo {
         let Some(w) = self.writers.get(&conn) else {
             return 0;
         };
-        // Nothing pending means the writer task has put everything it was given
-        // on the wire and waits: the bytes go out now, in order, without a
-        // task switch; only what the socket will not take at once is handed over.
-        let mut bytes = bytes;
-        if w.backlog.queued(0) == 0 {
-            let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
-            match rustix::net::send(&w.stream, &bytes, flags) {
-                Ok(n) if n == bytes.len() => return 0,
-                Ok(n) => {
-                    bytes.drain(..n);
-                }
-                // Would block, or failed: the writer waits for room or meets the
-                // error and shuts the socket.
-                Err(_) => {}
-            }
-        }
+        // Only what the socket will not take at once goes to the writer task.
+        let Some(bytes) = sendq::send_now(&w.stream, &w.backlog, bytes) else {
+            return 0;
+        };
         let pending = w.backlog.queued(bytes.len());
         let _ = w.queue.try_send(bytes);
         pending

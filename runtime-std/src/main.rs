@@ -190,23 +190,10 @@ impl Io for StdIo {
         let Some(s) = self.streams.get(&conn) else {
             return 0;
         };
-        // Nothing pending means the writer has put everything it was given on
-        // the wire and waits: the bytes go out now, in order, from this thread,
-        // without waking it; only what the socket will not take at once is
-        // handed over.
-        let mut bytes = bytes;
-        if s.backlog.queued(0) == 0 {
-            let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
-            match rustix::net::send(&s.direct, &bytes, flags) {
-                Ok(n) if n == bytes.len() => return 0,
-                Ok(n) => {
-                    bytes.drain(..n);
-                }
-                // Would block, or failed: the writer waits for room or meets the
-                // error and shuts the socket.
-                Err(_) => {}
-            }
-        }
+        // Only what the socket will not take at once wakes the writer.
+        let Some(bytes) = sendq::send_now(&s.direct, &s.backlog, bytes) else {
+            return 0;
+        };
         let pending = s.backlog.queued(bytes.len());
         // A writer that gave up has shut the socket; its reader reports that.
         let _ = s.queue.send(bytes);
