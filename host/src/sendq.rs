@@ -20,6 +20,11 @@ impl Backlog {
         self.pending.fetch_add(n, SeqCst) + n
     }
 
+    /// Nothing queued is still waiting for the writer.
+    pub fn is_drained(&self) -> bool {
+        self.pending.load(SeqCst) == 0
+    }
+
     /// The writer put `n` queued bytes on the wire; true when it is to tell the
     /// core that the queue drained.
     pub fn written(&self, n: usize) -> bool {
@@ -45,7 +50,7 @@ impl Backlog {
 /// so that they go out in order without waking it. Returns what the socket
 /// would not take without blocking, for the writer, or `None` when all went out.
 pub fn send_now(socket: impl AsFd, backlog: &Backlog, mut bytes: Vec<u8>) -> Option<Vec<u8>> {
-    if backlog.queued(0) == 0 {
+    if backlog.is_drained() {
         let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
         match rustix::net::send(socket, &bytes, flags) {
             Ok(n) if n == bytes.len() => return None,
