@@ -65,8 +65,10 @@ pub const SEND_HIGH_WATER: usize = 256 * 1024;
 pub const SEND_LOW_WATER: usize = 64 * 1024;
 /// A peer that lets this much pile up is not reading: the connection is closed.
 pub const SEND_QUEUE_LIMIT: usize = 2 * 1024 * 1024;
-/// Inputs a runtime buffers for the core. When full, stream readers wait (TCP
-/// pushes back on the peer) and SIP requests over UDP are refused with 503.
+/// Inputs a runtime queues for the core (accepts, connects, lookups, signals,
+/// drain reports), and the datagrams read in a row without the SIP socket once
+/// being empty past which new SIP requests are refused with 503
+/// ([`crate::intake::DatagramIntake`]).
 pub const INPUT_QUEUE: usize = 4096;
 
 /// Receive buffer asked for on the SIP UDP socket: a burst of requests waits in

@@ -1,24 +1,25 @@
-//! `isthmus-std`: the gateway on blocking sockets. One thread owns the core;
-//! listener, reader, writer, connect and resolve threads only move bytes and report
-//! back through one bounded channel. Every decision is the core's, every input is dispatched by
-//! the shared host layer.
+//! `isthmus-std`: the gateway on blocking sockets. The core sits behind one
+//! lock: a thread that reads a stream or the SIP socket hands what it read to
+//! the core itself, so a message costs no wakeup of another thread. The main
+//! thread fires timers and takes what the listener, writer, connect, resolve and
+//! signal threads report through one bounded channel. Every decision is the
+//! core's, every input is dispatched by the shared host layer.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::{
-    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
-};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use isthmus_core::gateway::{Admission, ConnId};
+use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
-use isthmus_host::intake::{Intake, Listener};
+use isthmus_host::driver::{log, Host, Input, Io, INPUT_QUEUE};
+use isthmus_host::intake::{recv_datagram, DatagramIntake, Intake, Listener};
 use isthmus_host::resolve::Resolver;
 use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
@@ -40,7 +41,51 @@ impl Drop for Stream {
     }
 }
 
+/// The core and its I/O, taken in turn by the threads that have input for it.
+struct Core {
+    host: Host,
+    io: StdIo,
+    config_path: Option<PathBuf>,
+    /// The wake-up the main thread sleeps until: an input that moves the core's
+    /// next deadline earlier wakes it to sleep less.
+    armed: Option<Instant>,
+    stopped: bool,
+}
+
+impl Core {
+    /// Hands one input to the core; false once the gateway has stopped.
+    fn handle(&mut self, input: In) -> bool {
+        if self.stopped {
+            return false;
+        }
+        if !self
+            .host
+            .handle(input, &mut self.io, self.config_path.as_deref())
+        {
+            self.stopped = true;
+            let _ = self.io.tx.try_send(Input::Tick);
+            return false;
+        }
+        if let Some(at) = self.host.wake_at() {
+            if self.armed.is_none_or(|armed| at < armed) {
+                self.armed = Some(at);
+                // A full channel wakes the main thread anyway.
+                let _ = self.io.tx.try_send(Input::Tick);
+            }
+        }
+        true
+    }
+}
+
+/// Hands `input` to the core from whichever thread has it; false once the
+/// gateway has stopped, or when the core failed on another thread.
+fn deliver(core: &Mutex<Core>, input: In) -> bool {
+    core.lock().is_ok_and(|mut c| c.handle(input))
+}
+
 struct StdIo {
+    /// What the reader threads hand their input to.
+    core: Weak<Mutex<Core>>,
     tx: SyncSender<In>,
     /// Per connection: the queue its writer thread drains (dropping it lets the
     /// writer finish what is queued and shut the socket), and what its reader
@@ -51,13 +96,16 @@ struct StdIo {
 }
 
 fn spawn_reader(
-    tx: SyncSender<In>,
+    core: Weak<Mutex<Core>>,
     conn: ConnId,
     mut stream: TcpStream,
     sip: bool,
     intake: Arc<Intake>,
 ) {
     thread::spawn(move || {
+        let Some(core) = core.upgrade() else {
+            return;
+        };
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             while let Some(wait) = intake.wait() {
@@ -65,11 +113,12 @@ fn spawn_reader(
             }
             match stream.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.send(if sip {
+                    let closed = if sip {
                         Input::SipClosed(conn)
                     } else {
                         Input::Closed(conn)
-                    });
+                    };
+                    deliver(&core, closed);
                     return;
                 }
                 Ok(n) => {
@@ -80,7 +129,7 @@ fn spawn_reader(
                     } else {
                         Input::Received(conn, bytes)
                     };
-                    if tx.send(input).is_err() {
+                    if !deliver(&core, input) {
                         return;
                     }
                 }
@@ -146,7 +195,7 @@ impl Io for StdIo {
         {
             Ok((reader, direct)) => {
                 let intake = Arc::new(Intake::default());
-                spawn_reader(self.tx.clone(), conn, reader, sip, intake.clone());
+                spawn_reader(self.core.clone(), conn, reader, sip, intake.clone());
                 let (queue, writes) = channel();
                 let backlog = Arc::new(Backlog::default());
                 spawn_writer(self.tx.clone(), conn, stream, writes, backlog.clone());
@@ -241,7 +290,7 @@ impl Io for StdIo {
 
 fn run(setup: Setup) -> Result<(), String> {
     let Setup {
-        mut host,
+        host,
         config,
         resolver,
         config_path,
@@ -269,55 +318,90 @@ fn run(setup: Setup) -> Result<(), String> {
         spawn_listener(tx.clone(), l, Some(true));
     }
     let sip_reader = sip.try_clone().map_err(|e| e.to_string())?;
-    {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            let mut admission = Admission::default();
-            loop {
-                match sip_reader.recv_from(&mut buf) {
-                    Ok((n, from)) => match tx.try_send(Input::Datagram(from, buf[..n].to_vec())) {
-                        Ok(()) => admission.admitted(&buf[..n]),
-                        // The core is behind: refuse new requests at once rather
-                        // than let them wait into the client's retransmissions.
-                        Err(TrySendError::Full(input)) => match admission.refusal(&buf[..n]) {
-                            Some(reply) => {
-                                let _ = sip_reader.send_to(&reply, from);
-                            }
-                            None => {
-                                if tx.send(input).is_err() {
-                                    return;
-                                }
-                            }
-                        },
-                        Err(TrySendError::Disconnected(_)) => return,
-                    },
-                    Err(e) => log(&format!("SIP receive: {e}")),
-                }
-            }
-        });
-    }
     log(&format!(
         "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
         g.served_domains.join(", ")
     ));
-    let mut io = StdIo {
-        tx,
-        streams: HashMap::new(),
-        sip,
-        resolver,
-    };
-    host.drain(&mut io);
+    let core = Arc::new_cyclic(|weak| {
+        Mutex::new(Core {
+            host,
+            io: StdIo {
+                core: weak.clone(),
+                tx,
+                streams: HashMap::new(),
+                sip,
+                resolver,
+            },
+            config_path,
+            armed: None,
+            stopped: false,
+        })
+    });
+    {
+        let mut c = core.lock().map_err(|_| "the core failed".to_owned())?;
+        let Core { host, io, .. } = &mut *c;
+        host.drain(io);
+    }
+    spawn_sip_reader(core.clone(), sip_reader);
     loop {
-        let input = match rx.recv_timeout(host.wait()) {
+        let wait = {
+            let mut c = core.lock().map_err(|_| "the core failed".to_owned())?;
+            if c.stopped {
+                return Ok(());
+            }
+            c.armed = c.host.wake_at();
+            c.host.wait()
+        };
+        let input = match rx.recv_timeout(wait) {
             Ok(i) => i,
             Err(RecvTimeoutError::Timeout) => Input::Tick,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        if !host.handle(input, &mut io, config_path.as_deref()) {
-            return Ok(());
+        if !deliver(&core, input) {
+            return match core.lock() {
+                Ok(_) => Ok(()),
+                Err(_) => Err("the core failed".to_owned()),
+            };
         }
     }
+}
+
+/// Reads SIP over UDP and hands each datagram to the core; reads on without
+/// waiting while more are queued, so it knows when the core is behind.
+fn spawn_sip_reader(core: Arc<Mutex<Core>>, socket: UdpSocket) {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut intake = DatagramIntake::default();
+        let mut empty = true;
+        loop {
+            let (n, from) = match recv_datagram(&socket, &mut buf, empty) {
+                Ok(Some(got)) => got,
+                Ok(None) => {
+                    intake.emptied();
+                    empty = true;
+                    continue;
+                }
+                Err(e) => {
+                    log(&format!("SIP receive: {e}"));
+                    continue;
+                }
+            };
+            empty = false;
+            let Some(datagram) = buf.get(..n) else {
+                continue;
+            };
+            match intake.read(datagram) {
+                Some(reply) => {
+                    let _ = socket.send_to(&reply, from);
+                }
+                None => {
+                    if !deliver(&core, Input::Datagram(from, datagram.to_vec())) {
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn main() -> ExitCode {
