@@ -1,18 +1,23 @@
-//! `isthmus-smol`: the gateway on smol. One task owns the core; accept, read,
-//! write, connect and resolve tasks only move bytes and report back through one
-//! channel, all on one thread (a local executor driven by the reactor), so that
-//! no message costs a wakeup of another thread. Every decision is the core's, every input is dispatched by the shared
-//! host layer.
+//! `isthmus-smol`: the gateway on smol's executor. One task owns the core;
+//! accept, read, write and resolve tasks only move bytes and report back through
+//! one channel, all on one thread (a local executor driven by the reactor in
+//! [`reactor`]), so that no message costs a wakeup of another thread. Every
+//! decision is the core's, every input is dispatched by the shared host layer.
 #![forbid(unsafe_code)]
+
+mod reactor;
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::net::{Shutdown, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
+use futures_lite::future::{self, FutureExt};
 use isthmus_core::gateway::{Admission, ConnId};
 use isthmus_host::cli::{self, Setup};
 use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
@@ -20,19 +25,16 @@ use isthmus_host::intake::Intake;
 use isthmus_host::resolve::Resolver;
 use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
-use smol::channel::{bounded, unbounded, Receiver, Sender, TrySendError};
-use smol::future::FutureExt;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::net::{TcpListener, TcpStream};
-use smol::{Async, Timer};
+use reactor::{block_on, Async, Reactor, Timer};
 
 type In = Input<TcpStream>;
+type Stream = Rc<Async<TcpStream>>;
 
 /// A connection's writer task (its queue, the stream to shut down, what it
 /// holds) and what its reader task shares with the core's.
 struct Writer {
     queue: Sender<Vec<u8>>,
-    stream: TcpStream,
+    stream: Stream,
     backlog: Arc<Backlog>,
     intake: Arc<Intake>,
 }
@@ -45,10 +47,11 @@ impl Drop for Writer {
 }
 
 struct SmolIo {
+    reactor: Rc<Reactor>,
     tx: Sender<In>,
     /// Per connection: the queue its writer task drains, and the stream to shut down.
     writers: HashMap<ConnId, Writer>,
-    sip: Arc<Async<std::net::UdpSocket>>,
+    sip: Rc<Async<UdpSocket>>,
     /// Datagrams the socket would not take at once, for the task that waits
     /// for it to be writable; while any wait, later ones queue behind them.
     sip_out: Sender<(SocketAddr, Vec<u8>)>,
@@ -62,8 +65,27 @@ impl Io for SmolIo {
     fn adopt(&mut self, conn: ConnId, stream: TcpStream, sip: bool) {
         // Small stanzas go out at once (DESIGN.md).
         let _ = stream.set_nodelay(true);
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| Async::new(&self.reactor, stream))
+        {
+            Ok(s) => Rc::new(s),
+            Err(e) => {
+                log(&format!("{conn}: cannot use the connection: {e}"));
+                let closed = if sip {
+                    Input::SipClosed(conn)
+                } else {
+                    Input::Closed(conn)
+                };
+                let tx = self.tx.clone();
+                spawn(async move {
+                    let _ = tx.send(closed).await;
+                });
+                return;
+            }
+        };
         let (wtx, wrx) = unbounded::<Vec<u8>>();
-        let mut writer = stream.clone();
+        let writer = stream.clone();
         let drained = self.tx.clone();
         let backlog = Arc::new(Backlog::default());
         let queued = backlog.clone();
@@ -74,8 +96,8 @@ impl Io for SmolIo {
             while let Ok(first) = wrx.recv().await {
                 let out = sendq::gather(&mut batch, &first, || wrx.try_recv().ok());
                 let written = out.len();
-                if writer.write_all(out).await.is_err() {
-                    let _ = writer.shutdown(Shutdown::Both);
+                if write_all(&writer, out).await.is_err() {
+                    let _ = writer.get_ref().shutdown(Shutdown::Both);
                     return;
                 }
                 if queued.written(written) && drained.send(Input::Drained(conn)).await.is_err() {
@@ -83,17 +105,29 @@ impl Io for SmolIo {
                 }
             }
         });
-        let mut reader = stream.clone();
+        let reader = stream.clone();
         let tx = self.tx.clone();
         let intake = Arc::new(Intake::default());
         let handed = intake.clone();
         spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
+            // After a read that emptied the socket, the read events seen before
+            // it: the next read waits for a later one instead of trying at once.
+            let mut emptied = None;
             loop {
                 while let Some(wait) = handed.wait() {
                     wait.await;
                 }
-                match reader.read(&mut buf).await {
+                if let Some(seen) = emptied.take() {
+                    reader.readable_after(seen).await;
+                }
+                let seen = reader.read_seen();
+                let read = reader.get_ref().read(&mut buf);
+                match read {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        emptied = Some(seen);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Ok(0) | Err(_) => {
                         let closed = if sip {
                             Input::SipClosed(conn)
@@ -104,6 +138,9 @@ impl Io for SmolIo {
                         return;
                     }
                     Ok(n) => {
+                        if n < buf.len() {
+                            emptied = Some(seen);
+                        }
                         handed.handed(n);
                         let bytes = buf[..n].to_vec();
                         let input = if sip {
@@ -146,7 +183,7 @@ impl Io for SmolIo {
             return 0;
         };
         // Only what the socket will not take at once goes to the writer task.
-        let Some(bytes) = sendq::send_now(&w.stream, &w.backlog, bytes) else {
+        let Some(bytes) = sendq::send_now(w.stream.get_ref(), &w.backlog, bytes) else {
             return 0;
         };
         let pending = w.backlog.queued(bytes.len());
@@ -165,12 +202,8 @@ impl Io for SmolIo {
     fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
         let tx = self.tx.clone();
         spawn(async move {
-            let attempt = TcpStream::connect(addr).or(async {
-                Timer::after(Duration::from_secs(10)).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "timed out",
-                ))
+            let attempt = blocking::unblock(move || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             });
             let input = match attempt.await {
                 Ok(s) => Input::Connected(conn, s),
@@ -185,9 +218,10 @@ impl Io for SmolIo {
             // Let the writer flush what is queued, then shut the socket.
             w.queue.close();
             let stream = w.stream.clone();
+            let timer = Timer::after(&self.reactor, Duration::from_millis(50));
             spawn(async move {
-                Timer::after(Duration::from_millis(50)).await;
-                let _ = stream.shutdown(Shutdown::Both);
+                timer.await;
+                let _ = stream.get_ref().shutdown(Shutdown::Both);
             });
         }
     }
@@ -196,7 +230,7 @@ impl Io for SmolIo {
         let tx = self.tx.clone();
         let resolver = self.resolver.clone();
         spawn(async move {
-            let result = smol::unblock(move || resolver.resolve(&domain)).await;
+            let result = blocking::unblock(move || resolver.resolve(&domain)).await;
             let _ = tx.send(Input::Resolved(query, result)).await;
         });
     }
@@ -219,21 +253,51 @@ impl Io for SmolIo {
     }
 }
 
-fn accept_loop(tx: Sender<In>, listener: TcpListener, sip: Option<bool>) {
+/// Writes all of `bytes`, waiting for room whenever the socket is full.
+async fn write_all(stream: &Async<TcpStream>, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = stream.write_with(|mut s| s.write(bytes)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = bytes.get(n..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+fn accept_loop(
+    reactor: &Rc<Reactor>,
+    tx: Sender<In>,
+    listener: TcpListener,
+    sip: Option<bool>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = Async::new(reactor, listener)?;
+    let reactor = reactor.clone();
     spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let input = match sip {
-                Some(tls) => Input::SipAccepted(stream, tls),
-                None => Input::Accepted(stream),
-            };
-            if tx.send(input).await.is_err() {
-                return;
+        loop {
+            match listener.read_with(|l| l.accept()).await {
+                Ok((stream, _)) => {
+                    let input = match sip {
+                        Some(tls) => Input::SipAccepted(stream, tls),
+                        None => Input::Accepted(stream),
+                    };
+                    if tx.send(input).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Out of descriptors, most likely: wait, then accept again.
+                    log(&format!("accept: {e}"));
+                    Timer::after(&reactor, Duration::from_millis(100)).await;
+                }
             }
         }
     });
+    Ok(())
 }
 
-async fn run_async(setup: Setup) -> Result<(), String> {
+async fn run_async(setup: Setup, reactor: Rc<Reactor>) -> Result<(), String> {
     let Setup {
         mut host,
         config,
@@ -250,24 +314,25 @@ async fn run_async(setup: Setup) -> Result<(), String> {
     }
     let g = &config.gateway;
     let listen = g.s2s_listen;
-    let listener = TcpListener::bind(listen)
-        .await
+    TcpListener::bind(listen)
+        .and_then(|l| accept_loop(&reactor, tx.clone(), l, None))
         .map_err(|e| format!("s2s listener on {listen}: {e}"))?;
-    accept_loop(tx.clone(), listener, None);
     let sip_addr = g.sip_address;
-    let sip = Async::<std::net::UdpSocket>::bind(sip_addr)
-        .map(Arc::new)
+    let sip = UdpSocket::bind(sip_addr)
+        .and_then(|s| {
+            s.set_nonblocking(true)?;
+            isthmus_host::driver::widen_receive_buffer(&s);
+            Async::new(&reactor, s)
+        })
+        .map(Rc::new)
         .map_err(|e| format!("SIP on udp {sip_addr}: {e}"))?;
-    isthmus_host::driver::widen_receive_buffer(&sip);
-    let sip_tcp = TcpListener::bind(sip_addr)
-        .await
+    TcpListener::bind(sip_addr)
+        .and_then(|l| accept_loop(&reactor, tx.clone(), l, Some(false)))
         .map_err(|e| format!("SIP on tcp {sip_addr}: {e}"))?;
-    accept_loop(tx.clone(), sip_tcp, Some(false));
     if let Some(tls_addr) = g.sip_tls_address {
-        let l = TcpListener::bind(tls_addr)
-            .await
+        TcpListener::bind(tls_addr)
+            .and_then(|l| accept_loop(&reactor, tx.clone(), l, Some(true)))
             .map_err(|e| format!("SIP on tls {tls_addr}: {e}"))?;
-        accept_loop(tx.clone(), l, Some(true));
     }
     {
         let tx = tx.clone();
@@ -275,24 +340,33 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         spawn(async move {
             let mut buf = vec![0u8; 65536];
             let mut admission = Admission::default();
+            let mut read = 0u32;
             loop {
-                match sip.recv_from(&mut buf).await {
-                    Ok((n, from)) => match tx.try_send(Input::Datagram(from, buf[..n].to_vec())) {
-                        Ok(()) => admission.admitted(&buf[..n]),
-                        // The core is behind: refuse new requests at once rather
-                        // than let them wait into the client's retransmissions.
-                        Err(TrySendError::Full(input)) => match admission.refusal(&buf[..n]) {
-                            Some(reply) => {
-                                let _ = sip.send_to(&reply, from).await;
-                            }
-                            None => {
-                                if tx.send(input).await.is_err() {
-                                    return;
+                // Let the core's task run between reads while datagrams keep coming.
+                read = read.wrapping_add(1);
+                if read % 64 == 0 {
+                    future::yield_now().await;
+                }
+                match sip.read_with(|s| s.recv_from(&mut buf)).await {
+                    Ok((n, from)) => {
+                        let datagram = buf.get(..n).unwrap_or_default();
+                        match tx.try_send(Input::Datagram(from, datagram.to_vec())) {
+                            Ok(()) => admission.admitted(datagram),
+                            // The core is behind: refuse new requests at once rather
+                            // than let them wait into the client's retransmissions.
+                            Err(TrySendError::Full(input)) => match admission.refusal(datagram) {
+                                Some(reply) => {
+                                    let _ = sip.write_with(|s| s.send_to(&reply, from)).await;
                                 }
-                            }
-                        },
-                        Err(TrySendError::Closed(_)) => return,
-                    },
+                                None => {
+                                    if tx.send(input).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            },
+                            Err(TrySendError::Closed(_)) => return,
+                        }
+                    }
                     Err(e) => log(&format!("SIP receive: {e}")),
                 }
             }
@@ -305,7 +379,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         let queued = sip_queued.clone();
         spawn(async move {
             while let Ok((to, bytes)) = sip_rx.recv().await {
-                if let Err(e) = sip.send_to(&bytes, to).await {
+                if let Err(e) = sip.write_with(|s| s.send_to(&bytes, to)).await {
                     log(&format!("SIP to {to}: {e}"));
                 }
                 queued.set(queued.get().saturating_sub(1));
@@ -317,6 +391,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         g.served_domains.join(", ")
     ));
     let mut io = SmolIo {
+        reactor: reactor.clone(),
         tx,
         writers: HashMap::new(),
         sip,
@@ -326,15 +401,15 @@ async fn run_async(setup: Setup) -> Result<(), String> {
     };
     host.drain(&mut io);
     // One timer, moved only when the core's next wake-up moves: most inputs
-    // leave it where it is, and the reactor's timer set is not touched.
-    let mut timer = Timer::never();
+    // leave it where it is, and the reactor's timers are not touched.
+    let mut timer = Timer::never(&reactor);
     let mut armed = None;
     loop {
         let at = host.wake_at();
         if at != armed {
             match at {
                 Some(t) => timer.set_at(t),
-                None => timer = Timer::never(),
+                None => timer = Timer::never(&reactor),
             }
             armed = at;
         }
@@ -352,7 +427,7 @@ async fn run_async(setup: Setup) -> Result<(), String> {
         }
         if !host.handle(input, &mut io, config_path.as_deref()) {
             // Let the writer tasks put the closing bytes on the wire.
-            Timer::after(Duration::from_millis(300)).await;
+            Timer::after(&reactor, Duration::from_millis(300)).await;
             return Ok(());
         }
     }
@@ -362,7 +437,8 @@ thread_local! {
     /// Every task runs on the thread that owns the core: a read, the core's
     /// decision and the write happen without waking another thread, and the
     /// thread sleeps only in the reactor's epoll wait.
-    static EXECUTOR: smol::LocalExecutor<'static> = const { smol::LocalExecutor::new() };
+    static EXECUTOR: async_executor::LocalExecutor<'static> =
+        const { async_executor::LocalExecutor::new() };
 }
 
 fn spawn(task: impl std::future::Future<Output = ()> + 'static) {
@@ -370,5 +446,10 @@ fn spawn(task: impl std::future::Future<Output = ()> + 'static) {
 }
 
 fn main() -> ExitCode {
-    cli::main(|setup| EXECUTOR.with(|ex| smol::block_on(ex.run(run_async(setup)))))
+    cli::main(|setup| {
+        let reactor = Reactor::new().map_err(|e| format!("epoll: {e}"))?;
+        EXECUTOR
+            .with(|ex| block_on(&reactor, ex.run(run_async(setup, reactor.clone()))))
+            .map_err(|e| format!("epoll wait: {e}"))?
+    })
 }
