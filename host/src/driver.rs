@@ -38,6 +38,49 @@ pub trait Io {
     fn close(&mut self, conn: ConnId);
     fn resolve(&mut self, query: u64, domain: String);
     fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]);
+    /// The core's next wake-up moved earlier than the one the runtime sleeps
+    /// until ([`Host::sleep_until`]), or the gateway stopped: the runtime's
+    /// timer is to be set again (inputs handled on other threads or tasks).
+    fn rearm(&mut self);
+}
+
+/// The core with its I/O, for runtimes in which whichever thread or task read
+/// an input hands it to the core (behind a lock, or a `RefCell` on one thread).
+pub struct Core<I: Io> {
+    pub host: Host,
+    pub io: I,
+    config_path: Option<std::path::PathBuf>,
+    stopped: bool,
+}
+
+impl<I: Io> Core<I> {
+    pub fn new(host: Host, io: I, config_path: Option<std::path::PathBuf>) -> Self {
+        Core {
+            host,
+            io,
+            config_path,
+            stopped: false,
+        }
+    }
+
+    /// Hands one input to the core; false once the gateway has stopped.
+    pub fn handle(&mut self, input: Input<I::Stream>) -> bool {
+        if self.stopped {
+            return false;
+        }
+        if !self
+            .host
+            .handle(input, &mut self.io, self.config_path.as_deref())
+        {
+            self.stopped = true;
+            self.io.rearm();
+        }
+        !self.stopped
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
 }
 
 /// What the runtime's I/O reports to the core's loop.
@@ -107,6 +150,8 @@ pub struct Host {
     recheck: Vec<ConnId>,
     /// Where the wake-up grid starts (see [`Host::wake_at`]).
     epoch: std::time::Instant,
+    /// The wake-up the runtime sleeps until ([`Host::sleep_until`]).
+    armed: Option<std::time::Instant>,
 }
 
 /// Timer wake-ups fall on this grid: the core's deadlines (SIP Timers E, J and K,
@@ -134,6 +179,7 @@ impl Host {
             backlog: std::collections::HashMap::new(),
             recheck: Vec::new(),
             epoch: std::time::Instant::now(),
+            armed: None,
         }
     }
 
@@ -264,7 +310,21 @@ impl Host {
             }
             self.drain(io);
         }
+        if let Some(at) = self.wake_at() {
+            if self.armed.is_none_or(|armed| at < armed) {
+                self.armed = Some(at);
+                io.rearm();
+            }
+        }
         true
+    }
+
+    /// What the runtime's timer is to be set to before it waits: the core's next
+    /// wake-up ([`Host::wake_at`]). An input handled meanwhile that moves it
+    /// earlier calls [`Io::rearm`].
+    pub fn sleep_until(&mut self) -> Option<std::time::Instant> {
+        self.armed = self.wake_at();
+        self.armed
     }
 
     /// When the runtime should wake for the core's timers: the earliest deadline,
@@ -272,15 +332,6 @@ impl Host {
     /// wake-up. `None`: no timer is set.
     pub fn wake_at(&self) -> Option<std::time::Instant> {
         Some(on_grid(self.epoch, self.gateway.poll_timeout()?))
-    }
-
-    /// How long the runtime may wait for input before it should wake for a timer
-    /// ([`Host::wake_at`]).
-    pub fn wait(&self) -> std::time::Duration {
-        self.wake_at()
-            .map_or(std::time::Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(std::time::Instant::now())
-            })
     }
 
     /// Drains every pending output into `io`.
@@ -482,6 +533,7 @@ mod tests {
         }
         fn resolve(&mut self, _: u64, _: String) {}
         fn sip_send(&mut self, _: SocketAddr, _: &[u8]) {}
+        fn rearm(&mut self) {}
     }
 
     fn host(name: &str) -> Host {

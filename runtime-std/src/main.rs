@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use isthmus_core::gateway::ConnId;
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, Host, Input, Io, INPUT_QUEUE};
+use isthmus_host::driver::{self, log, Input, Io, INPUT_QUEUE};
 use isthmus_host::intake::{recv_datagram, DatagramIntake, Intake, Listener};
 use isthmus_host::resolve::Resolver;
 use isthmus_host::sendq::{self, Backlog};
@@ -41,41 +40,7 @@ impl Drop for Stream {
     }
 }
 
-/// The core and its I/O, taken in turn by the threads that have input for it.
-struct Core {
-    host: Host,
-    io: StdIo,
-    config_path: Option<PathBuf>,
-    /// The wake-up the main thread sleeps until: an input that moves the core's
-    /// next deadline earlier wakes it to sleep less.
-    armed: Option<Instant>,
-    stopped: bool,
-}
-
-impl Core {
-    /// Hands one input to the core; false once the gateway has stopped.
-    fn handle(&mut self, input: In) -> bool {
-        if self.stopped {
-            return false;
-        }
-        if !self
-            .host
-            .handle(input, &mut self.io, self.config_path.as_deref())
-        {
-            self.stopped = true;
-            let _ = self.io.tx.try_send(Input::Tick);
-            return false;
-        }
-        if let Some(at) = self.host.wake_at() {
-            if self.armed.is_none_or(|armed| at < armed) {
-                self.armed = Some(at);
-                // A full channel wakes the main thread anyway.
-                let _ = self.io.tx.try_send(Input::Tick);
-            }
-        }
-        true
-    }
-}
+type Core = driver::Core<StdIo>;
 
 /// Hands `input` to the core from whichever thread has it; false once the
 /// gateway has stopped, or when the core failed on another thread.
@@ -286,6 +251,11 @@ impl Io for StdIo {
             log(&format!("SIP to {to}: {e}"));
         }
     }
+
+    fn rearm(&mut self) {
+        // A full channel wakes the main thread anyway.
+        let _ = self.tx.try_send(Input::Tick);
+    }
 }
 
 fn run(setup: Setup) -> Result<(), String> {
@@ -323,19 +293,14 @@ fn run(setup: Setup) -> Result<(), String> {
         g.served_domains.join(", ")
     ));
     let core = Arc::new_cyclic(|weak| {
-        Mutex::new(Core {
-            host,
-            io: StdIo {
-                core: weak.clone(),
-                tx,
-                streams: HashMap::new(),
-                sip,
-                resolver,
-            },
-            config_path,
-            armed: None,
-            stopped: false,
-        })
+        let io = StdIo {
+            core: weak.clone(),
+            tx,
+            streams: HashMap::new(),
+            sip,
+            resolver,
+        };
+        Mutex::new(Core::new(host, io, config_path))
     });
     {
         let mut c = core.lock().map_err(|_| "the core failed".to_owned())?;
@@ -346,11 +311,12 @@ fn run(setup: Setup) -> Result<(), String> {
     loop {
         let wait = {
             let mut c = core.lock().map_err(|_| "the core failed".to_owned())?;
-            if c.stopped {
+            if c.stopped() {
                 return Ok(());
             }
-            c.armed = c.host.wake_at();
-            c.host.wait()
+            c.host.sleep_until().map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(Instant::now())
+            })
         };
         let input = match rx.recv_timeout(wait) {
             Ok(i) => i,
