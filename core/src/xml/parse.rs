@@ -21,75 +21,121 @@ impl From<XmlError> for Stop {
     }
 }
 
-/// Where a piece of a stanza's text lies: in the element's own bytes, or (`side`)
-/// in the buffer that holds the unescaped form of the pieces that needed it.
+/// Where a piece of a stanza's text lies: in the element's own bytes, or in the
+/// buffer that holds the unescaped form of the pieces that needed it (the top bit
+/// of `to`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Span {
-    pub from: u32,
-    pub to: u32,
-    pub side: bool,
+    from: u32,
+    to: u32,
 }
+
+const SIDE: u32 = 1 << 31;
 
 impl Span {
     fn raw(from: usize, to: usize) -> Self {
+        // Elements are far shorter than 2 GiB (the stanza size limit).
         Span {
             from: from as u32,
-            to: to as u32,
-            side: false,
+            to: to as u32 & !SIDE,
         }
+    }
+
+    fn side(from: usize, to: usize) -> Self {
+        Span {
+            from: from as u32,
+            to: to as u32 | SIDE,
+        }
+    }
+
+    fn range(self) -> (usize, usize) {
+        (self.from as usize, (self.to & !SIDE) as usize)
+    }
+
+    fn in_side(self) -> bool {
+        self.to & SIDE != 0
     }
 
     /// The piece's text, given the element's bytes and the side buffer.
     pub fn of<'t>(self, text: &'t str, side: &'t str) -> &'t str {
-        let from = self.from as usize;
-        let to = self.to as usize;
-        if self.side { side } else { text }
+        let (from, to) = self.range();
+        if self.in_side() { side } else { text }
             .get(from..to)
             .unwrap_or_default()
     }
 
     fn is_empty(self) -> bool {
-        self.from == self.to
+        let (from, to) = self.range();
+        from == to
     }
 
     /// The piece's bytes, for comparing: no character boundaries to check.
     pub fn bytes<'t>(self, text: &'t str, side: &'t str) -> &'t [u8] {
-        if self.side { side } else { text }
+        let (from, to) = self.range();
+        if self.in_side() { side } else { text }
             .as_bytes()
-            .get(self.from as usize..self.to as usize)
+            .get(from..to)
             .unwrap_or_default()
     }
 }
 
-/// A namespace URI as a step holds it: one of the common ones, or where its
-/// text lies.
+/// The namespaces stanzas name most, by number: a step names one of them with a
+/// byte. The first is no namespace.
+const COMMON_NS: [&str; 15] = [
+    "",
+    super::ns::SERVER,
+    super::ns::CLIENT,
+    super::ns::STREAM,
+    super::ns::DIALBACK,
+    super::ns::DIALBACK_FEATURE,
+    super::ns::TLS,
+    super::ns::SASL,
+    super::ns::STREAMS_ERR,
+    super::ns::STANZAS_ERR,
+    super::ns::XML,
+    "http://jabber.org/protocol/chatstates",
+    "urn:ietf:params:xml:ns:pidf",
+    "urn:xmpp:receipts",
+    "urn:xmpp:delay",
+];
+
+/// A namespace URI as a step holds it: one of [`COMMON_NS`], or where its text
+/// lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NsRef {
-    Common(&'static str),
+    Common(u8),
     At(Span),
 }
 
 impl NsRef {
-    pub const NONE: NsRef = NsRef::Common("");
+    pub const NONE: NsRef = NsRef::Common(0);
+    pub const XML: NsRef = NsRef::Common(10);
+
+    /// One of [`COMMON_NS`], if `uri` is.
+    fn common(uri: &str) -> Option<NsRef> {
+        COMMON_NS
+            .iter()
+            .position(|c| same(c.as_bytes(), uri.as_bytes()))
+            .map(|at| NsRef::Common(at as u8))
+    }
 
     pub fn of<'t>(self, text: &'t str, side: &'t str) -> &'t str {
         match self {
-            NsRef::Common(uri) => uri,
+            NsRef::Common(at) => COMMON_NS.get(usize::from(at)).copied().unwrap_or_default(),
             NsRef::At(span) => span.of(text, side),
         }
     }
 
     pub fn bytes<'t>(self, text: &'t str, side: &'t str) -> &'t [u8] {
-        match self {
-            NsRef::Common(uri) => uri.as_bytes(),
-            NsRef::At(span) => span.bytes(text, side),
-        }
+        self.of(text, side).as_bytes()
     }
 
     /// The URI as a [`Name`].
     pub fn name(self, text: &str, side: &str) -> Name {
         match self {
-            NsRef::Common(uri) => Name::Borrowed(uri),
+            NsRef::Common(at) => {
+                Name::Borrowed(COMMON_NS.get(usize::from(at)).copied().unwrap_or_default())
+            }
             NsRef::At(span) => name(span.of(text, side)),
         }
     }
@@ -423,10 +469,9 @@ fn start_tag(
     let qname_span = Span::raw(from, c.at);
     let mark = s.scope.len();
     let start = s.toks.len();
-    s.toks.push(Tok::Start {
-        ns: NsRef::NONE,
-        name: qname_span,
-    });
+    // Its place, filled once the namespace is known: a one-byte placeholder, so
+    // that the step is written once, from registers.
+    s.toks.push(Tok::End);
     let mut count = 0;
     // Prefixed attributes are resolved once every declaration on the tag is known.
     let mut prefixed = false;
@@ -485,7 +530,10 @@ fn start_tag(
         let key = raw_key.text()?;
         // Each key went to one of two places: look where this one would have.
         let b = c.b;
-        let bytes = |span: Span| b.get(span.from as usize..span.to as usize);
+        let bytes = |span: Span| {
+            let (from, to) = span.range();
+            b.get(from..to)
+        };
         let declared = |prefix: &str| {
             s.scope
                 .get(mark..)
@@ -571,7 +619,7 @@ fn start_tag(
             };
             let (prefix, local) = split(text, name, colon);
             let resolved = match prefix {
-                "xml" => NsRef::Common(super::ns::XML),
+                "xml" => NsRef::XML,
                 prefix => match lookup(prefix, text, s, outer) {
                     Some(u) => u,
                     None => {
@@ -585,9 +633,11 @@ fn start_tag(
             }
         }
     }
-    if let Some(Tok::Start { ns, name }) = s.toks.get_mut(start) {
-        *ns = ns_uri;
-        *name = local;
+    if let Some(t) = s.toks.get_mut(start) {
+        *t = Tok::Start {
+            ns: ns_uri,
+            name: local,
+        };
     }
     Ok((qname_span, empty))
 }
@@ -595,6 +645,7 @@ fn start_tag(
 /// The URI bound to `prefix` (empty for the default namespace) in the element's
 /// scope, then in `outer`'s. One of the outer scope's uncommon URIs is copied
 /// into the side buffer, so that the stanza holds everything it names.
+#[inline(always)]
 fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -> Option<NsRef> {
     let inner = s
         .scope
@@ -609,18 +660,12 @@ fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -
         .iter()
         .rev()
         .find(|(p, _)| same(p.as_bytes(), prefix.as_bytes()))?;
-    Some(match uri {
-        Name::Borrowed(common) => NsRef::Common(common),
-        Name::Owned(uri) => {
-            let from = s.side.len();
-            s.side.push_str(uri);
-            NsRef::At(Span {
-                from: from as u32,
-                to: s.side.len() as u32,
-                side: true,
-            })
-        }
-    })
+    if let Some(common) = NsRef::common(uri) {
+        return Some(common);
+    }
+    let from = s.side.len();
+    s.side.push_str(uri);
+    Some(NsRef::At(Span::side(from, s.side.len())))
 }
 
 /// Whether two short byte strings (names, prefixes) are equal, compared in
@@ -632,10 +677,11 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
 /// A qualified name's prefix, and the span of its local part (after the first
 /// colon, at `at` in the name).
 fn split(text: &str, span: Span, at: usize) -> (&str, Span) {
-    let colon = span.from as usize + at;
+    let (from, to) = span.range();
+    let colon = from + at;
     (
         span.of(text, "").get(..at).unwrap_or_default(),
-        Span::raw(colon + 1, span.to as usize),
+        Span::raw(colon + 1, to),
     )
 }
 
@@ -785,11 +831,7 @@ fn unescape(
         rest = after.get(semi + 1..).unwrap_or_default();
     }
     literal(out, rest)?;
-    Ok(Span {
-        from: from as u32,
-        to: out.len() as u32,
-        side: true,
-    })
+    Ok(Span::side(from, out.len()))
 }
 
 /// `\r\n` and a lone `\r` become `\n`.

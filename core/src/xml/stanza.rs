@@ -91,7 +91,7 @@ impl Stanza {
     pub fn lang(&self) -> Option<&str> {
         match &self.0 {
             Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns == NsRef::Common(ns::XML) && same(name.bytes(text, ""), b"lang"))
+                (ns == NsRef::XML && same(name.bytes(text, ""), b"lang"))
                     .then(|| value.of(text, side))
             }),
             Repr::Built(el) => el
