@@ -38,49 +38,6 @@ pub trait Io {
     fn close(&mut self, conn: ConnId);
     fn resolve(&mut self, query: u64, domain: String);
     fn sip_send(&mut self, to: SocketAddr, bytes: &[u8]);
-    /// The core's next wake-up moved earlier than the one the runtime sleeps
-    /// until ([`Host::sleep_until`]), or the gateway stopped: the runtime's
-    /// timer is to be set again (inputs handled on other threads or tasks).
-    fn rearm(&mut self);
-}
-
-/// The core with its I/O, for runtimes in which whichever thread or task read
-/// an input hands it to the core (behind a lock, or a `RefCell` on one thread).
-pub struct Core<I: Io> {
-    pub host: Host,
-    pub io: I,
-    config_path: Option<std::path::PathBuf>,
-    stopped: bool,
-}
-
-impl<I: Io> Core<I> {
-    pub fn new(host: Host, io: I, config_path: Option<std::path::PathBuf>) -> Self {
-        Core {
-            host,
-            io,
-            config_path,
-            stopped: false,
-        }
-    }
-
-    /// Hands one input to the core; false once the gateway has stopped.
-    pub fn handle(&mut self, input: Input<I::Stream>) -> bool {
-        if self.stopped {
-            return false;
-        }
-        if !self
-            .host
-            .handle(input, &mut self.io, self.config_path.as_deref())
-        {
-            self.stopped = true;
-            self.io.rearm();
-        }
-        !self.stopped
-    }
-
-    pub fn stopped(&self) -> bool {
-        self.stopped
-    }
 }
 
 /// What the runtime's I/O reports to the core's loop.
@@ -108,10 +65,8 @@ pub const SEND_HIGH_WATER: usize = 256 * 1024;
 pub const SEND_LOW_WATER: usize = 64 * 1024;
 /// A peer that lets this much pile up is not reading: the connection is closed.
 pub const SEND_QUEUE_LIMIT: usize = 2 * 1024 * 1024;
-/// Inputs a runtime queues for the core (accepts, connects, lookups, signals,
-/// drain reports), and the datagrams read in a row without the SIP socket once
-/// being empty past which new SIP requests are refused with 503
-/// ([`crate::intake::DatagramIntake`]).
+/// Inputs a runtime buffers for the core. When full, stream readers wait (TCP
+/// pushes back on the peer) and SIP requests over UDP are refused with 503.
 pub const INPUT_QUEUE: usize = 4096;
 
 /// Receive buffer asked for on the SIP UDP socket: a burst of requests waits in
@@ -150,8 +105,6 @@ pub struct Host {
     recheck: Vec<ConnId>,
     /// Where the wake-up grid starts (see [`Host::wake_at`]).
     epoch: std::time::Instant,
-    /// The wake-up the runtime sleeps until ([`Host::sleep_until`]).
-    armed: Option<std::time::Instant>,
 }
 
 /// Timer wake-ups fall on this grid: the core's deadlines (SIP Timers E, J and K,
@@ -179,7 +132,6 @@ impl Host {
             backlog: std::collections::HashMap::new(),
             recheck: Vec::new(),
             epoch: std::time::Instant::now(),
-            armed: None,
         }
     }
 
@@ -310,21 +262,7 @@ impl Host {
             }
             self.drain(io);
         }
-        if let Some(at) = self.wake_at() {
-            if self.armed.is_none_or(|armed| at < armed) {
-                self.armed = Some(at);
-                io.rearm();
-            }
-        }
         true
-    }
-
-    /// What the runtime's timer is to be set to before it waits: the core's next
-    /// wake-up ([`Host::wake_at`]). An input handled meanwhile that moves it
-    /// earlier calls [`Io::rearm`].
-    pub fn sleep_until(&mut self) -> Option<std::time::Instant> {
-        self.armed = self.wake_at();
-        self.armed
     }
 
     /// When the runtime should wake for the core's timers: the earliest deadline,
@@ -332,6 +270,15 @@ impl Host {
     /// wake-up. `None`: no timer is set.
     pub fn wake_at(&self) -> Option<std::time::Instant> {
         Some(on_grid(self.epoch, self.gateway.poll_timeout()?))
+    }
+
+    /// How long the runtime may wait for input before it should wake for a timer
+    /// ([`Host::wake_at`]).
+    pub fn wait(&self) -> std::time::Duration {
+        self.wake_at()
+            .map_or(std::time::Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(std::time::Instant::now())
+            })
     }
 
     /// Drains every pending output into `io`.
@@ -533,7 +480,6 @@ mod tests {
         }
         fn resolve(&mut self, _: u64, _: String) {}
         fn sip_send(&mut self, _: SocketAddr, _: &[u8]) {}
-        fn rearm(&mut self) {}
     }
 
     fn host(name: &str) -> Host {

@@ -251,11 +251,6 @@ impl Io for SmolIo {
         self.sip_queued.set(self.sip_queued.get() + 1);
         let _ = self.sip_out.try_send((to, bytes.to_vec()));
     }
-
-    fn rearm(&mut self) {
-        // The main task sets its timer again before it next waits.
-        let _ = self.tx.try_send(Input::Tick);
-    }
 }
 
 /// Writes all of `bytes`, waiting for room whenever the socket is full.
@@ -410,7 +405,7 @@ async fn run_async(setup: Setup, reactor: Rc<Reactor>) -> Result<(), String> {
     let mut timer = Timer::never(&reactor);
     let mut armed = None;
     loop {
-        let at = host.sleep_until();
+        let at = host.wake_at();
         if at != armed {
             match at {
                 Some(t) => timer.set_at(t),

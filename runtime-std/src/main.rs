@@ -1,24 +1,24 @@
-//! `isthmus-std`: the gateway on blocking sockets. The core sits behind one
-//! lock: a thread that reads a stream or the SIP socket hands what it read to
-//! the core itself, so a message costs no wakeup of another thread. The main
-//! thread fires timers and takes what the listener, writer, connect, resolve and
-//! signal threads report through one bounded channel. Every decision is the
-//! core's, every input is dispatched by the shared host layer.
+//! `isthmus-std`: the gateway on blocking sockets. One thread owns the core;
+//! listener, reader, writer, connect and resolve threads only move bytes and report
+//! back through one bounded channel. Every decision is the core's, every input is dispatched by
+//! the shared host layer.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
-use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::mpsc::{
+    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
+};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use isthmus_core::gateway::ConnId;
+use isthmus_core::gateway::{Admission, ConnId};
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{self, log, Input, Io, INPUT_QUEUE};
-use isthmus_host::intake::{recv_datagram, DatagramIntake, Intake, Listener};
+use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
+use isthmus_host::intake::{Intake, Listener};
 use isthmus_host::resolve::Resolver;
 use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
@@ -40,17 +40,7 @@ impl Drop for Stream {
     }
 }
 
-type Core = driver::Core<StdIo>;
-
-/// Hands `input` to the core from whichever thread has it; false once the
-/// gateway has stopped, or when the core failed on another thread.
-fn deliver(core: &Mutex<Core>, input: In) -> bool {
-    core.lock().is_ok_and(|mut c| c.handle(input))
-}
-
 struct StdIo {
-    /// What the reader threads hand their input to.
-    core: Weak<Mutex<Core>>,
     tx: SyncSender<In>,
     /// Per connection: the queue its writer thread drains (dropping it lets the
     /// writer finish what is queued and shut the socket), and what its reader
@@ -61,16 +51,13 @@ struct StdIo {
 }
 
 fn spawn_reader(
-    core: Weak<Mutex<Core>>,
+    tx: SyncSender<In>,
     conn: ConnId,
     mut stream: TcpStream,
     sip: bool,
     intake: Arc<Intake>,
 ) {
     thread::spawn(move || {
-        let Some(core) = core.upgrade() else {
-            return;
-        };
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             while let Some(wait) = intake.wait() {
@@ -78,12 +65,11 @@ fn spawn_reader(
             }
             match stream.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let closed = if sip {
+                    let _ = tx.send(if sip {
                         Input::SipClosed(conn)
                     } else {
                         Input::Closed(conn)
-                    };
-                    deliver(&core, closed);
+                    });
                     return;
                 }
                 Ok(n) => {
@@ -94,7 +80,7 @@ fn spawn_reader(
                     } else {
                         Input::Received(conn, bytes)
                     };
-                    if !deliver(&core, input) {
+                    if tx.send(input).is_err() {
                         return;
                     }
                 }
@@ -160,7 +146,7 @@ impl Io for StdIo {
         {
             Ok((reader, direct)) => {
                 let intake = Arc::new(Intake::default());
-                spawn_reader(self.core.clone(), conn, reader, sip, intake.clone());
+                spawn_reader(self.tx.clone(), conn, reader, sip, intake.clone());
                 let (queue, writes) = channel();
                 let backlog = Arc::new(Backlog::default());
                 spawn_writer(self.tx.clone(), conn, stream, writes, backlog.clone());
@@ -251,16 +237,11 @@ impl Io for StdIo {
             log(&format!("SIP to {to}: {e}"));
         }
     }
-
-    fn rearm(&mut self) {
-        // A full channel wakes the main thread anyway.
-        let _ = self.tx.try_send(Input::Tick);
-    }
 }
 
 fn run(setup: Setup) -> Result<(), String> {
     let Setup {
-        host,
+        mut host,
         config,
         resolver,
         config_path,
@@ -288,86 +269,55 @@ fn run(setup: Setup) -> Result<(), String> {
         spawn_listener(tx.clone(), l, Some(true));
     }
     let sip_reader = sip.try_clone().map_err(|e| e.to_string())?;
+    {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut admission = Admission::default();
+            loop {
+                match sip_reader.recv_from(&mut buf) {
+                    Ok((n, from)) => match tx.try_send(Input::Datagram(from, buf[..n].to_vec())) {
+                        Ok(()) => admission.admitted(&buf[..n]),
+                        // The core is behind: refuse new requests at once rather
+                        // than let them wait into the client's retransmissions.
+                        Err(TrySendError::Full(input)) => match admission.refusal(&buf[..n]) {
+                            Some(reply) => {
+                                let _ = sip_reader.send_to(&reply, from);
+                            }
+                            None => {
+                                if tx.send(input).is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                        Err(TrySendError::Disconnected(_)) => return,
+                    },
+                    Err(e) => log(&format!("SIP receive: {e}")),
+                }
+            }
+        });
+    }
     log(&format!(
         "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
         g.served_domains.join(", ")
     ));
-    let core = Arc::new_cyclic(|weak| {
-        let io = StdIo {
-            core: weak.clone(),
-            tx,
-            streams: HashMap::new(),
-            sip,
-            resolver,
-        };
-        Mutex::new(Core::new(host, io, config_path))
-    });
-    {
-        let mut c = core.lock().map_err(|_| "the core failed".to_owned())?;
-        let Core { host, io, .. } = &mut *c;
-        host.drain(io);
-    }
-    spawn_sip_reader(core.clone(), sip_reader);
+    let mut io = StdIo {
+        tx,
+        streams: HashMap::new(),
+        sip,
+        resolver,
+    };
+    host.drain(&mut io);
     loop {
-        let wait = {
-            let mut c = core.lock().map_err(|_| "the core failed".to_owned())?;
-            if c.stopped() {
-                return Ok(());
-            }
-            c.host.sleep_until().map_or(Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(Instant::now())
-            })
-        };
-        let input = match rx.recv_timeout(wait) {
+        let input = match rx.recv_timeout(host.wait()) {
             Ok(i) => i,
             Err(RecvTimeoutError::Timeout) => Input::Tick,
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        if !deliver(&core, input) {
-            return match core.lock() {
-                Ok(_) => Ok(()),
-                Err(_) => Err("the core failed".to_owned()),
-            };
+        if !host.handle(input, &mut io, config_path.as_deref()) {
+            return Ok(());
         }
     }
-}
-
-/// Reads SIP over UDP and hands each datagram to the core; reads on without
-/// waiting while more are queued, so it knows when the core is behind.
-fn spawn_sip_reader(core: Arc<Mutex<Core>>, socket: UdpSocket) {
-    thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        let mut intake = DatagramIntake::default();
-        let mut empty = true;
-        loop {
-            let (n, from) = match recv_datagram(&socket, &mut buf, empty) {
-                Ok(Some(got)) => got,
-                Ok(None) => {
-                    intake.emptied();
-                    empty = true;
-                    continue;
-                }
-                Err(e) => {
-                    log(&format!("SIP receive: {e}"));
-                    continue;
-                }
-            };
-            empty = false;
-            let Some(datagram) = buf.get(..n) else {
-                continue;
-            };
-            match intake.read(datagram) {
-                Some(reply) => {
-                    let _ = socket.send_to(&reply, from);
-                }
-                None => {
-                    if !deliver(&core, Input::Datagram(from, datagram.to_vec())) {
-                        return;
-                    }
-                }
-            }
-        }
-    });
 }
 
 fn main() -> ExitCode {

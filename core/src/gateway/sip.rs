@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::{error_reply, Event, Gateway, Output};
@@ -373,7 +373,7 @@ struct ServerTx {
     tx: ServerTransaction,
     /// The request, shared with whoever is handling it, until the final
     /// response: a transaction waiting out Timer J keeps only what it sent.
-    request: Option<Arc<SipMessage>>,
+    request: Option<Rc<SipMessage>>,
     peer: SipPeer,
     to_tag: String,
 }
@@ -968,13 +968,13 @@ impl Gateway {
         let to_tag = self.rng.hex(6);
         self.sip.answering += 1;
         // The transaction answers from the request itself: no copy of it is made.
-        let msg = Arc::new(msg);
+        let msg = Rc::new(msg);
         self.sip.server.insert(
             key.clone(),
             Box::new(ServerTx {
                 // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
                 tx: ServerTransaction::new(matches!(from, SipPeer::Stream(_)), Timers::default()),
-                request: Some(Arc::clone(&msg)),
+                request: Some(Rc::clone(&msg)),
                 peer: from,
                 to_tag,
             }),
