@@ -59,6 +59,17 @@ pub enum Input<S> {
     Tick,
 }
 
+impl<S> Input<S> {
+    /// The peer closed connection `conn` (a SIP stream when `sip`), or it failed.
+    pub fn closed(conn: ConnId, sip: bool) -> Self {
+        if sip {
+            Input::SipClosed(conn)
+        } else {
+            Input::Closed(conn)
+        }
+    }
+}
+
 /// Past this many unwritten bytes on a stream the core holds its stanzas back.
 pub const SEND_HIGH_WATER: usize = 256 * 1024;
 /// Below this many the core may send again.

@@ -72,11 +72,7 @@ impl Io for SmolIo {
             Ok(s) => Rc::new(s),
             Err(e) => {
                 log(&format!("{conn}: cannot use the connection: {e}"));
-                let closed = if sip {
-                    Input::SipClosed(conn)
-                } else {
-                    Input::Closed(conn)
-                };
+                let closed = Input::closed(conn, sip);
                 let tx = self.tx.clone();
                 spawn(async move {
                     let _ = tx.send(closed).await;
@@ -129,11 +125,7 @@ impl Io for SmolIo {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Ok(0) | Err(_) => {
-                        let closed = if sip {
-                            Input::SipClosed(conn)
-                        } else {
-                            Input::Closed(conn)
-                        };
+                        let closed = Input::closed(conn, sip);
                         let _ = tx.send(closed).await;
                         return;
                     }

@@ -65,11 +65,7 @@ fn spawn_reader(
             }
             match stream.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.send(if sip {
-                        Input::SipClosed(conn)
-                    } else {
-                        Input::Closed(conn)
-                    });
+                    let _ = tx.send(Input::closed(conn, sip));
                     return;
                 }
                 Ok(n) => {
@@ -162,11 +158,7 @@ impl Io for StdIo {
             }
             Err(e) => {
                 log(&format!("{conn}: cannot use the connection: {e}"));
-                let closed = if sip {
-                    Input::SipClosed(conn)
-                } else {
-                    Input::Closed(conn)
-                };
+                let closed = Input::closed(conn, sip);
                 // Not from this thread: it is the one that empties the channel.
                 let tx = self.tx.clone();
                 thread::spawn(move || tx.send(closed));
