@@ -1,7 +1,7 @@
 //! `isthmus-std`: the gateway on blocking sockets. One thread owns the core;
-//! listener, reader, writer, connect and resolve threads only move bytes and report
-//! back through one bounded channel. Every decision is the core's, every input is dispatched by
-//! the shared host layer.
+//! listener, reader, writer, connect and resolve threads only move bytes and
+//! report back through one bounded channel. Every decision is the core's, every
+//! input is dispatched by the shared host layer.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;

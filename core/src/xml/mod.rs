@@ -48,24 +48,32 @@ pub fn name(s: &str) -> Name {
     }
 }
 
+/// The namespaces stanzas name most. The parser names one by its place here
+/// (the first is no namespace), so its order is fixed.
+pub(crate) const COMMON_NS: [&str; 15] = [
+    "",
+    ns::SERVER,
+    ns::CLIENT,
+    ns::STREAM,
+    ns::DIALBACK,
+    ns::DIALBACK_FEATURE,
+    ns::TLS,
+    ns::SASL,
+    ns::STREAMS_ERR,
+    ns::STANZAS_ERR,
+    ns::XML,
+    "http://jabber.org/protocol/chatstates",
+    "urn:ietf:params:xml:ns:pidf",
+    "urn:xmpp:receipts",
+    "urn:xmpp:delay",
+];
+
 /// `s` as one of the names the gateway reads on every stanza, if it is one.
 fn common(s: &str) -> Option<&'static str> {
+    if let Some(uri) = COMMON_NS.iter().find(|uri| **uri == s) {
+        return Some(uri);
+    }
     let common: &'static str = match s {
-        // Namespaces.
-        ns::SERVER => ns::SERVER,
-        ns::CLIENT => ns::CLIENT,
-        ns::STREAM => ns::STREAM,
-        ns::DIALBACK => ns::DIALBACK,
-        ns::DIALBACK_FEATURE => ns::DIALBACK_FEATURE,
-        ns::TLS => ns::TLS,
-        ns::SASL => ns::SASL,
-        ns::STREAMS_ERR => ns::STREAMS_ERR,
-        ns::STANZAS_ERR => ns::STANZAS_ERR,
-        ns::XML => ns::XML,
-        "http://jabber.org/protocol/chatstates" => "http://jabber.org/protocol/chatstates",
-        "urn:ietf:params:xml:ns:pidf" => "urn:ietf:params:xml:ns:pidf",
-        "urn:xmpp:receipts" => "urn:xmpp:receipts",
-        "urn:xmpp:delay" => "urn:xmpp:delay",
         // Stanzas and their children.
         "message" => "message",
         "presence" => "presence",

@@ -5,7 +5,7 @@
 //! brought before falling back to the resumable scanner.
 
 use super::reader::{xml_chars, Limits, XmlError};
-use super::{name, Element, Name, Stanza};
+use super::{name, Element, Name, Stanza, COMMON_NS};
 
 /// Why parsing stopped short of an element.
 #[derive(Debug)]
@@ -78,26 +78,6 @@ impl Span {
             .unwrap_or_default()
     }
 }
-
-/// The namespaces stanzas name most, by number: a step names one of them with a
-/// byte. The first is no namespace.
-const COMMON_NS: [&str; 15] = [
-    "",
-    super::ns::SERVER,
-    super::ns::CLIENT,
-    super::ns::STREAM,
-    super::ns::DIALBACK,
-    super::ns::DIALBACK_FEATURE,
-    super::ns::TLS,
-    super::ns::SASL,
-    super::ns::STREAMS_ERR,
-    super::ns::STANZAS_ERR,
-    super::ns::XML,
-    "http://jabber.org/protocol/chatstates",
-    "urn:ietf:params:xml:ns:pidf",
-    "urn:xmpp:receipts",
-    "urn:xmpp:delay",
-];
 
 /// A namespace URI as a step holds it: one of [`COMMON_NS`], or where its text
 /// lies.
