@@ -175,7 +175,7 @@ struct Route {
 struct Queued {
     stanza: Element,
     /// The SIP server transaction to answer once the stanza is written (or refused).
-    sip: Option<String>,
+    sip: Option<sip::TxKey>,
     /// SIP-originated stanzas must be answered before the SIP client's Timer F.
     deadline: Option<Instant>,
 }
@@ -620,7 +620,7 @@ impl Gateway {
         &mut self,
         now: Instant,
         stanza: Element,
-        sip: Option<String>,
+        sip: Option<sip::TxKey>,
     ) -> Result<(), RouteError> {
         let from = stanza
             .get_attr("from")
@@ -643,7 +643,7 @@ impl Gateway {
         &mut self,
         now: Instant,
         stanza: Element,
-        sip: Option<String>,
+        sip: Option<sip::TxKey>,
         from: Jid,
         to: Jid,
     ) -> Result<(), RouteError> {
@@ -667,24 +667,21 @@ impl Gateway {
             return Ok(());
         }
         let key = (from.domain().to_owned(), to.domain().to_owned());
-        let ready = self
+        // One lookup for the common case: the route's stream is up.
+        let (conn, waiting) = self
             .routes
             .get(&key)
-            .and_then(|r| r.conn)
+            .map_or((None, 0), |r| (r.conn, r.queue.len()));
+        let ready = conn
             .and_then(|id| self.conns.get(&id))
             .is_some_and(|c| c.phase == Phase::Ready && !c.congested);
-        if ready {
-            if let Some(id) = self.routes.get(&key).and_then(|r| r.conn) {
-                if let Some(mut c) = self.conns.remove(&id) {
-                    c.last_activity = now;
-                    c.send(&queued.stanza, &mut self.out, now);
-                    self.put(c);
-                    self.stanza_written(queued, now);
-                }
-            }
+        if let Some(mut c) = conn.filter(|_| ready).and_then(|id| self.conns.remove(&id)) {
+            c.last_activity = now;
+            c.send(&queued.stanza, &mut self.out, now);
+            self.put(c);
+            self.stanza_written(queued, now);
             return Ok(());
         }
-        let waiting = self.routes.get(&key).map_or(0, |r| r.queue.len());
         if waiting >= MAX_QUEUED {
             let text = format!(
                 "more than {MAX_QUEUED} stanzas are waiting for the stream to {}",
@@ -697,18 +694,11 @@ impl Gateway {
             }
             return Ok(());
         }
-        let has_conn = self
-            .routes
-            .get(&key)
-            .and_then(|r| r.conn)
-            .is_some_and(|id| self.conns.contains_key(&id));
-        let route = match self.routes.get_mut(&key) {
-            Some(route) => route,
-            None => self.routes.entry(key.clone()).or_insert_with(|| Route {
-                conn: None,
-                queue: VecDeque::new(),
-            }),
-        };
+        let has_conn = conn.is_some_and(|id| self.conns.contains_key(&id));
+        let route = self.routes.entry(key.clone()).or_insert_with(|| Route {
+            conn: None,
+            queue: VecDeque::new(),
+        });
         route.queue.push_back(queued);
         if !has_conn {
             self.open_route(&key.0, &key.1, now);

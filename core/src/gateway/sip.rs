@@ -291,15 +291,19 @@ impl Hasher for OwnKeyHasher {
 
 type OwnKeys = BuildHasherDefault<OwnKeyHasher>;
 
+/// A transaction's key, shared by its table entry, its timer entries and the
+/// stanza it waits on, so that none of them copies it.
+pub(super) type TxKey = Rc<str>;
+
 #[derive(Default)]
 pub(super) struct SipState {
     /// Keyed by the peer's branch and sent-by: the default (keyed) hasher.
     /// Boxed: up to [`MAX_SIP_RETAINED`] are kept through Timer J, and a table
     /// grown for them should not hold a whole transaction in every free slot.
-    server: HashMap<String, Box<ServerTx>>,
+    server: HashMap<TxKey, Box<ServerTx>>,
     /// Keyed by our own branches.
     /// Boxed, as `server` is.
-    pub(super) client: HashMap<String, Box<ClientTx>, OwnKeys>,
+    pub(super) client: HashMap<TxKey, Box<ClientTx>, OwnKeys>,
     /// SIP over TCP or TLS: each accepted connection's framing and TLS state.
     streams: HashMap<super::ConnId, SipStream, OwnKeys>,
     /// Transaction deadlines, earliest first: (when, sequence, client?, key). The
@@ -307,8 +311,10 @@ pub(super) struct SipState {
     /// were set, so simultaneous timeouts are reported in the order the requests
     /// went out. An entry may be stale (its transaction moved on or ended); that
     /// costs one empty wakeup, and keeps `poll_timeout` from walking every transaction.
-    timers: super::deadlines::Deadlines<(u64, bool, String)>,
+    timers: super::deadlines::Deadlines<(u64, bool, TxKey)>,
     timer_seq: u64,
+    /// Where a request's transaction key is written before it is shared.
+    key_text: String,
     /// Server transactions not yet answered with a final response.
     answering: usize,
     /// Client transactions not yet answered with a final response (or timed out).
@@ -370,6 +376,7 @@ enum SipPeer {
 }
 
 struct ServerTx {
+    key: TxKey,
     tx: ServerTransaction,
     /// The request, shared with whoever is handling it, until the final
     /// response: a transaction waiting out Timer J keeps only what it sent.
@@ -380,6 +387,7 @@ struct ServerTx {
 
 /// What a response did to a server transaction.
 struct Responded {
+    key: TxKey,
     /// The bytes to send, unless the transaction takes no more responses.
     sent: Option<Vec<u8>>,
     peer: SipPeer,
@@ -395,6 +403,7 @@ impl ServerTx {
             Some(code) => self.respond_bytes(code, resp.to_bytes(), now),
             // Not a response: nothing to send, and the transaction is as it was.
             None => Responded {
+                key: self.key.clone(),
                 sent: None,
                 peer: self.peer,
                 answered: false,
@@ -422,6 +431,7 @@ impl ServerTx {
             self.request = None;
         }
         Responded {
+            key: self.key.clone(),
             sent,
             peer: self.peer,
             answered,
@@ -455,6 +465,7 @@ enum Outbound {
 }
 
 pub(super) struct ClientTx {
+    key: TxKey,
     pub(super) tx: ClientTransaction,
     pub(super) purpose: Purpose,
 }
@@ -529,7 +540,7 @@ fn addresses_of(stanza: &Stanza) -> Option<(Jid, Jid)> {
     Some((from?, to?))
 }
 
-fn server_key(msg: &SipMessage) -> Option<String> {
+fn server_key(msg: &SipMessage, key: &mut String) -> Option<TxKey> {
     let via = ViaRef::parse(msg.first_value("Via")?).ok()?;
     let method = match msg.method()? {
         // An ACK or CANCEL belongs to the INVITE transaction it refers to.
@@ -538,15 +549,15 @@ fn server_key(msg: &SipMessage) -> Option<String> {
     };
     let branch = via.branch()?;
     // "{branch}|{host}:{port}|{method}"
-    let mut key = String::with_capacity(branch.len() + via.host.len() + method.len() + 8);
+    key.clear();
     key.push_str(branch);
     key.push('|');
     key.push_str(via.host);
     key.push(':');
-    push_decimal(&mut key, u32::from(via.port.unwrap_or(5060)));
+    push_decimal(key, u32::from(via.port.unwrap_or(5060)));
     key.push('|');
     key.push_str(method);
-    Some(key)
+    Some(TxKey::from(key.as_str()))
 }
 
 impl Gateway {
@@ -643,12 +654,13 @@ impl Gateway {
         let tx = ClientTransaction::begin(bytes, false, Timers::default(), now);
         // The first send, as `ClientTransaction::start` would ask for it.
         let bytes = tx.request().to_vec();
+        let key = TxKey::from(branch);
         if let Some(d) = tx.next_deadline() {
-            self.sip_timer(d, true, &branch);
+            self.sip_timer(d, true, key.clone());
         }
         self.sip
             .client
-            .insert(branch, Box::new(ClientTx { tx, purpose }));
+            .insert(key.clone(), Box::new(ClientTx { key, tx, purpose }));
         self.out.push(Output::SipSend {
             to: next_hop,
             bytes,
@@ -657,16 +669,21 @@ impl Gateway {
 
     /// Puts a client transaction's next deadline on the timer heap.
     fn sip_schedule(&mut self, key: &str) {
-        if let Some(d) = self.sip.client.get(key).and_then(|c| c.tx.next_deadline()) {
+        let next = self
+            .sip
+            .client
+            .get(key)
+            .and_then(|c| Some((c.tx.next_deadline()?, c.key.clone())));
+        if let Some((d, key)) = next {
             self.sip_timer(d, true, key);
         }
     }
 
     /// Puts a transaction's deadline on the timer heap.
-    fn sip_timer(&mut self, at: Instant, client: bool, key: &str) {
+    fn sip_timer(&mut self, at: Instant, client: bool, key: TxKey) {
         self.sip.timer_seq += 1;
         let seq = self.sip.timer_seq;
-        self.sip.timers.push(at, (seq, client, key.to_owned()));
+        self.sip.timers.push(at, (seq, client, key));
     }
 
     fn sip_send(&mut self, to: SocketAddr, msg: &SipMessage) {
@@ -942,12 +959,12 @@ impl Gateway {
             // ACKs for our final responses to INVITE end there (hop by hop).
             return;
         }
-        let Some(key) = server_key(&msg) else {
+        let Some(key) = server_key(&msg, &mut self.sip.key_text) else {
             let reply = msg.reply(400, "Bad Request (Via without branch)", None);
             self.sip_reply(from, &reply);
             return;
         };
-        if let Some(st) = self.sip.server.get(&key) {
+        if let Some(st) = self.sip.server.get(&*key) {
             let again = st.tx.on_retransmission();
             let peer = st.peer;
             if let Some(bytes) = again {
@@ -972,6 +989,7 @@ impl Gateway {
         self.sip.server.insert(
             key.clone(),
             Box::new(ServerTx {
+                key: key.clone(),
                 // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
                 tx: ServerTransaction::new(matches!(from, SipPeer::Stream(_)), Timers::default()),
                 request: Some(Rc::clone(&msg)),
@@ -1005,7 +1023,7 @@ impl Gateway {
     }
 
     /// SIP MESSAGE from a SIP user: a `<message/>` toward the XMPP contact.
-    fn sip_message(&mut self, key: &str, msg: &SipMessage, now: Instant) {
+    fn sip_message(&mut self, key: &TxKey, msg: &SipMessage, now: Instant) {
         let mut id = String::with_capacity(4 + 12);
         id.push_str("sip-");
         self.rng.push_hex(&mut id, 6);
@@ -1024,7 +1042,7 @@ impl Gateway {
             self.sip_answer(key, 403, &reason, now);
             return;
         }
-        if let Err(e) = self.route_stanza_between(now, stanza, Some(key.to_owned()), from, to) {
+        if let Err(e) = self.route_stanza_between(now, stanza, Some(key.clone()), from, to) {
             self.sip_answer(key, 400, &format!("Bad Request ({e})"), now);
         }
     }
@@ -1034,12 +1052,12 @@ impl Gateway {
             return;
         };
         let responded = st.respond(&resp, now);
-        self.sip_responded(key, responded);
+        self.sip_responded(responded);
     }
 
     /// What follows a response on a server transaction, with the transaction
     /// looked up once by whoever built the response.
-    fn sip_responded(&mut self, key: &str, r: Responded) {
+    fn sip_responded(&mut self, r: Responded) {
         if r.answered {
             self.sip.answering = self.sip.answering.saturating_sub(1);
         }
@@ -1048,7 +1066,7 @@ impl Gateway {
         }
         // Timer J, or (ended at once on TCP/TLS) a sweep at the next wakeup.
         let at = r.deadline.unwrap_or(self.start);
-        self.sip_timer(at, false, key);
+        self.sip_timer(at, false, r.key);
     }
 
     /// Our To tag on a server transaction (the dialog's local tag).
@@ -1070,7 +1088,7 @@ impl Gateway {
             return;
         };
         let responded = st.answer(code, reason, now);
-        self.sip_responded(key, responded);
+        self.sip_responded(responded);
     }
 
     /// Refuses a SIP request for want of capacity: 503 with Retry-After, so the
@@ -1082,7 +1100,7 @@ impl Gateway {
         let mut resp = st.reply(503, &format!("Service Unavailable ({text})"));
         resp.push_header("Retry-After", RETRY_AFTER);
         let responded = st.respond(&resp, now);
-        self.sip_responded(key, responded);
+        self.sip_responded(responded);
     }
 
     /// A stanza for a user of a served domain.
