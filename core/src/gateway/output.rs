@@ -68,6 +68,9 @@ pub enum Output {
 pub struct Outq {
     pub queue: VecDeque<Output>,
     pub trace: bool,
+    /// A stanza's text on its way into a TLS stream, kept between stanzas: the
+    /// stream copies it, so one buffer serves every write.
+    pub(crate) text: String,
 }
 
 impl Outq {

@@ -1027,7 +1027,7 @@ impl Gateway {
         let mut id = String::with_capacity(4 + 12);
         id.push_str("sip-");
         self.rng.push_hex(&mut id, 6);
-        let (stanza, from, to) = match sip_to_message_between(msg, &id) {
+        let (stanza, from, to) = match sip_to_message_between(msg, id) {
             Ok(s) => s,
             Err(r) => {
                 self.sip_answer(key, r.code, &r.reason, now);

@@ -245,6 +245,9 @@ impl Conn {
                 // short of a closed connection, which the next read reports.
                 let _ = tls.writer().write_all(text.as_bytes());
                 flush_tls_sized(self.id, tls, out, text.len());
+                if text.capacity() <= KEPT_TEXT {
+                    out.text = text;
+                }
             }
             None => out.push(Output::Transmit {
                 conn: self.id,
@@ -256,7 +259,9 @@ impl Conn {
     /// Writes a stanza; returns its length in plaintext bytes.
     pub fn send(&mut self, el: &Element, out: &mut Outq, now: Instant) -> usize {
         // Room for a chat message without growing the buffer on the way.
-        let mut text = String::with_capacity(STANZA_BUFFER);
+        let mut text = std::mem::take(&mut out.text);
+        text.clear();
+        text.reserve(STANZA_BUFFER);
         write_element_with(&mut text, el, ns::SERVER, self.db_declared);
         let len = text.len();
         self.send_text(text, out, now);
@@ -308,6 +313,10 @@ fn read_plaintext(tls: &mut rustls::Connection, plain: &mut Vec<u8>) {
 
 /// What [`Conn::send`] reserves for a stanza's text.
 const STANZA_BUFFER: usize = 1024;
+
+/// The largest text buffer kept for the next stanza: one that grew for a big
+/// stanza is let go.
+const KEPT_TEXT: usize = 16 * 1024;
 
 fn flush_tls(id: ConnId, tls: &mut rustls::Connection, out: &mut Outq) {
     flush_tls_sized(id, tls, out, STANZA_BUFFER);

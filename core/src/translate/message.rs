@@ -62,11 +62,14 @@ fn content_type(value: &str) -> (Cow<'_, str>, Option<&str>) {
 /// `id` becomes the stanza id, so that an XMPP error can find its SIP transaction.
 pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
     let jids_as_attrs = |from: Jid, to: Jid| (from.into_string(), to.into_string(), ());
-    translate_message(msg, id, jids_as_attrs).map(|(stanza, ())| stanza)
+    translate_message(msg, id.to_owned(), jids_as_attrs).map(|(stanza, ())| stanza)
 }
 
 /// As [`sip_to_message`], with the stanza's `from` and `to` as JIDs.
-pub fn sip_to_message_between(msg: &SipMessage, id: &str) -> Result<(Element, Jid, Jid), Refusal> {
+pub fn sip_to_message_between(
+    msg: &SipMessage,
+    id: String,
+) -> Result<(Element, Jid, Jid), Refusal> {
     let kept = |from: Jid, to: Jid| (from.as_str().to_owned(), to.as_str().to_owned(), (from, to));
     translate_message(msg, id, kept).map(|(stanza, (from, to))| (stanza, from, to))
 }
@@ -75,7 +78,7 @@ pub fn sip_to_message_between(msg: &SipMessage, id: &str) -> Result<(Element, Ji
 /// the two JIDs, and says what of them the caller keeps.
 fn translate_message<T>(
     msg: &SipMessage,
-    id: &str,
+    id: String,
     addresses: impl FnOnce(Jid, Jid) -> (String, String, T),
 ) -> Result<(Element, T), Refusal> {
     let from_header = msg
@@ -110,7 +113,7 @@ fn translate_message<T>(
     attrs.push(attr("from", from_value));
     attrs.push(attr("to", to_value));
     attrs.push(attr("type", "chat".to_owned()));
-    attrs.push(attr("id", id.to_owned()));
+    attrs.push(attr("id", id));
     let mut stanza = Element {
         ns: Name::Borrowed(ns::SERVER),
         name: Name::Borrowed("message"),
