@@ -171,6 +171,45 @@ struct Route {
     queue: VecDeque<Queued>,
 }
 
+/// A route's (local, remote) domains: owned in the table, borrowed to look a
+/// route up, so that finding one copies neither domain.
+trait RouteKey {
+    fn domains(&self) -> (&str, &str);
+}
+
+impl RouteKey for (String, String) {
+    fn domains(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl RouteKey for (&str, &str) {
+    fn domains(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn RouteKey + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn RouteKey + 'a) {
+        self
+    }
+}
+
+// As `(String, String)` hashes and compares, which `Borrow` requires.
+impl std::hash::Hash for dyn RouteKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.domains().hash(h);
+    }
+}
+
+impl PartialEq for dyn RouteKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.domains() == other.domains()
+    }
+}
+
+impl Eq for dyn RouteKey + '_ {}
+
 /// A stanza waiting for its route's stream to be authenticated.
 struct Queued {
     stanza: Element,
@@ -666,11 +705,11 @@ impl Gateway {
             self.bounce_queued(queued, refusal.condition, &refusal.text, now);
             return Ok(());
         }
-        let key = (from.domain().to_owned(), to.domain().to_owned());
-        // One lookup for the common case: the route's stream is up.
+        let (local, remote) = (from.domain(), to.domain());
+        // One lookup, and no copy, for the common case: the route's stream is up.
         let (conn, waiting) = self
             .routes
-            .get(&key)
+            .get(&(local, remote) as &dyn RouteKey)
             .map_or((None, 0), |r| (r.conn, r.queue.len()));
         let ready = conn
             .and_then(|id| self.conns.get(&id))
@@ -683,10 +722,8 @@ impl Gateway {
             return Ok(());
         }
         if waiting >= MAX_QUEUED {
-            let text = format!(
-                "more than {MAX_QUEUED} stanzas are waiting for the stream to {}",
-                key.1
-            );
+            let text =
+                format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
             match queued.sip {
                 // Past saturation the SIP client backs off instead of retransmitting.
                 Some(key) => self.sip_overloaded(&key, &text, now),
@@ -695,13 +732,14 @@ impl Gateway {
             return Ok(());
         }
         let has_conn = conn.is_some_and(|id| self.conns.contains_key(&id));
-        let route = self.routes.entry(key.clone()).or_insert_with(|| Route {
+        let key = (local.to_owned(), remote.to_owned());
+        let route = self.routes.entry(key).or_insert_with(|| Route {
             conn: None,
             queue: VecDeque::new(),
         });
         route.queue.push_back(queued);
         if !has_conn {
-            self.open_route(&key.0, &key.1, now);
+            self.open_route(local, remote, now);
         }
         Ok(())
     }
@@ -889,7 +927,7 @@ impl Gateway {
 
     fn open_route(&mut self, local: &str, remote: &str, now: Instant) {
         let id = self.open_outbound(Kind::Route, local, remote, now);
-        if let Some(r) = self.routes.get_mut(&(local.to_owned(), remote.to_owned())) {
+        if let Some(r) = self.routes.get_mut(&(local, remote) as &dyn RouteKey) {
             r.conn = id;
         }
         if id.is_none() {
@@ -2300,5 +2338,25 @@ fn bounce_reason(c: &Conn) -> (&'static str, String) {
             "remote-server-not-found",
             format!("the stream to {} could not be authenticated", c.remote),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RouteKey;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_route_is_found_by_borrowed_domains() {
+        let mut routes = HashMap::new();
+        for (l, r) in [("sip.example", "xmpp.example"), ("a", "bc"), ("ab", "c")] {
+            routes.insert((l.to_owned(), r.to_owned()), format!("{l}|{r}"));
+        }
+        for (l, r) in [("sip.example", "xmpp.example"), ("a", "bc"), ("ab", "c")] {
+            let found = routes.get(&(l, r) as &dyn RouteKey);
+            assert_eq!(found.map(String::as_str), Some(format!("{l}|{r}").as_str()));
+        }
+        assert!(!routes.contains_key(&("abc", "") as &dyn RouteKey));
+        assert!(!routes.contains_key(&("xmpp.example", "sip.example") as &dyn RouteKey));
     }
 }

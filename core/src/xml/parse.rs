@@ -210,6 +210,45 @@ const VALUE_PLAIN: [bool; 256] = {
     t
 };
 
+/// Where the first byte of `bytes` that is not [`VALUE_PLAIN`] is. Eight bytes
+/// at a time: an attribute value is mostly plain, and testing a word per step
+/// costs a third of testing its bytes one by one.
+fn first_unplain(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `x` equal to `b`. A borrow only runs upward
+    // from a real match, so the lowest bit set is always a real one.
+    let equal = |x: u64, b: u8| {
+        let v = x ^ (ONES * u64::from(b));
+        v.wrapping_sub(ONES) & !v & HIGH
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Below 0x20 (same reasoning about borrows), non-ASCII, DEL, and the
+        // four bytes a value cannot hold as they are.
+        let odd = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+            | (x & HIGH)
+            | equal(x, 0x7f)
+            | equal(x, b'\'')
+            | equal(x, b'"')
+            | equal(x, b'&')
+            | equal(x, b'<');
+        if odd != 0 {
+            return Some(at + (odd.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|b| !VALUE_PLAIN[usize::from(*b)])
+        .map(|i| at + i)
+}
+
 struct RawName<'a> {
     text: &'a str,
     /// Printable ASCII only: nothing in it to check.
@@ -538,7 +577,7 @@ fn start_tag(
         // Most values are printable ASCII with nothing to unescape: read to
         // the quote in the same pass that checks them.
         let rest = c.b.get(c.at..).unwrap_or_default();
-        let plain = rest.iter().position(|b| !VALUE_PLAIN[usize::from(*b)]);
+        let plain = first_unplain(rest);
         let (value, len) = match plain {
             Some(len) if rest.get(len) == Some(&quote) => (Span::raw(c.at, c.at + len), len),
             _ => {
@@ -839,4 +878,41 @@ fn char_ref(code: &str) -> Option<char> {
     }
     let value = u32::from_str_radix(digits, radix).ok()?;
     char::from_u32(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_word_scan_finds_what_the_table_finds() {
+        let by_byte = |bytes: &[u8]| bytes.iter().position(|b| !VALUE_PLAIN[usize::from(*b)]);
+        // Every byte value at every place of a word and of the tail, after plain
+        // bytes, and after another odd byte that a borrow could run up from.
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    if let Some(x) = bytes.get_mut(at) {
+                        *x = b;
+                    }
+                    assert_eq!(
+                        first_unplain(&bytes),
+                        by_byte(&bytes),
+                        "{b:#x} at {at} of {len}"
+                    );
+                    for before in [0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'&'] {
+                        if let Some(x) = at.checked_sub(1).and_then(|i| bytes.get_mut(i)) {
+                            *x = before;
+                        }
+                        assert_eq!(
+                            first_unplain(&bytes),
+                            by_byte(&bytes),
+                            "{b:#x} at {at} after {before:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
