@@ -23,12 +23,7 @@ use isthmus_host::store::Store;
 /// connections bring, and makes the key for the test's own inbound stream.
 const PARTNER_SECRET: &str = "xmpp.test crash secret";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+include!("ports.rs");
 
 struct Gateway(Child);
 

@@ -29,12 +29,7 @@ fn have(cmd: &str) -> bool {
     found
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+include!("ports.rs");
 
 /// A datagram for the UA; a signal (a child of a neighbouring test exiting)
 /// interrupting the wait is not an answer, so the wait goes on.

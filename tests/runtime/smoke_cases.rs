@@ -15,13 +15,7 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// A loopback port nobody listens on now (the OS picks it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+include!("ports.rs");
 
 struct Running(Child);
 
@@ -51,14 +45,14 @@ fn start_with(dir: &Path, s2s: u16, sip: u16, extra: &str) -> Running {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start isthmus-std");
-    let running = Running(child);
+        .expect("start the gateway");
+    let mut running = Running(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", s2s)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "isthmus-std did not listen on {s2s}"
-        );
+        if let Ok(Some(status)) = running.0.try_wait() {
+            panic!("{BIN} exited ({status}) before it listened on {s2s}");
+        }
+        assert!(Instant::now() < deadline, "{BIN} did not listen on {s2s}");
         std::thread::sleep(Duration::from_millis(50));
     }
     running
