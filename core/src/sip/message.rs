@@ -422,7 +422,9 @@ impl SipMessage {
 
     fn cseq_ref(&self) -> Option<(u32, &str)> {
         let v = self.header("CSeq")?;
-        let mut it = v.split_whitespace();
+        // SIP's whitespace is ASCII (RFC 3261 §25.1), and an ASCII split reads
+        // bytes rather than characters.
+        let mut it = v.split_ascii_whitespace();
         let n = it.next()?.parse().ok()?;
         let m = it.next()?;
         Some((n, m))
