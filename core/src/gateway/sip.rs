@@ -2,6 +2,7 @@
 //! stanzas for SIP users become SIP requests through the configured next hop, and
 //! each SIP transaction is answered with what happened on the XMPP side.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -1339,10 +1340,11 @@ impl Gateway {
         use crate::sip::transaction::State;
         while let Some((_, (_, client, key))) = self.sip.timers.pop_due(now) {
             if !client {
-                if let Some(st) = self.sip.server.get_mut(&key) {
-                    st.tx.on_timeout(now);
-                    if st.tx.state == State::Terminated {
-                        self.sip.server.remove(&key);
+                // One lookup: most of these are Timer J ending the transaction.
+                if let Entry::Occupied(mut st) = self.sip.server.entry(key) {
+                    st.get_mut().tx.on_timeout(now);
+                    if st.get().tx.state == State::Terminated {
+                        st.remove();
                     }
                 }
                 continue;
