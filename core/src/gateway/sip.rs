@@ -965,39 +965,47 @@ impl Gateway {
             self.sip_reply(from, &reply);
             return;
         };
-        if let Some(st) = self.sip.server.get(&*key) {
-            let again = st.tx.on_retransmission();
-            let peer = st.peer;
-            if let Some(bytes) = again {
-                self.sip_reply_bytes(peer, bytes);
+        let full = self.sip.answering >= MAX_SIP_STATE || self.sip.server.len() >= MAX_SIP_RETAINED;
+        // One lookup tells a retransmission from a new request and, for a new
+        // one, makes its place.
+        let msg = match self.sip.server.entry(key.clone()) {
+            Entry::Occupied(st) => {
+                let again = st.get().tx.on_retransmission();
+                let peer = st.get().peer;
+                if let Some(bytes) = again {
+                    self.sip_reply_bytes(peer, bytes);
+                }
+                return;
             }
-            return;
-        }
-        if self.sip.answering >= MAX_SIP_STATE || self.sip.server.len() >= MAX_SIP_RETAINED {
-            let mut reply = msg.reply(
-                503,
-                "Service Unavailable (too many requests in progress)",
-                None,
-            );
-            reply.push_header("Retry-After", RETRY_AFTER);
-            self.sip_reply(from, &reply);
-            return;
-        }
-        let to_tag = self.rng.hex(6);
-        self.sip.answering += 1;
-        // The transaction answers from the request itself: no copy of it is made.
-        let msg = Rc::new(msg);
-        self.sip.server.insert(
-            key.clone(),
-            Box::new(ServerTx {
-                key: key.clone(),
-                // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
-                tx: ServerTransaction::new(matches!(from, SipPeer::Stream(_)), Timers::default()),
-                request: Some(Rc::clone(&msg)),
-                peer: from,
-                to_tag,
-            }),
-        );
+            Entry::Vacant(slot) if !full => {
+                self.sip.answering += 1;
+                // The transaction answers from the request itself: no copy of it is made.
+                let msg = Rc::new(msg);
+                slot.insert(Box::new(ServerTx {
+                    key: key.clone(),
+                    // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
+                    tx: ServerTransaction::new(
+                        matches!(from, SipPeer::Stream(_)),
+                        Timers::default(),
+                    ),
+                    request: Some(Rc::clone(&msg)),
+                    peer: from,
+                    to_tag: self.rng.hex(6),
+                }));
+                msg
+            }
+            Entry::Vacant(slot) => {
+                drop(slot);
+                let mut reply = msg.reply(
+                    503,
+                    "Service Unavailable (too many requests in progress)",
+                    None,
+                );
+                reply.push_header("Retry-After", RETRY_AFTER);
+                self.sip_reply(from, &reply);
+                return;
+            }
+        };
         match msg.method().unwrap_or_default() {
             "MESSAGE" => self.sip_message(&key, &msg, now),
             "OPTIONS" => {
