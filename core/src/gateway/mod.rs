@@ -371,6 +371,14 @@ impl Gateway {
         self.conns.insert(c.id, c);
     }
 
+    fn route(&self, local: &str, remote: &str) -> Option<&Route> {
+        self.routes.get(&(local, remote) as &dyn RouteKey)
+    }
+
+    fn route_mut(&mut self, local: &str, remote: &str) -> Option<&mut Route> {
+        self.routes.get_mut(&(local, remote) as &dyn RouteKey)
+    }
+
     /// Emits `Output::Trace` for every write, for transcripts.
     pub fn set_trace(&mut self, on: bool) {
         self.out.trace = on;
@@ -632,12 +640,11 @@ impl Gateway {
     /// or exactly why not.
     pub fn probe(&mut self, now: Instant, local: &str, remote: &str) {
         self.set_clock(now);
-        let key = (local.to_owned(), remote.to_owned());
-        if self.routes.get(&key).and_then(|r| r.conn).is_some() {
+        if self.route(local, remote).and_then(|r| r.conn).is_some() {
             return;
         }
         self.routes.insert(
-            key,
+            (local.to_owned(), remote.to_owned()),
             Route {
                 conn: None,
                 queue: VecDeque::new(),
@@ -708,13 +715,14 @@ impl Gateway {
         let (local, remote) = (from.domain(), to.domain());
         // One lookup, and no copy, for the common case: the route's stream is up.
         let (conn, waiting) = self
-            .routes
-            .get(&(local, remote) as &dyn RouteKey)
+            .route(local, remote)
             .map_or((None, 0), |r| (r.conn, r.queue.len()));
-        let ready = conn
-            .and_then(|id| self.conns.get(&id))
-            .is_some_and(|c| c.phase == Phase::Ready && !c.congested);
-        if let Some(mut c) = conn.filter(|_| ready).and_then(|id| self.conns.remove(&id)) {
+        let ready = conn.filter(|id| {
+            self.conns
+                .get(id)
+                .is_some_and(|c| c.phase == Phase::Ready && !c.congested)
+        });
+        if let Some(mut c) = ready.and_then(|id| self.conns.remove(&id)) {
             c.last_activity = now;
             c.send(&queued.stanza, &mut self.out, now);
             self.put(c);
@@ -759,10 +767,9 @@ impl Gateway {
         };
         c.congested = congested;
         if !congested && c.phase == Phase::Ready {
-            let key = (c.local.clone(), c.remote.clone());
             let mut written = 0;
             while written < FLUSH_BYTES {
-                let next = match self.routes.get_mut(&key) {
+                let next = match self.route_mut(&c.local, &c.remote) {
                     Some(r) if r.conn == Some(conn) => r.queue.pop_front(),
                     _ => None,
                 };
@@ -772,8 +779,7 @@ impl Gateway {
                 self.stanza_written(q, now);
             }
             c.congested = self
-                .routes
-                .get(&key)
+                .route(&c.local, &c.remote)
                 .is_some_and(|r| r.conn == Some(conn) && !r.queue.is_empty());
         }
         let still = c.congested;
@@ -927,7 +933,7 @@ impl Gateway {
 
     fn open_route(&mut self, local: &str, remote: &str, now: Instant) {
         let id = self.open_outbound(Kind::Route, local, remote, now);
-        if let Some(r) = self.routes.get_mut(&(local, remote) as &dyn RouteKey) {
+        if let Some(r) = self.route_mut(local, remote) {
             r.conn = id;
         }
         if id.is_none() {
@@ -1469,8 +1475,7 @@ impl Gateway {
             method,
             certificate,
         });
-        let key = (c.local.clone(), c.remote.clone());
-        if let Some(route) = self.routes.get_mut(&key) {
+        if let Some(route) = self.route_mut(&c.local, &c.remote) {
             let queue = std::mem::take(&mut route.queue);
             for q in queue {
                 c.send(&q.stanza, &mut self.out, now);
@@ -2207,14 +2212,14 @@ impl Gateway {
         self.queries.retain(|_, conn| *conn != id);
         match c.kind {
             Kind::Route => {
-                let key = (c.local.clone(), c.remote.clone());
-                if self.routes.get(&key).and_then(|r| r.conn) == Some(id) {
+                if self.route(&c.local, &c.remote).and_then(|r| r.conn) == Some(id) {
                     let (cond, text) = reason.unwrap_or_else(|| bounce_reason(&c));
                     self.bounce_route(&c.local, &c.remote, cond, &text, now);
-                    if let Some(r) = self.routes.get_mut(&key) {
+                    if let Some(r) = self.route_mut(&c.local, &c.remote) {
                         r.conn = None;
                         if r.queue.is_empty() {
-                            self.routes.remove(&key);
+                            self.routes
+                                .remove(&(&*c.local, &*c.remote) as &dyn RouteKey);
                         }
                     }
                 }
@@ -2238,8 +2243,7 @@ impl Gateway {
         text: &str,
         now: Instant,
     ) {
-        let key = (local.to_owned(), remote.to_owned());
-        let queue = match self.routes.get_mut(&key) {
+        let queue = match self.route_mut(local, remote) {
             Some(r) => std::mem::take(&mut r.queue),
             None => return,
         };

@@ -995,6 +995,7 @@ impl Gateway {
                 msg
             }
             Entry::Vacant(slot) => {
+                // The table is let go before the refusal is sent.
                 drop(slot);
                 let mut reply = msg.reply(
                     503,
