@@ -162,6 +162,25 @@ impl Scratch {
     }
 }
 
+/// A declaration in scope from outside the element (the stream header's), its
+/// URI matched against [`COMMON_NS`] once, not at every element that uses it.
+#[derive(Debug, Clone)]
+pub(super) struct Outer {
+    pub prefix: String,
+    pub uri: Name,
+    common: Option<NsRef>,
+}
+
+impl Outer {
+    pub fn new(prefix: String, uri: &str) -> Self {
+        Outer {
+            prefix,
+            uri: name(uri),
+            common: NsRef::common(uri),
+        }
+    }
+}
+
 struct Cursor<'a> {
     s: &'a str,
     b: &'a [u8],
@@ -344,7 +363,7 @@ impl<'a> Cursor<'a> {
 pub(super) fn element(
     text: &str,
     clean: usize,
-    outer: &[(String, Name)],
+    outer: &[Outer],
     limits: &Limits,
     s: &mut Scratch,
 ) -> Result<usize, Stop> {
@@ -476,7 +495,7 @@ fn push_text(s: &mut Scratch, span: Span) -> Result<(), XmlError> {
 fn start_tag(
     c: &mut Cursor<'_>,
     s: &mut Scratch,
-    outer: &[(String, Name)],
+    outer: &[Outer],
     limits: &Limits,
 ) -> Result<(Span, bool), Stop> {
     let from = c.at;
@@ -560,10 +579,15 @@ fn start_tag(
                 .iter()
                 .any(|(p, _)| bytes(*p).is_some_and(|p| same(p, prefix.as_bytes())))
         };
-        let twice = match key.strip_prefix("xmlns") {
-            Some("") => declared(""),
-            Some(rest) if rest.starts_with(':') => declared(rest.get(1..).unwrap_or_default()),
-            _ => s.toks.get(start + 1..).unwrap_or_default().iter().any(
+        // A namespace declaration (`Some`, with the prefix it binds) or an attribute.
+        let binds = match key.strip_prefix("xmlns") {
+            Some("") => Some(""),
+            Some(rest) => rest.strip_prefix(':'),
+            None => None,
+        };
+        let twice = match binds {
+            Some(prefix) => declared(prefix),
+            None => s.toks.get(start + 1..).unwrap_or_default().iter().any(
                 |t| matches!(t, Tok::Attr { name, .. } if bytes(*name).is_some_and(|n| same(n, key.as_bytes()))),
             ),
         };
@@ -593,17 +617,19 @@ fn start_tag(
             }
         };
         c.at += len + 1;
-        if key == "xmlns" {
-            s.scope.push((Span::default(), value));
-        } else if let Some(prefix) = key.strip_prefix("xmlns:") {
-            if value.is_empty() {
-                return Err(XmlError::NotWellFormed(format!(
-                    "prefix {prefix} bound to no namespace"
-                ))
-                .into());
+        if let Some(prefix) = binds {
+            if key.len() == "xmlns".len() {
+                s.scope.push((Span::default(), value));
+            } else {
+                if value.is_empty() {
+                    return Err(XmlError::NotWellFormed(format!(
+                        "prefix {prefix} bound to no namespace"
+                    ))
+                    .into());
+                }
+                s.scope
+                    .push((Span::raw(key_from + 6, key_from + key.len()), value));
             }
-            s.scope
-                .push((Span::raw(key_from + 6, key_from + key.len()), value));
         } else {
             prefixed |= raw_key.colon.is_some();
             s.toks.push(Tok::Attr {
@@ -665,7 +691,7 @@ fn start_tag(
 /// scope, then in `outer`'s. One of the outer scope's uncommon URIs is copied
 /// into the side buffer, so that the stanza holds everything it names.
 #[inline(always)]
-fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -> Option<NsRef> {
+fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[Outer]) -> Option<NsRef> {
     let inner = s
         .scope
         .iter()
@@ -675,15 +701,15 @@ fn lookup(prefix: &str, text: &str, s: &mut Scratch, outer: &[(String, Name)]) -
     if let Some(uri) = inner {
         return Some(NsRef::At(uri));
     }
-    let (_, uri) = outer
+    let declared = outer
         .iter()
         .rev()
-        .find(|(p, _)| same(p.as_bytes(), prefix.as_bytes()))?;
-    if let Some(common) = NsRef::common(uri) {
+        .find(|o| same(o.prefix.as_bytes(), prefix.as_bytes()))?;
+    if let Some(common) = declared.common {
         return Some(common);
     }
     let from = s.side.len();
-    s.side.push_str(uri);
+    s.side.push_str(&declared.uri);
     Some(NsRef::At(Span::side(from, s.side.len())))
 }
 
@@ -800,7 +826,12 @@ fn unescape(
     let out = side;
     out.reserve(text.len());
     let mut rest = text;
-    while let Some(amp) = memchr::memchr(b'&', rest.as_bytes()) {
+    // The scan above found the first '&', unless a CR came before it.
+    let mut next = match raw.get(first) {
+        Some(b'&') => Some(first),
+        _ => memchr::memchr(b'&', raw.get(first..).unwrap_or_default()).map(|at| first + at),
+    };
+    while let Some(amp) = next {
         literal(out, rest.get(..amp).unwrap_or_default())?;
         let after = rest.get(amp + 1..).unwrap_or_default();
         let Some(semi) = memchr::memchr(b';', after.as_bytes()) else {
@@ -848,6 +879,7 @@ fn unescape(
         };
         out.push(c);
         rest = after.get(semi + 1..).unwrap_or_default();
+        next = memchr::memchr(b'&', rest.as_bytes());
     }
     literal(out, rest)?;
     Ok(Span::side(from, out.len()))

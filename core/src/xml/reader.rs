@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::{is_xml_char, name, ns, parse, Element, Name, Stanza};
+use super::{is_xml_char, ns, parse, Element, Stanza};
 
 pub type Limits = crate::config::XmlLimits;
 
@@ -142,7 +142,7 @@ pub struct StreamReader {
     scan: Option<Scan>,
     /// Namespace declarations in scope for top-level elements (from the header),
     /// each URI resolved to its [`Name`] once rather than per element.
-    scope: Vec<(String, Name)>,
+    scope: Vec<parse::Outer>,
     seen_decl: bool,
     /// Names of the elements open in the construct being scanned, so that a wrong
     /// end tag is refused at once instead of waiting for the size limit.
@@ -564,7 +564,10 @@ impl StreamReader {
                 .iter()
                 .any(|(p, u)| !p.is_empty() && u == ns::DIALBACK),
         };
-        self.scope = scope.into_iter().map(|(p, u)| (p, name(&u))).collect();
+        self.scope = scope
+            .into_iter()
+            .map(|(p, u)| parse::Outer::new(p, &u))
+            .collect();
         Ok(header)
     }
 
@@ -576,7 +579,7 @@ impl StreamReader {
             let outer: Vec<(String, String)> = self
                 .scope
                 .iter()
-                .map(|(p, u)| (p.clone(), u.to_string()))
+                .map(|o| (o.prefix.clone(), o.uri.to_string()))
                 .collect();
             return super::oracle::parse_element(bytes, &outer, &self.limits).map(Stanza::from);
         }
