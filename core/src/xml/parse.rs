@@ -148,6 +148,8 @@ pub(super) struct Scratch {
     pub toks: Vec<Tok>,
     pub side: String,
     scope: Vec<(Span, Span)>,
+    /// The current tag's prefixed attributes: where each is in `toks`, and its colon.
+    prefixed: Vec<(usize, usize)>,
     open: Vec<(Span, usize)>,
 }
 
@@ -268,6 +270,30 @@ fn first_unplain(bytes: &[u8]) -> Option<usize> {
         .map(|i| at + i)
 }
 
+/// How many ASCII lowercase letters `bytes` starts with, counted eight at a time
+/// while eight are there: most names are mostly such letters, and the byte loop
+/// that follows need not look at them.
+fn lowercase_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Seven bits per byte, so that no sum carries into the next byte.
+        let y = x & !HIGH;
+        let from_a = y.wrapping_add(ONES * u64::from(0x80 - b'a'));
+        let past_z = y.wrapping_add(ONES * u64::from(0x7f - b'z'));
+        let other = !(from_a & !past_z & !x) & HIGH;
+        if other != 0 {
+            return at + (other.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at
+}
+
 struct RawName<'a> {
     text: &'a str,
     /// Printable ASCII only: nothing in it to check.
@@ -333,7 +359,8 @@ impl<'a> Cursor<'a> {
         let mut plain = true;
         let mut colon = None;
         let mut end = None;
-        for (i, b) in rest.iter().enumerate() {
+        let lower = lowercase_run(rest);
+        for (i, b) in rest.iter().enumerate().skip(lower) {
             match NAME_CLASS[usize::from(*b)] {
                 NAME_PLAIN => {}
                 NAME_COLON => {
@@ -512,7 +539,7 @@ fn start_tag(
     s.toks.push(Tok::End);
     let mut count = 0;
     // Prefixed attributes are resolved once every declaration on the tag is known.
-    let mut prefixed = false;
+    s.prefixed.clear();
     let empty = loop {
         let spaced = c.skip_space();
         match c.peek()? {
@@ -631,7 +658,9 @@ fn start_tag(
                     .push((Span::raw(key_from + 6, key_from + key.len()), value));
             }
         } else {
-            prefixed |= raw_key.colon.is_some();
+            if let Some(colon) = raw_key.colon {
+                s.prefixed.push((s.toks.len(), colon));
+            }
             s.toks.push(Tok::Attr {
                 ns: NsRef::NONE,
                 name: key_span,
@@ -653,29 +682,25 @@ fn start_tag(
             qname_span,
         ),
     };
-    if prefixed {
-        for at in start + 1..s.toks.len() {
-            let Some(&Tok::Attr { name, .. }) = s.toks.get(at) else {
-                continue;
-            };
-            let key = name.of(text, "");
-            let Some(colon) = key.find(':') else {
-                continue;
-            };
-            let (prefix, local) = split(text, name, colon);
-            let resolved = match prefix {
-                "xml" => NsRef::XML,
-                prefix => match lookup(prefix, text, s, outer) {
-                    Some(u) => u,
-                    None => {
-                        return Err(XmlError::BadNamespacePrefix(format!("attribute {key}")).into())
-                    }
-                },
-            };
-            if let Some(Tok::Attr { ns, name, .. }) = s.toks.get_mut(at) {
-                *ns = resolved;
-                *name = local;
-            }
+    for i in 0..s.prefixed.len() {
+        let Some(&(at, colon)) = s.prefixed.get(i) else {
+            break;
+        };
+        let Some(&Tok::Attr { name, .. }) = s.toks.get(at) else {
+            continue;
+        };
+        let key = name.of(text, "");
+        let (prefix, local) = split(text, name, colon);
+        let resolved = match prefix {
+            "xml" => NsRef::XML,
+            prefix => match lookup(prefix, text, s, outer) {
+                Some(u) => u,
+                None => return Err(XmlError::BadNamespacePrefix(format!("attribute {key}")).into()),
+            },
+        };
+        if let Some(Tok::Attr { ns, name, .. }) = s.toks.get_mut(at) {
+            *ns = resolved;
+            *name = local;
         }
     }
     if let Some(t) = s.toks.get_mut(start) {
@@ -915,6 +940,43 @@ fn char_ref(code: &str) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lowercase_run_is_what_a_byte_loop_counts() {
+        // Whole words only: a tail shorter than eight is left to the byte loop.
+        let by_byte = |bytes: &[u8]| {
+            let words = bytes.len() / 8 * 8;
+            let head = bytes.get(..words).unwrap_or_default();
+            head.iter()
+                .position(|b| !b.is_ascii_lowercase())
+                .unwrap_or(words)
+        };
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'q'; len];
+                    if let Some(x) = bytes.get_mut(at) {
+                        *x = b;
+                    }
+                    assert_eq!(
+                        lowercase_run(&bytes),
+                        by_byte(&bytes),
+                        "{b:#x} at {at} of {len}"
+                    );
+                    for next in [0x00, b'`', b'{', 0x7f, 0x80, 0xe0, 0xff] {
+                        if let Some(x) = bytes.get_mut(at + 1) {
+                            *x = next;
+                        }
+                        assert_eq!(
+                            lowercase_run(&bytes),
+                            by_byte(&bytes),
+                            "{b:#x} at {at} before {next:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_word_scan_finds_what_the_table_finds() {
