@@ -53,9 +53,18 @@ fn content_type(value: &str) -> (Cow<'_, str>, Option<&str>) {
         let (k, v) = split_once_byte(p, b'=')?;
         trim(k)
             .eq_ignore_ascii_case("charset")
-            .then(|| trim(v).trim_matches('"'))
+            .then(|| unquote(trim(v)))
     });
     (mime, charset)
+}
+
+/// `s` without the quotes at either end (`trim_matches('"')`, bytewise: a
+/// quote is ASCII, so each end found is a character boundary).
+fn unquote(s: &str) -> &str {
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| c != b'"').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b'"').map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
 }
 
 /// SIP MESSAGE → `<message type='chat'/>` from the sender's JID to the Request-URI's.
@@ -334,6 +343,23 @@ pub fn message_to_sip_between<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unquoting_is_trim_matches() {
+        for s in [
+            "",
+            "\"",
+            "\"\"",
+            "a",
+            "\"a\"",
+            "\"\"é\"",
+            "a\"b",
+            "\"utf-8",
+            "utf-8\"\"",
+        ] {
+            assert_eq!(unquote(s), s.trim_matches('"'), "{s:?}");
+        }
+    }
+
     use super::*;
     use crate::sip::SipLimits;
 
