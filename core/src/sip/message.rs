@@ -143,11 +143,11 @@ const CANONICAL: [&str; 12] = [
 ];
 
 /// Names already in canonical form, matched exactly first: the names this code
-/// writes and the ones peers send, so the common case costs one scan of exact
-/// comparisons and no case-insensitive one. Every entry is its own canonical
-/// form; a field with one of these names records its place here, so finding
-/// a header compares one byte per field. The first five are the headers every
-/// request carries (RFC 3261 §8.1.1), in the order [`REQUIRED`] names them.
+/// writes and the ones peers send, so the common case costs one `match` of
+/// exact spellings and no case-insensitive scan. Every entry is its own
+/// canonical form; a field with one of these names records its place here, so
+/// finding a header compares one byte per field. The first [`REQUIRED`] are
+/// the headers every request carries (RFC 3261 §8.1.1).
 const KNOWN: [&str; 44] = [
     "Via",
     "From",
@@ -280,9 +280,14 @@ enum Key {
 
 impl Key {
     fn of(name: &str) -> Key {
-        match canonical_known(name) {
-            (name, OTHER) => Key::Other(name),
-            (_, k) => Key::Known(k),
+        Key::canonical(canonical_known(name))
+    }
+
+    /// The key of a name [`canonical_known`] has spelled and placed.
+    fn canonical((name, known): (Cow<'static, str>, u8)) -> Key {
+        match known {
+            OTHER => Key::Other(name),
+            k => Key::Known(k),
         }
     }
 
@@ -294,6 +299,7 @@ impl Key {
     }
 }
 
+/// The canonical spelling of a header name, borrowed when it is a known one.
 pub(crate) fn canonical(name: &str) -> Cow<'static, str> {
     canonical_known(name).0
 }
@@ -517,9 +523,9 @@ impl SipMessage {
 
     /// Every value of a header, list headers split at their commas.
     pub fn header_values(&self, name: &str) -> Vec<String> {
-        let name = canonical(name);
-        let list = is_list_header(&name);
-        let key = Key::of(&name);
+        let name = canonical_known(name);
+        let list = is_list_header(&name.0);
+        let key = Key::canonical(name);
         let mut out = Vec::new();
         for h in self.fields.iter().filter(|h| key.names(h)) {
             let value = self.value(h);
@@ -537,9 +543,9 @@ impl SipMessage {
 
     /// The first of [`SipMessage::header_values`], borrowed: the top Via, say.
     pub fn first_value(&self, name: &str) -> Option<&str> {
-        let name = canonical(name);
-        let list = is_list_header(&name);
-        let key = Key::of(&name);
+        let name = canonical_known(name);
+        let list = is_list_header(&name.0);
+        let key = Key::canonical(name);
         self.fields.iter().filter(|h| key.names(h)).find_map(|h| {
             if list {
                 first_of_list(self.value(h))
