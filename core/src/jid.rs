@@ -238,22 +238,52 @@ fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
     Some((s.get(..i)?, s.get(i + 1..)?))
 }
 
+/// What a byte may be in a part already in normal form, one lookup per byte.
+const LOCAL: u8 = 1;
+const RESOURCE: u8 = 2;
+/// In a domainpart: a lower-case letter, a digit, '-', '_' or '.'.
+const DOMAIN: u8 = 4;
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        // `b` is below 256, so the cast cannot truncate.
+        let c = b as u8;
+        let mut class = 0;
+        if matches!(c, 0x21..=0x7e)
+            && !c.is_ascii_uppercase()
+            && !matches!(c, b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@')
+        {
+            class |= LOCAL;
+        }
+        if matches!(c, 0x20..=0x7e) {
+            class |= RESOURCE;
+        }
+        if matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.') {
+            class |= DOMAIN;
+        }
+        t[b] = class;
+        b += 1;
+    }
+    t
+};
+
+/// Whether every byte of `s` is of `class`: the lookups are folded without a
+/// branch, as parts are short and nearly always pass.
+fn all_of(s: &str, class: u8) -> bool {
+    s.bytes().fold(class, |acc, b| acc & CLASS[usize::from(b)]) != 0
+}
+
 /// Whether a localpart is valid and already normal: printable ASCII, no upper case,
 /// none of the characters a localpart may not hold, within the length limit.
 fn local_is_normal(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= MAX_PART
-        && l.bytes().all(|b| {
-            matches!(b, 0x21..=0x7e)
-                && !b.is_ascii_uppercase()
-                && !matches!(b, b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@')
-        })
+    !l.is_empty() && l.len() <= MAX_PART && all_of(l, LOCAL)
 }
 
 /// Whether a resourcepart is valid and already normal: printable ASCII (NFC as it
 /// is), within the length limit.
 fn resource_is_normal(r: &str) -> bool {
-    !r.is_empty() && r.len() <= MAX_PART && r.bytes().all(|b| matches!(b, 0x20..=0x7e))
+    !r.is_empty() && r.len() <= MAX_PART && all_of(r, RESOURCE)
 }
 
 /// Whether a domainpart is valid and already normal: lower-case letters, digits,
@@ -263,25 +293,27 @@ fn domain_is_normal(d: &str) -> bool {
     if d.is_empty() || d.len() > MAX_PART {
         return false;
     }
-    let mut label_len = 0usize;
-    // As if after a dot: a leading dot (an empty label) or hyphen is refused.
-    let mut prev = b'.';
-    for b in d.bytes() {
-        match b {
-            b'a'..=b'z' | b'0'..=b'9' | b'_' => {}
-            b'-' if prev != b'.' => {}
-            b'.' if prev != b'.' && prev != b'-' => label_len = 0,
-            _ => return false,
-        }
-        if b != b'.' {
-            label_len += 1;
-            if label_len > 63 {
+    // The bytes are checked by class without a branch, a label's shape at the
+    // dot that ends it.
+    let b = d.as_bytes();
+    let mut class = DOMAIN;
+    let mut from = 0;
+    for (i, &c) in b.iter().enumerate() {
+        class &= CLASS[usize::from(c)];
+        if c == b'.' {
+            if !label_is_normal(b.get(from..i).unwrap_or_default()) {
                 return false;
             }
+            from = i + 1;
         }
-        prev = b;
     }
-    prev != b'.' && prev != b'-'
+    class != 0 && label_is_normal(b.get(from..).unwrap_or_default())
+}
+
+/// A label of a normal domainpart: not empty, at most 63 octets, neither starting
+/// nor ending with '-' (its bytes are checked by class).
+fn label_is_normal(l: &[u8]) -> bool {
+    !l.is_empty() && l.len() <= 63 && l.first() != Some(&b'-') && l.last() != Some(&b'-')
 }
 
 fn resource_part(r: &str) -> Result<Cow<'_, str>, JidError> {
@@ -794,6 +826,73 @@ mod tests {
             }
             let _ = Jid::parse(&s);
             let _ = normalize_domain(&s);
+        }
+    }
+
+    /// The part checks by class and by label, against their byte-by-byte
+    /// definitions, on every string of up to five bytes from an alphabet of each
+    /// kind of byte, and on the label length limit.
+    #[test]
+    fn part_checks_match_their_definitions() {
+        fn local(l: &str) -> bool {
+            !l.is_empty()
+                && l.bytes().all(|b| {
+                    matches!(b, 0x21..=0x7e)
+                        && !b.is_ascii_uppercase()
+                        && !matches!(b, b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@')
+                })
+        }
+        fn resource(r: &str) -> bool {
+            !r.is_empty() && r.bytes().all(|b| matches!(b, 0x20..=0x7e))
+        }
+        fn domain(d: &str) -> bool {
+            let mut label_len = 0usize;
+            let mut prev = b'.';
+            for b in d.bytes() {
+                match b {
+                    b'a'..=b'z' | b'0'..=b'9' | b'_' => {}
+                    b'-' if prev != b'.' => {}
+                    b'.' if prev != b'.' && prev != b'-' => label_len = 0,
+                    _ => return false,
+                }
+                if b != b'.' {
+                    label_len += 1;
+                    if label_len > 63 {
+                        return false;
+                    }
+                }
+                prev = b;
+            }
+            !d.is_empty() && prev != b'.' && prev != b'-'
+        }
+        let alphabet = [
+            "a", "Z", "0", "-", ".", "_", "@", "/", " ", "~", "\u{7f}", "é", "\t",
+        ];
+        let mut words = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..5 {
+            let mut longer = Vec::new();
+            for w in &words {
+                for a in alphabet {
+                    let s = format!("{w}{a}");
+                    assert_eq!(local_is_normal(&s), local(&s), "local {s:?}");
+                    assert_eq!(resource_is_normal(&s), resource(&s), "resource {s:?}");
+                    assert_eq!(domain_is_normal(&s), domain(&s), "domain {s:?}");
+                    checked += 1;
+                    longer.push(s);
+                }
+            }
+            words = longer;
+        }
+        assert!(checked > 400_000);
+        for len in [62, 63, 64] {
+            for d in [
+                "a".repeat(len),
+                format!("x.{}", "b".repeat(len)),
+                format!("{}.x", "c".repeat(len)),
+            ] {
+                assert_eq!(domain_is_normal(&d), domain(&d), "{len}: {d}");
+            }
         }
     }
 }
