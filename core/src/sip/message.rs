@@ -616,7 +616,7 @@ impl SipMessage {
         match self.known_value(CONTENT_LENGTH) {
             None => Ok(None),
             Some(v) => {
-                let v = v.trim();
+                let v = trim(v);
                 match v.parse::<usize>() {
                     Ok(n) => Ok(Some(n)),
                     // Digits too many for a usize: a size no limit allows.
@@ -985,6 +985,15 @@ pub(crate) fn trim(s: &str) -> &str {
     }
 }
 
+/// `s` without the quotes at either end (`trim_matches('"')`, bytewise: a
+/// quote is ASCII, so each end found is a character boundary).
+pub(crate) fn unquote(s: &str) -> &str {
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| c != b'"').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b'"').map_or(start, |i| i + 1);
+    s.get(start..end).unwrap_or_default()
+}
+
 pub(crate) fn push_content_length(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(b"Content-Length: ");
     push_decimal(out, len);
@@ -1212,6 +1221,23 @@ impl StreamDecoder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unquoting_is_trim_matches() {
+        for s in [
+            "",
+            "\"",
+            "\"\"",
+            "a",
+            "\"a\"",
+            "\"\"é\"",
+            "a\"b",
+            "\"utf-8",
+            "utf-8\"\"",
+        ] {
+            assert_eq!(unquote(s), s.trim_matches('"'), "{s:?}");
+        }
+    }
+
     use super::*;
 
     const MSG: &str = "MESSAGE sip:bob@b.example SIP/2.0\r\n\

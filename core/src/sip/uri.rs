@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::message::{split_byte, split_once_byte, trim, SipError};
+use super::message::{split_byte, split_once_byte, trim, unquote, SipError};
 
 /// A `;name` or `;name=value` parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,8 +266,7 @@ impl<'a> NameAddrRef<'a> {
             ))
         };
         if let Some(lt) = find_unquoted(text, b'<') {
-            let display = text.get(..lt).unwrap_or_default().trim();
-            let display = display.trim_matches('"').trim();
+            let display = trim(unquote(trim(text.get(..lt).unwrap_or_default())));
             let after = text.get(lt + 1..).unwrap_or_default();
             let gt = memchr::memchr(b'>', after.as_bytes()).ok_or_else(|| bad("unclosed '<'"))?;
             return Ok(NameAddrRef {
@@ -403,7 +402,7 @@ impl<'a> ViaRef<'a> {
                 text.chars().take(60).collect::<String>()
             ))
         };
-        let text = text.trim();
+        let text = trim(text);
         let rest = text
             .get(..8)
             .filter(|p| p.eq_ignore_ascii_case("SIP/2.0/"))
