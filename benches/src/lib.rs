@@ -5,7 +5,7 @@ use isthmus_core::config::{Config, Partner, PartnerType, XmlLimits};
 use isthmus_core::jid::Jid;
 use isthmus_core::sip::pidf::Pidf;
 use isthmus_core::sip::{SipLimits, SipMessage};
-use isthmus_core::translate::message::{message_to_sip_between, sip_to_message};
+use isthmus_core::translate::message::{message_to_sip_between, sip_to_message_stanza};
 use isthmus_core::translate::presence::pidf_to_presence;
 use isthmus_core::xml::{ns, StanzaEvent, StreamReader};
 
@@ -71,8 +71,12 @@ pub fn inbound(reader: &mut StreamReader, config: &Config, bytes: &[u8]) -> Opti
 /// stanza bytes.
 pub fn outbound(bytes: &[u8]) -> Option<String> {
     let msg = SipMessage::parse(bytes, &SipLimits::default()).ok()?;
-    let el = sip_to_message(&msg, "s1").ok()?;
-    Some(el.to_xml(ns::SERVER))
+    let stanza = sip_to_message_stanza(&msg, "s1".to_owned()).ok()?;
+    // Written straight to text, as the gateway writes it to a ready stream (into
+    // a buffer of this size).
+    let mut out = String::with_capacity(1024);
+    stanza.write(&mut out);
+    Some(out)
 }
 
 /// NOTIFY with PIDF → presence stanza bytes.

@@ -18,6 +18,7 @@ use crate::s2s::sasl;
 pub use crate::s2s::stream::ConnId;
 use crate::s2s::stream::{Conn, IngestError, Kind, PendingDialback, Phase, VerifyRequest};
 use crate::s2s::tls::{CertCheck, TlsContext};
+use crate::translate::message::MessageStanza;
 use crate::xml::{ns, Element, Stanza, StanzaEvent, StreamHeader, StreamHeaderOut};
 
 /// Most stanzas a route holds while its stream is being negotiated.
@@ -209,6 +210,34 @@ impl PartialEq for dyn RouteKey + '_ {
 }
 
 impl Eq for dyn RouteKey + '_ {}
+
+/// A stanza on its way to a partner: as read or built, with its parsed
+/// addresses, or translated from SIP and not yet built, so that it can be
+/// written straight onto a stream that is ready for it.
+enum Outgoing<'a> {
+    Element { stanza: Element, from: Jid, to: Jid },
+    Message(MessageStanza<'a>),
+}
+
+impl Outgoing<'_> {
+    fn addresses(&self) -> (&Jid, &Jid) {
+        match self {
+            Outgoing::Element { from, to, .. } => (from, to),
+            Outgoing::Message(m) => (&m.from, &m.to),
+        }
+    }
+
+    /// The stanza as an element, with its addresses.
+    fn into_parts(self) -> (Element, Jid, Jid) {
+        match self {
+            Outgoing::Element { stanza, from, to } => (stanza, from, to),
+            Outgoing::Message(m) => {
+                let (from, to) = (m.from.clone(), m.to.clone());
+                (m.into_element(), from, to)
+            }
+        }
+    }
+}
 
 /// A stanza waiting for its route's stream to be authenticated.
 struct Queued {
@@ -680,42 +709,41 @@ impl Gateway {
             .and_then(|t| {
                 Jid::parse(t).map_err(|e| RouteError::Addressing(format!("'to': {e}")))
             })?;
-        self.route_stanza_between(now, stanza, sip, from, to)
+        self.route_stanza_between(now, Outgoing::Element { stanza, from, to }, sip)
     }
 
-    /// As [`Gateway::route_stanza`], for a stanza whose `from` and `to` (these)
-    /// the caller has already parsed.
+    /// As [`Gateway::route_stanza`], for a stanza whose `from` and `to` the caller
+    /// has already parsed.
     fn route_stanza_between(
         &mut self,
         now: Instant,
-        stanza: Element,
+        stanza: Outgoing<'_>,
         sip: Option<sip::TxKey>,
-        from: Jid,
-        to: Jid,
     ) -> Result<(), RouteError> {
+        let (from, to) = stanza.addresses();
         if !self.config.serves(from.domain()) {
             return Err(RouteError::NotServed(from.domain().to_owned()));
         }
         let deadline = sip.as_ref().map(|_| now + SIP_ANSWER_WITHIN);
-        let queued = Queued {
-            stanza,
-            sip,
-            deadline,
-        };
         if self.config.serves(to.domain()) {
             // Both ends are ours: no federation needed.
-            self.deliver_local_to(queued.stanza.clone().into(), Some((from, to)), now);
-            self.stanza_written(queued, now);
+            let (stanza, from, to) = stanza.into_parts();
+            self.deliver_local_to(stanza.into(), Some((from, to)), now);
+            self.sip_written(sip, now);
             return Ok(());
         }
-        if let Err(refusal) = crate::policy::outbound(&self.config, &to) {
+        if let Err(refusal) = crate::policy::outbound(&self.config, to) {
+            let queued = Queued {
+                stanza: stanza.into_parts().0,
+                sip,
+                deadline,
+            };
             self.bounce_queued(queued, refusal.condition, &refusal.text, now);
             return Ok(());
         }
-        let (local, remote) = (from.domain(), to.domain());
         // One lookup, and no copy, for the common case: the route's stream is up.
         let (conn, waiting) = self
-            .route(local, remote)
+            .route(from.domain(), to.domain())
             .map_or((None, 0), |r| (r.conn, r.queue.len()));
         let ready = conn.filter(|id| {
             self.conns
@@ -724,11 +752,21 @@ impl Gateway {
         });
         if let Some(mut c) = ready.and_then(|id| self.conns.remove(&id)) {
             c.last_activity = now;
-            c.send(&queued.stanza, &mut self.out, now);
+            match &stanza {
+                Outgoing::Element { stanza, .. } => c.send(stanza, &mut self.out, now),
+                Outgoing::Message(m) => c.send_written(|text| m.write(text), &mut self.out, now),
+            };
             self.put(c);
-            self.stanza_written(queued, now);
+            self.sip_written(sip, now);
             return Ok(());
         }
+        let (stanza, from, to) = stanza.into_parts();
+        let queued = Queued {
+            stanza,
+            sip,
+            deadline,
+        };
+        let (local, remote) = (from.domain(), to.domain());
         if waiting >= MAX_QUEUED {
             let text =
                 format!("more than {MAX_QUEUED} stanzas are waiting for the stream to {remote}");
@@ -789,7 +827,13 @@ impl Gateway {
 
     /// A stanza reached an authenticated stream (or a local user).
     fn stanza_written(&mut self, q: Queued, now: Instant) {
-        if let Some(key) = q.sip {
+        self.sip_written(q.sip, now);
+    }
+
+    /// A stanza from SIP is on its stream (or delivered locally): its
+    /// transaction hears 200.
+    fn sip_written(&mut self, sip: Option<sip::TxKey>, now: Instant) {
+        if let Some(key) = sip {
             self.sip_answer(&key, 200, "OK", now);
         }
     }

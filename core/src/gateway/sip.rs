@@ -16,7 +16,7 @@ use crate::sip::transaction::{ClientTransaction, ServerTransaction, Timers, TxAc
 use crate::sip::uri::ViaRef;
 use crate::sip::{SipError, SipLimits, SipMessage, StartLine};
 use crate::translate::error::sip_to_condition;
-use crate::translate::message::{message_to_sip_between, sip_to_message_between};
+use crate::translate::message::{message_to_sip_between, sip_to_message_stanza};
 use crate::xml::{ns, Element, Stanza};
 
 /// Most SIP requests (either way) in progress: received and not yet answered, or
@@ -1037,22 +1037,24 @@ impl Gateway {
         let mut id = String::with_capacity(4 + 12);
         id.push_str("sip-");
         self.rng.push_hex(&mut id, 6);
-        let (stanza, from, to) = match sip_to_message_between(msg, id) {
+        let stanza = match sip_to_message_stanza(msg, id) {
             Ok(s) => s,
             Err(r) => {
                 self.sip_answer(key, r.code, &r.reason, now);
                 return;
             }
         };
-        if !self.config.serves(from.domain()) {
+        if !self.config.serves(stanza.from.domain()) {
             let reason = format!(
                 "Forbidden ({} is not a SIP domain this gateway serves)",
-                from.domain()
+                stanza.from.domain()
             );
             self.sip_answer(key, 403, &reason, now);
             return;
         }
-        if let Err(e) = self.route_stanza_between(now, stanza, Some(key.clone()), from, to) {
+        if let Err(e) =
+            self.route_stanza_between(now, super::Outgoing::Message(stanza), Some(key.clone()))
+        {
             self.sip_answer(key, 400, &format!("Bad Request ({e})"), now);
         }
     }

@@ -258,11 +258,28 @@ impl Conn {
 
     /// Writes a stanza; returns its length in plaintext bytes.
     pub fn send(&mut self, el: &Element, out: &mut Outq, now: Instant) -> usize {
+        let db_declared = self.db_declared;
+        self.send_written(
+            |text| write_element_with(text, el, ns::SERVER, db_declared),
+            out,
+            now,
+        )
+    }
+
+    /// Writes a stanza that `write` appends to the (empty) text it is given, as
+    /// [`write_element_with`] would on this stream; returns its length in
+    /// plaintext bytes.
+    pub fn send_written(
+        &mut self,
+        write: impl FnOnce(&mut String),
+        out: &mut Outq,
+        now: Instant,
+    ) -> usize {
         // Room for a chat message without growing the buffer on the way.
         let mut text = std::mem::take(&mut out.text);
         text.clear();
         text.reserve(STANZA_BUFFER);
-        write_element_with(&mut text, el, ns::SERVER, self.db_declared);
+        write(&mut text);
         let len = text.len();
         self.send_text(text, out, now);
         len

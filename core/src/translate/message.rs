@@ -10,7 +10,7 @@ use crate::sip::message::{split_byte, split_once_byte, trim, unquote};
 use crate::sip::uri::NameAddrRef;
 use crate::sip::SipMessage;
 use crate::translate::address::{push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid};
-use crate::xml::{ns, parse_document, Attribute, Element, Name, Node, Stanza};
+use crate::xml::{escape_into, ns, parse_document, Attribute, Element, Name, Node, Stanza};
 
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const ISCOMPOSING: &str = "urn:ietf:params:xml:ns:im-iscomposing";
@@ -61,26 +61,128 @@ fn content_type(value: &str) -> (Cow<'_, str>, Option<&str>) {
 /// SIP MESSAGE → `<message type='chat'/>` from the sender's JID to the Request-URI's.
 /// `id` becomes the stanza id, so that an XMPP error can find its SIP transaction.
 pub fn sip_to_message(msg: &SipMessage, id: &str) -> Result<Element, Refusal> {
-    let jids_as_attrs = |from: Jid, to: Jid| (from.into_string(), to.into_string(), ());
-    translate_message(msg, id.to_owned(), jids_as_attrs).map(|(stanza, ())| stanza)
+    sip_to_message_stanza(msg, id.to_owned()).map(MessageStanza::into_element)
 }
 
-/// As [`sip_to_message`], with the stanza's `from` and `to` as JIDs.
-pub fn sip_to_message_between(
-    msg: &SipMessage,
-    id: String,
-) -> Result<(Element, Jid, Jid), Refusal> {
-    let kept = |from: Jid, to: Jid| (from.as_str().to_owned(), to.as_str().to_owned(), (from, to));
-    translate_message(msg, id, kept).map(|(stanza, (from, to))| (stanza, from, to))
+/// A `<message/>` translated from a SIP MESSAGE, its texts borrowed from the
+/// request: written straight onto a stream when it can go at once, built as an
+/// element only when it has to wait, come back or stay local.
+#[derive(Debug)]
+pub struct MessageStanza<'a> {
+    pub from: Jid,
+    pub to: Jid,
+    pub id: String,
+    lang: Option<&'a str>,
+    subject: Option<&'a str>,
+    content: Content<'a>,
+    thread: Option<&'a str>,
 }
 
-/// The translation; `addresses` makes the `from` and `to` attribute values of
-/// the two JIDs, and says what of them the caller keeps.
-fn translate_message<T>(
-    msg: &SipMessage,
-    id: String,
-    addresses: impl FnOnce(Jid, Jid) -> (String, String, T),
-) -> Result<(Element, T), Refusal> {
+/// What a MESSAGE's body becomes.
+#[derive(Debug)]
+enum Content<'a> {
+    /// text/plain: a `<body/>`.
+    Body(&'a str),
+    /// An isComposing document: this chat state.
+    ChatState(&'static str),
+}
+
+impl MessageStanza<'_> {
+    /// The stanza as an element, in the order [`MessageStanza::write`] writes it.
+    pub fn into_element(self) -> Element {
+        // Built in place, at its size: the attributes are known to be distinct.
+        let attr = |name: &'static str, value: String| Attribute {
+            ns: None,
+            name: Name::Borrowed(name),
+            value,
+        };
+        // A child that holds only text, built at its size with its names unlooked-up.
+        let leaf = |name: &'static str, text: &str| {
+            Node::Element(Element {
+                ns: Name::Borrowed(ns::SERVER),
+                name: Name::Borrowed(name),
+                attrs: Vec::new(),
+                children: vec![Node::Text(text.to_owned())],
+            })
+        };
+        let mut attrs = Vec::with_capacity(5);
+        attrs.push(attr("from", self.from.into_string()));
+        attrs.push(attr("to", self.to.into_string()));
+        attrs.push(attr("type", "chat".to_owned()));
+        attrs.push(attr("id", self.id));
+        if let Some(lang) = self.lang {
+            attrs.push(Attribute {
+                ns: Some(ns::XML.into()),
+                name: "lang".into(),
+                value: lang.to_owned(),
+            });
+        }
+        let mut children = Vec::with_capacity(3);
+        if let Some(subject) = self.subject {
+            children.push(leaf("subject", subject));
+        }
+        match self.content {
+            Content::Body(text) => children.push(leaf("body", text)),
+            Content::ChatState(state) => {
+                children.push(Node::Element(Element::new(CHATSTATES, state)));
+            }
+        }
+        if let Some(thread) = self.thread {
+            children.push(leaf("thread", thread));
+        }
+        Element {
+            ns: Name::Borrowed(ns::SERVER),
+            name: Name::Borrowed("message"),
+            attrs,
+            children,
+        }
+    }
+
+    /// Appends the stanza to `out` as [`crate::xml::write_element`] writes its
+    /// element on a `jabber:server` stream, without building the element.
+    pub fn write(&self, out: &mut String) {
+        let leaf = |out: &mut String, name: &str, text: &str| {
+            out.push('<');
+            out.push_str(name);
+            out.push('>');
+            escape_into(out, text, false);
+            out.push_str("</");
+            out.push_str(name);
+            out.push('>');
+        };
+        out.push_str("<message from='");
+        escape_into(out, self.from.as_str(), true);
+        out.push_str("' to='");
+        escape_into(out, self.to.as_str(), true);
+        out.push_str("' type='chat' id='");
+        escape_into(out, &self.id, true);
+        if let Some(lang) = self.lang {
+            out.push_str("' xml:lang='");
+            escape_into(out, lang, true);
+        }
+        out.push_str("'>");
+        if let Some(subject) = self.subject {
+            leaf(out, "subject", subject);
+        }
+        match self.content {
+            Content::Body(text) => leaf(out, "body", text),
+            Content::ChatState(state) => {
+                out.push('<');
+                out.push_str(state);
+                out.push_str(" xmlns='");
+                out.push_str(CHATSTATES);
+                out.push_str("'/>");
+            }
+        }
+        if let Some(thread) = self.thread {
+            leaf(out, "thread", thread);
+        }
+        out.push_str("</message>");
+    }
+}
+
+/// The translation of a SIP MESSAGE, not yet built or written.
+pub fn sip_to_message_stanza(msg: &SipMessage, id: String) -> Result<MessageStanza<'_>, Refusal> {
     let from_header = msg
         .header("From")
         .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
@@ -102,45 +204,13 @@ fn translate_message<T>(
     };
     let to = sip_to_jid(target)
         .map_err(|e| Refusal::new(416, format!("Unsupported URI Scheme ({e})")))?;
-    // Built in place, at its size: the attributes are known to be distinct.
-    let attr = |name: &'static str, value: String| Attribute {
-        ns: None,
-        name: Name::Borrowed(name),
-        value,
-    };
-    // A child that holds only text, built at its size with its names unlooked-up.
-    let leaf = |name: &'static str, text: &str| {
-        Node::Element(Element {
-            ns: Name::Borrowed(ns::SERVER),
-            name: Name::Borrowed(name),
-            attrs: Vec::new(),
-            children: vec![Node::Text(text.to_owned())],
-        })
-    };
-    let (from_value, to_value, kept) = addresses(from, to);
-    let mut attrs = Vec::with_capacity(5);
-    attrs.push(attr("from", from_value));
-    attrs.push(attr("to", to_value));
-    attrs.push(attr("type", "chat".to_owned()));
-    attrs.push(attr("id", id));
-    let mut stanza = Element {
-        ns: Name::Borrowed(ns::SERVER),
-        name: Name::Borrowed("message"),
-        attrs,
-        children: Vec::with_capacity(3),
-    };
-    if let Some(lang) = msg.header("Content-Language") {
-        let first = trim(split_byte(lang, b',').next().unwrap_or_default());
-        if !first.is_empty() {
-            stanza.attrs.push(Attribute {
-                ns: Some(ns::XML.into()),
-                name: "lang".into(),
-                value: first.to_owned(),
-            });
-        }
-    }
+    let lang = msg
+        .header("Content-Language")
+        .map(|lang| trim(split_byte(lang, b',').next().unwrap_or_default()))
+        .filter(|first| !first.is_empty());
+    let mut subject = None;
     let (mime, charset) = content_type(msg.header("Content-Type").unwrap_or("text/plain"));
-    match &*mime {
+    let content = match &*mime {
         "text/plain" => {
             if charset.is_some_and(|c| {
                 !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("us-ascii")
@@ -155,10 +225,8 @@ fn translate_message<T>(
             }
             let text = std::str::from_utf8(&msg.body)
                 .map_err(|_| Refusal::new(400, "Bad Request (body is not UTF-8)"))?;
-            if let Some(subject) = msg.header("Subject") {
-                stanza.children.push(leaf("subject", subject));
-            }
-            stanza.children.push(leaf("body", text));
+            subject = msg.header("Subject");
+            Content::Body(text)
         }
         "application/im-iscomposing+xml" => {
             let doc = parse_document(&msg.body, crate::config::XmlLimits::default())
@@ -166,12 +234,11 @@ fn translate_message<T>(
             let state = doc
                 .find(ISCOMPOSING, "state")
                 .map(|s| s.text_content().trim().to_ascii_lowercase());
-            let chat_state = if state.as_deref() == Some("active") {
+            Content::ChatState(if state.as_deref() == Some("active") {
                 "composing"
             } else {
                 "active"
-            };
-            stanza = stanza.child(Element::new(CHATSTATES, chat_state));
+            })
         }
         other => {
             return Err(Refusal::new(
@@ -179,11 +246,16 @@ fn translate_message<T>(
                 format!("Unsupported Media Type ({other}; accepted: {ACCEPTED_TYPES})"),
             ));
         }
-    }
-    if let Some(call_id) = msg.call_id() {
-        stanza.children.push(leaf("thread", call_id));
-    }
-    Ok((stanza, kept))
+    };
+    Ok(MessageStanza {
+        from,
+        to,
+        id,
+        lang,
+        subject,
+        content,
+        thread: msg.call_id(),
+    })
 }
 
 /// `<message/>` → a SIP MESSAGE (Request-URI, From with `tag`, To, Call-ID from
@@ -363,6 +435,91 @@ mod tests {
             "<message from='alice@sip.test' to='romeo@xmpp-a.test' type='chat' id='s1' xml:lang='de'>\
              <subject>Gruß</subject><body>Grüße 🙂</body><thread>c-1</thread></message>"
         );
+    }
+
+    /// Writing the translation straight to text gives the bytes its element
+    /// gives, on streams with and without the dialback prefix, for the captured
+    /// MESSAGEs and for variants that exercise every child and every escape.
+    #[test]
+    fn the_written_stanza_is_its_element_written() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/sip");
+        let mut requests: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .expect("the SIP fixtures")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.to_string_lossy().ends_with("-MESSAGE-udp.sip")
+                    || p.to_string_lossy().ends_with("-MESSAGE-tcp.sip")
+            })
+            .map(|p| std::fs::read(p).expect("fixture"))
+            .collect();
+        assert!(requests.len() >= 10, "{} fixtures", requests.len());
+        let with_body = |head: &str, body: &str| {
+            let head = head.split("Content-Length").next().unwrap_or_default();
+            format!("{head}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+        };
+        let base = MESSAGE;
+        requests.push(base.as_bytes().to_vec());
+        requests.push(with_body(base, "a < b && c > d 'q' \"dq\" \r\n\t\u{1}end"));
+        requests.push(with_body(base, ""));
+        requests.push(with_body(
+            &base.replace("Subject: Gruß", "Subject: <&'\">"),
+            "x",
+        ));
+        requests.push(with_body(
+            &base.replace("Content-Language: de", "Content-Language: d'e\"<&, fr"),
+            "x",
+        ));
+        requests.push(with_body(
+            &base.replace("Call-ID: c-1", "Call-ID: c<&>'1"),
+            "x",
+        ));
+        requests.push(with_body(
+            &base
+                .replace("Subject: Gruß\r\n", "")
+                .replace("Content-Language: de\r\n", ""),
+            "plain",
+        ));
+        for (state, composing) in [("active", true), ("idle", false)] {
+            let doc = format!("<?xml version='1.0' encoding='UTF-8'?><isComposing xmlns='urn:ietf:params:xml:ns:im-iscomposing'><state>{state}</state></isComposing>");
+            let head = base.replace("text/plain;charset=UTF-8", "application/im-iscomposing+xml");
+            let bytes = with_body(&head, &doc);
+            let written = {
+                let m = SipMessage::parse(&bytes, &SipLimits::default()).expect("sip");
+                let mut out = String::new();
+                sip_to_message_stanza(&m, "c".into())
+                    .expect("maps")
+                    .write(&mut out);
+                out
+            };
+            assert_eq!(written.contains("<composing "), composing, "{written}");
+            requests.push(bytes);
+        }
+        let mut mapped = 0;
+        for bytes in &requests {
+            let Ok(m) = SipMessage::parse(bytes, &SipLimits::default()) else {
+                continue;
+            };
+            for id in ["s1", "i<&>'\"d"] {
+                let (Ok(direct), Ok(built)) = (
+                    sip_to_message_stanza(&m, id.into()),
+                    sip_to_message_stanza(&m, id.into()),
+                ) else {
+                    continue;
+                };
+                let mut written = String::new();
+                direct.write(&mut written);
+                let el = built.into_element();
+                for db in [false, true] {
+                    let mut expected = String::new();
+                    crate::xml::write_element_with(&mut expected, &el, ns::SERVER, db);
+                    assert_eq!(written, expected);
+                }
+                mapped += 1;
+            }
+        }
+        // Every fixture and variant maps (none is refused), with both ids.
+        assert_eq!(mapped, 2 * requests.len());
     }
 
     #[test]

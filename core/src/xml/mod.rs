@@ -13,6 +13,7 @@ pub use reader::{
     parse_document, Limits, StanzaEvent, StreamEvent, StreamHeader, StreamReader, XmlError,
 };
 pub use stanza::Stanza;
+pub(crate) use writer::escape_into;
 pub use writer::{escape_attr, escape_text, write_element, write_element_with, StreamHeaderOut};
 
 /// Whether XML 1.0 allows `c` in a document (the `Char` production): not the C0

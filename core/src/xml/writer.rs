@@ -68,7 +68,7 @@ fn escape(s: &str, attr: bool) -> Cow<'_, str> {
 }
 
 /// Appends `s` to `out`, escaped: runs that need nothing are copied whole.
-fn escape_into(out: &mut String, s: &str, attr: bool) {
+pub(crate) fn escape_into(out: &mut String, s: &str, attr: bool) {
     let mut rest = s;
     while let Some(at) = first_escape(rest, attr) {
         out.push_str(rest.get(..at).unwrap_or_default());
