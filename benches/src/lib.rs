@@ -149,6 +149,7 @@ mod tests {
             );
             assert!(text.contains("kill the envious moon"));
         }
+        assert_eq!(w.unexpected, 0, "each MESSAGE answered by its 200, once");
         let mut w = whole::WholeGateway::sip_to_xmpp();
         for _ in 0..3000 {
             let (written, ok) = w.outbound();
@@ -160,5 +161,6 @@ mod tests {
             assert!(text.contains("<body>But soft"), "{text}");
             assert!(ok, "answered 200 once written");
         }
+        assert_eq!(w.unexpected, 0, "nothing bounced or ignored");
     }
 }

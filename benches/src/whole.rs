@@ -6,6 +6,7 @@
 //! time advances 5 ms per message so that transactions end as they would at 200
 //! messages per second per gateway, well inside the caps.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,15 @@ pub struct WholeGateway {
     now: Instant,
     proxy: SocketAddr,
     branch: u64,
-    sip_template: String,
+    /// The SIP MESSAGE template around its branch, so each request is two copies
+    /// and a number.
+    sip_template: (Vec<u8>, Vec<u8>),
+    /// The SIP peer's reused buffer for its 200s and requests.
+    peer: Vec<u8>,
+    /// Outputs a loop that does its work does not produce: a second SIP request
+    /// for one stanza (a retransmission: the 200 did not match), a bounce, a
+    /// failed stream, input ignored.
+    pub unexpected: u64,
 }
 
 fn row() -> Negotiation {
@@ -56,33 +65,48 @@ fn configs() -> (Config, Config) {
 }
 
 /// The headers a 200 echoes (Via, From, To, Call-ID, CSeq), in one pass over the
-/// request's lines: the SIP peer's part, kept cheap so that it does not weigh on
-/// the gateway's figures.
-fn echoed(msg: &str) -> [&str; 5] {
-    let mut out = [""; 5];
-    for line in msg.split('\n').skip(1) {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+/// request's lines: the SIP peer's part, kept cheap (bytes, one `memchr` per line,
+/// no allocation) so that it does not weigh on the gateway's figures.
+fn echoed(msg: &[u8]) -> [&[u8]; 5] {
+    let mut out: [&[u8]; 5] = [b""; 5];
+    let mut rest = msg;
+    let mut first = true;
+    while let Some(end) = memchr::memchr(b'\n', rest) {
+        let (line, next) = rest.split_at(end);
+        rest = next.get(1..).unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if std::mem::take(&mut first) {
+            continue;
+        }
         if line.is_empty() {
             break;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
+        let (name, value) = line.split_at(colon);
         let slot = match name {
-            "Via" => 0,
-            "From" => 1,
-            "To" => 2,
-            "Call-ID" => 3,
-            "CSeq" => 4,
+            b"Via" => 0,
+            b"From" => 1,
+            b"To" => 2,
+            b"Call-ID" => 3,
+            b"CSeq" => 4,
             _ => continue,
         };
         if let Some(v) = out.get_mut(slot) {
             if v.is_empty() {
-                *v = value.trim();
+                *v = value.get(1..).unwrap_or_default().trim_ascii();
             }
         }
     }
     out
+}
+
+fn unexpected(out: &Output) -> bool {
+    matches!(
+        out,
+        Output::Event(Event::Bounced { .. } | Event::Failed { .. } | Event::Ignored { .. })
+    )
 }
 
 impl WholeGateway {
@@ -113,7 +137,16 @@ impl WholeGateway {
             })
             .unwrap_or_else(|| panic!("no stream: {}", net.transcript_text()));
         let now = net.now;
-        let sip_template = String::from_utf8(crate::sip_message_bytes()).unwrap_or_default();
+        let template = crate::sip_message_bytes();
+        let marker: &[u8] = b"z9hG4bK776asdhds";
+        let at = template
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .unwrap_or_else(|| panic!("the SIP template has no branch {marker:?}"));
+        let sip_template = (
+            template[..at + b"z9hG4bK".len()].to_vec(),
+            template[at + marker.len()..].to_vec(),
+        );
         WholeGateway {
             net,
             conn,
@@ -121,6 +154,8 @@ impl WholeGateway {
             proxy: SocketAddr::from(PROXY),
             branch: 0,
             sip_template,
+            peer: Vec::with_capacity(1024),
+            unexpected: 0,
         }
     }
 
@@ -151,21 +186,41 @@ impl WholeGateway {
         gw.received(now, conn, stanza);
         let mut sent = None;
         while let Some(out) = gw.poll_output() {
-            if let Output::SipSend { bytes, .. } = out {
-                sent = Some(bytes);
+            match out {
+                Output::SipSend { bytes, .. } => {
+                    self.unexpected += u64::from(sent.is_some());
+                    sent = Some(bytes);
+                }
+                out => self.unexpected += u64::from(unexpected(&out)),
             }
         }
         let request = sent?;
-        let text = std::str::from_utf8(&request).ok()?;
-        let [via, from, to, call_id, cseq] = echoed(text);
-        if [via, from, to, call_id, cseq].iter().any(|v| v.is_empty()) {
+        let echo = echoed(&request);
+        if echo.iter().any(|v| v.is_empty()) {
             return None;
         }
-        let ok = format!(
-            "SIP/2.0 200 OK\r\nVia: {via}\r\nFrom: {from}\r\nTo: {to};tag=ua\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
-        );
-        gw.sip_datagram(now, proxy, ok.as_bytes());
-        while gw.poll_output().is_some() {}
+        let [via, from, to, call_id, cseq] = echo;
+        let ok = &mut self.peer;
+        ok.clear();
+        for part in [
+            b"SIP/2.0 200 OK\r\nVia: ".as_slice(),
+            via,
+            b"\r\nFrom: ",
+            from,
+            b"\r\nTo: ",
+            to,
+            b";tag=ua\r\nCall-ID: ",
+            call_id,
+            b"\r\nCSeq: ",
+            cseq,
+            b"\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            ok.extend_from_slice(part);
+        }
+        gw.sip_datagram(now, proxy, ok);
+        while let Some(out) = gw.poll_output() {
+            self.unexpected += u64::from(unexpected(&out) || matches!(out, Output::SipSend { .. }));
+        }
         Some(request)
     }
 
@@ -174,19 +229,22 @@ impl WholeGateway {
     pub fn outbound(&mut self) -> (Vec<u8>, bool) {
         self.tick();
         self.branch += 1;
-        let bytes =
-            self.sip_template
-                .replacen("z9hG4bK776asdhds", &format!("z9hG4bK{}", self.branch), 1);
+        let bytes = &mut self.peer;
+        bytes.clear();
+        bytes.extend_from_slice(&self.sip_template.0);
+        // Writing into a Vec cannot fail.
+        let _ = write!(bytes, "{}", self.branch);
+        bytes.extend_from_slice(&self.sip_template.1);
         let (now, proxy, conn) = (self.now, self.proxy, self.conn);
         let gw = self.net.gateway(0);
-        gw.sip_datagram(now, proxy, bytes.as_bytes());
+        gw.sip_datagram(now, proxy, bytes);
         let mut written = Vec::new();
         let mut ok = false;
         while let Some(out) = gw.poll_output() {
             match out {
                 Output::Transmit { conn: c, bytes } if c == conn => written.extend(bytes),
                 Output::SipSend { bytes, .. } => ok |= bytes.starts_with(b"SIP/2.0 200"),
-                _ => {}
+                out => self.unexpected += u64::from(unexpected(&out)),
             }
         }
         (written, ok)
