@@ -877,11 +877,14 @@ impl Gateway {
     /// SIP client hears before its own transaction gives up.
     fn expire_queued(&mut self, now: Instant) {
         let mut expired = Vec::new();
+        let due = |q: &Queued| q.deadline.is_some_and(|d| d <= now);
         for ((_, remote), route) in self.routes.iter_mut() {
+            // Called on every timeout: a queue with nothing due is left as it is.
+            if !route.queue.iter().any(due) {
+                continue;
+            }
             let (late, keep): (VecDeque<Queued>, VecDeque<Queued>) =
-                std::mem::take(&mut route.queue)
-                    .into_iter()
-                    .partition(|q| q.deadline.is_some_and(|d| d <= now));
+                std::mem::take(&mut route.queue).into_iter().partition(due);
             route.queue = keep;
             expired.extend(late.into_iter().map(|q| (remote.clone(), q)));
         }

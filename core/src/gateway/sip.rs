@@ -1360,30 +1360,25 @@ impl Gateway {
                 }
                 continue;
             }
-            let due = self
-                .sip
-                .client
-                .get(&key)
-                .is_some_and(|c| c.tx.next_deadline().is_some_and(|d| d <= now));
-            if !due {
+            // One lookup per entry: most are stale (Timer E or F after the answer)
+            // or Timer K ending the transaction, and the table is large under load.
+            let Entry::Occupied(mut entry) = self.sip.client.entry(key) else {
+                continue;
+            };
+            let c = entry.get_mut();
+            if c.tx.next_deadline().is_none_or(|d| d > now) {
                 // Stale: the transaction moved on (its new deadline is queued) or ended.
-                self.sip_client_ended(&key);
+                if c.tx.state == State::Terminated {
+                    entry.remove();
+                    self.sip_load_changed();
+                }
                 continue;
             }
-            let (answered, actions) = match self.sip.client.get_mut(&key) {
-                Some(c) => {
-                    let was_open = open(c.tx.state);
-                    let actions = c.tx.on_timeout(now);
-                    let answered = was_open && !open(c.tx.state);
-                    if answered {
-                        self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
-                    }
-                    (answered, actions)
-                }
-                None => continue,
-            };
+            let was_open = open(c.tx.state);
+            let actions = c.tx.on_timeout(now);
+            let answered = was_open && !open(c.tx.state);
             if answered {
-                self.sip_load_changed();
+                self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
             }
             let mut timed_out = false;
             for a in actions {
@@ -1395,6 +1390,16 @@ impl Gateway {
                     }
                     TxAction::Timeout => timed_out = true,
                 }
+            }
+            if !timed_out && entry.get().tx.state == State::Terminated {
+                // Timer K: the common end, with nothing to report.
+                entry.remove();
+                self.sip_load_changed();
+                continue;
+            }
+            let key = entry.get().key.clone();
+            if answered {
+                self.sip_load_changed();
             }
             if timed_out {
                 self.sip_failed(&key, 0, "the SIP side did not answer within 32 s", now);
