@@ -234,7 +234,7 @@ impl fmt::Display for Jid {
 
 /// Splits at the first `b`, an ASCII byte (so both sides are `str`s).
 fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
-    let i = memchr::memchr(b, s.as_bytes())?;
+    let i = crate::bytes::find(b, s.as_bytes())?;
     Some((s.get(..i)?, s.get(i + 1..)?))
 }
 

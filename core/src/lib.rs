@@ -5,6 +5,7 @@
 //! come out.
 #![forbid(unsafe_code)]
 
+mod bytes;
 pub mod config;
 pub mod dns;
 pub mod gateway;

@@ -924,7 +924,7 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {
         let t = rest?;
-        let line = match memchr::memchr(b'\n', t.as_bytes()) {
+        let line = match crate::bytes::find(b'\n', t.as_bytes()) {
             Some(i) => {
                 rest = t.get(i + 1..);
                 t.get(..i).unwrap_or_default()
@@ -938,13 +938,13 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// `str::split_once` for an ASCII delimiter, by memchr.
+/// `str::split_once` for an ASCII delimiter.
 pub(crate) fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
-    let i = memchr::memchr(b, s.as_bytes())?;
+    let i = crate::bytes::find(b, s.as_bytes())?;
     Some((s.get(..i)?, s.get(i + 1..)?))
 }
 
-/// `str::split` for an ASCII delimiter, by memchr.
+/// `str::split` for an ASCII delimiter; see [`split_once_byte`].
 pub(crate) fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
     let mut rest = Some(s);
     std::iter::from_fn(move || {
