@@ -243,7 +243,7 @@ impl Outgoing<'_> {
 struct Queued {
     stanza: Element,
     /// The SIP server transaction to answer once the stanza is written (or refused).
-    sip: Option<sip::TxKey>,
+    sip: Option<sip::ServerKey>,
     /// SIP-originated stanzas must be answered before the SIP client's Timer F.
     deadline: Option<Instant>,
 }
@@ -695,7 +695,7 @@ impl Gateway {
         &mut self,
         now: Instant,
         stanza: Element,
-        sip: Option<sip::TxKey>,
+        sip: Option<sip::ServerKey>,
     ) -> Result<(), RouteError> {
         let from = stanza
             .get_attr("from")
@@ -718,7 +718,7 @@ impl Gateway {
         &mut self,
         now: Instant,
         stanza: Outgoing<'_>,
-        sip: Option<sip::TxKey>,
+        sip: Option<sip::ServerKey>,
     ) -> Result<(), RouteError> {
         let (from, to) = stanza.addresses();
         if !self.config.serves(from.domain()) {
@@ -832,7 +832,7 @@ impl Gateway {
 
     /// A stanza from SIP is on its stream (or delivered locally): its
     /// transaction hears 200.
-    fn sip_written(&mut self, sip: Option<sip::TxKey>, now: Instant) {
+    fn sip_written(&mut self, sip: Option<sip::ServerKey>, now: Instant) {
         if let Some(key) = sip {
             self.sip_answer(&key, 200, "OK", now);
         }

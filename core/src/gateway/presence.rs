@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::sip::Purpose;
+use super::sip::{Purpose, ServerKey};
 use super::{Event, Gateway};
 use crate::jid::Jid;
 use crate::policy::{self, SubscribeDecision};
@@ -100,7 +100,7 @@ fn expires_of(msg: &SipMessage) -> Option<u64> {
 impl Gateway {
     // ---- notifier role: SIP users watching XMPP contacts ------------------------
 
-    pub(super) fn sip_subscribe(&mut self, key: &str, msg: &SipMessage, now: Instant) {
+    pub(super) fn sip_subscribe(&mut self, key: &ServerKey, msg: &SipMessage, now: Instant) {
         let event = msg.header("Event").map(|e| {
             e.split(';')
                 .next()
@@ -242,7 +242,7 @@ impl Gateway {
         }
     }
 
-    fn refresh_watcher(&mut self, key: &str, dialog: &str, expires: u64, now: Instant) {
+    fn refresh_watcher(&mut self, key: &ServerKey, dialog: &str, expires: u64, now: Instant) {
         let mut resp = self.server_reply(key, 200, "OK");
         resp.push_header("Expires", &expires.to_string());
         self.sip_respond(key, resp, now);
@@ -599,7 +599,7 @@ impl Gateway {
     }
 
     /// A NOTIFY for one of our subscriptions.
-    pub(super) fn sip_notify(&mut self, key: &str, msg: &SipMessage, now: Instant) {
+    pub(super) fn sip_notify(&mut self, key: &ServerKey, msg: &SipMessage, now: Instant) {
         let call_id = msg.call_id().unwrap_or_default().to_owned();
         let Some(s) = self.presence.subscriptions.get_mut(&call_id) else {
             self.sip_answer(key, 481, "Subscription Does Not Exist", now);

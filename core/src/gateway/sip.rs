@@ -5,7 +5,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -292,16 +292,70 @@ impl Hasher for OwnKeyHasher {
 
 type OwnKeys = BuildHasherDefault<OwnKeyHasher>;
 
-/// A transaction's key, shared by its table entry, its timer entries and the
-/// stanza it waits on, so that none of them copies it.
+/// A client transaction's key (our branch), shared by its table entry and its
+/// timer entries, so that neither copies it.
 pub(super) type TxKey = Rc<str>;
+
+/// A server transaction's key (branch, sent-by and method, RFC 3261 §17.2.3),
+/// shared by its table entry, its timer entries and the stanza it waits on, with
+/// its keyed hash. The hash is taken once, when the request is read: the answer
+/// and Timer J find the transaction without hashing the text again.
+#[derive(Clone, Debug)]
+pub(super) struct ServerKey {
+    hash: u64,
+    text: Rc<str>,
+}
+
+impl ServerKey {
+    fn new(text: &str, keyed: &RandomState) -> Self {
+        ServerKey {
+            hash: keyed.hash_one(text),
+            text: Rc::from(text),
+        }
+    }
+}
+
+impl PartialEq for ServerKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for ServerKey {}
+
+impl PartialOrd for ServerKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ServerKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl Hash for ServerKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// What a timer entry is for: a client or a server transaction.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerOf {
+    Client(TxKey),
+    Server(ServerKey),
+}
 
 #[derive(Default)]
 pub(super) struct SipState {
-    /// Keyed by the peer's branch and sent-by: the default (keyed) hasher.
+    /// Keyed by the peer's branch and sent-by, hashed with `keyed` (SipHash with
+    /// random keys) when the request is read.
     /// Boxed: up to [`MAX_SIP_RETAINED`] are kept through Timer J, and a table
     /// grown for them should not hold a whole transaction in every free slot.
-    server: HashMap<TxKey, Box<ServerTx>>,
+    server: HashMap<ServerKey, Box<ServerTx>, OwnKeys>,
+    keyed: RandomState,
     /// Keyed by our own branches.
     /// Boxed, as `server` is.
     pub(super) client: HashMap<TxKey, Box<ClientTx>, OwnKeys>,
@@ -312,7 +366,7 @@ pub(super) struct SipState {
     /// were set, so simultaneous timeouts are reported in the order the requests
     /// went out. An entry may be stale (its transaction moved on or ended); that
     /// costs one empty wakeup, and keeps `poll_timeout` from walking every transaction.
-    timers: super::deadlines::Deadlines<(u64, bool, TxKey)>,
+    timers: super::deadlines::Deadlines<(u64, TimerOf)>,
     timer_seq: u64,
     /// Where a request's transaction key is written before it is shared.
     key_text: String,
@@ -377,7 +431,7 @@ enum SipPeer {
 }
 
 struct ServerTx {
-    key: TxKey,
+    key: ServerKey,
     tx: ServerTransaction,
     /// The request, shared with whoever is handling it, until the final
     /// response: a transaction waiting out Timer J keeps only what it sent.
@@ -388,7 +442,7 @@ struct ServerTx {
 
 /// What a response did to a server transaction.
 struct Responded {
-    key: TxKey,
+    key: ServerKey,
     /// The bytes to send, unless the transaction takes no more responses.
     sent: Option<Vec<u8>>,
     peer: SipPeer,
@@ -541,7 +595,7 @@ fn addresses_of(stanza: &Stanza) -> Option<(Jid, Jid)> {
     Some((from?, to?))
 }
 
-fn server_key(msg: &SipMessage, key: &mut String) -> Option<TxKey> {
+fn server_key(msg: &SipMessage, key: &mut String, keyed: &RandomState) -> Option<ServerKey> {
     let via = ViaRef::parse(msg.first_value("Via")?).ok()?;
     let method = match msg.method()? {
         // An ACK or CANCEL belongs to the INVITE transaction it refers to.
@@ -558,7 +612,7 @@ fn server_key(msg: &SipMessage, key: &mut String) -> Option<TxKey> {
     push_decimal(key, u32::from(via.port.unwrap_or(5060)));
     key.push('|');
     key.push_str(method);
-    Some(TxKey::from(key.as_str()))
+    Some(ServerKey::new(key, keyed))
 }
 
 impl Gateway {
@@ -657,7 +711,7 @@ impl Gateway {
         let bytes = tx.request().to_vec();
         let key = TxKey::from(branch);
         if let Some(d) = tx.next_deadline() {
-            self.sip_timer(d, true, key.clone());
+            self.sip_timer(d, TimerOf::Client(key.clone()));
         }
         self.sip
             .client
@@ -676,15 +730,15 @@ impl Gateway {
             .get(key)
             .and_then(|c| Some((c.tx.next_deadline()?, c.key.clone())));
         if let Some((d, key)) = next {
-            self.sip_timer(d, true, key);
+            self.sip_timer(d, TimerOf::Client(key));
         }
     }
 
     /// Puts a transaction's deadline on the timer heap.
-    fn sip_timer(&mut self, at: Instant, client: bool, key: TxKey) {
+    fn sip_timer(&mut self, at: Instant, of: TimerOf) {
         self.sip.timer_seq += 1;
         let seq = self.sip.timer_seq;
-        self.sip.timers.push(at, (seq, client, key));
+        self.sip.timers.push(at, (seq, of));
     }
 
     fn sip_send(&mut self, to: SocketAddr, msg: &SipMessage) {
@@ -960,7 +1014,7 @@ impl Gateway {
             // ACKs for our final responses to INVITE end there (hop by hop).
             return;
         }
-        let Some(key) = server_key(&msg, &mut self.sip.key_text) else {
+        let Some(key) = server_key(&msg, &mut self.sip.key_text, &self.sip.keyed) else {
             let reply = msg.reply(400, "Bad Request (Via without branch)", None);
             self.sip_reply(from, &reply);
             return;
@@ -1033,7 +1087,7 @@ impl Gateway {
     }
 
     /// SIP MESSAGE from a SIP user: a `<message/>` toward the XMPP contact.
-    fn sip_message(&mut self, key: &TxKey, msg: &SipMessage, now: Instant) {
+    fn sip_message(&mut self, key: &ServerKey, msg: &SipMessage, now: Instant) {
         let mut id = String::with_capacity(4 + 12);
         id.push_str("sip-");
         self.rng.push_hex(&mut id, 6);
@@ -1059,7 +1113,7 @@ impl Gateway {
         }
     }
 
-    pub(super) fn sip_respond(&mut self, key: &str, resp: SipMessage, now: Instant) {
+    pub(super) fn sip_respond(&mut self, key: &ServerKey, resp: SipMessage, now: Instant) {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
@@ -1078,16 +1132,16 @@ impl Gateway {
         }
         // Timer J, or (ended at once on TCP/TLS) a sweep at the next wakeup.
         let at = r.deadline.unwrap_or(self.start);
-        self.sip_timer(at, false, r.key);
+        self.sip_timer(at, TimerOf::Server(r.key));
     }
 
     /// Our To tag on a server transaction (the dialog's local tag).
-    pub(super) fn server_to_tag(&self, key: &str) -> Option<String> {
+    pub(super) fn server_to_tag(&self, key: &ServerKey) -> Option<String> {
         self.sip.server.get(key).map(|s| s.to_tag.clone())
     }
 
     /// A response to a server transaction's request, with our To tag.
-    pub(super) fn server_reply(&self, key: &str, code: u16, reason: &str) -> SipMessage {
+    pub(super) fn server_reply(&self, key: &ServerKey, code: u16, reason: &str) -> SipMessage {
         match self.sip.server.get(key) {
             Some(st) => st.reply(code, reason),
             None => SipMessage::response(code, reason),
@@ -1095,7 +1149,7 @@ impl Gateway {
     }
 
     /// Sends the final response `code` on a server transaction.
-    pub(super) fn sip_answer(&mut self, key: &str, code: u16, reason: &str, now: Instant) {
+    pub(super) fn sip_answer(&mut self, key: &ServerKey, code: u16, reason: &str, now: Instant) {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
@@ -1105,7 +1159,7 @@ impl Gateway {
 
     /// Refuses a SIP request for want of capacity: 503 with Retry-After, so the
     /// client backs off rather than retransmitting (RFC 3261 §21.5.4).
-    pub(super) fn sip_overloaded(&mut self, key: &str, text: &str, now: Instant) {
+    pub(super) fn sip_overloaded(&mut self, key: &ServerKey, text: &str, now: Instant) {
         let Some(st) = self.sip.server.get_mut(key) else {
             return;
         };
@@ -1349,17 +1403,20 @@ impl Gateway {
 
     pub(super) fn sip_timeouts(&mut self, now: Instant) {
         use crate::sip::transaction::State;
-        while let Some((_, (_, client, key))) = self.sip.timers.pop_due(now) {
-            if !client {
-                // One lookup: most of these are Timer J ending the transaction.
-                if let Entry::Occupied(mut st) = self.sip.server.entry(key) {
-                    st.get_mut().tx.on_timeout(now);
-                    if st.get().tx.state == State::Terminated {
-                        st.remove();
+        while let Some((_, (_, of))) = self.sip.timers.pop_due(now) {
+            let key = match of {
+                TimerOf::Client(key) => key,
+                TimerOf::Server(key) => {
+                    // One lookup: most of these are Timer J ending the transaction.
+                    if let Entry::Occupied(mut st) = self.sip.server.entry(key) {
+                        st.get_mut().tx.on_timeout(now);
+                        if st.get().tx.state == State::Terminated {
+                            st.remove();
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
+            };
             // One lookup per entry: most are stale (Timer E or F after the answer)
             // or Timer K ending the transaction, and the table is large under load.
             let Entry::Occupied(mut entry) = self.sip.client.entry(key) else {
