@@ -121,6 +121,62 @@ pub struct SipUriRef<'a> {
     pub headers: Option<&'a str>,
 }
 
+/// The bytes [`UriMarks::find`] stops at.
+const URI_MARK: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'@' as usize] = true;
+    t[b':' as usize] = true;
+    t[b'?' as usize] = true;
+    t[b';' as usize] = true;
+    t
+};
+
+/// Where a URI's separators are, after its scheme's colon, found in one pass:
+/// the first `@`; the first `:` before it (the password's); in the host part
+/// (after that `@`, or all of it), the first `?` and the first `;` before it.
+#[derive(Default)]
+struct UriMarks {
+    at: Option<usize>,
+    colon: Option<usize>,
+    question: Option<usize>,
+    semicolon: Option<usize>,
+}
+
+impl UriMarks {
+    fn find(bytes: &[u8]) -> UriMarks {
+        let mut m = UriMarks::default();
+        // Until an '@' shows the user part's end, a '?' or ';' may be in it.
+        let mut question = None;
+        let mut semicolon = None;
+        let mut from = 0;
+        // From separator to separator: the bytes between need one lookup each.
+        while let Some(off) = bytes
+            .get(from..)
+            .and_then(|r| r.iter().position(|&b| URI_MARK[usize::from(b)]))
+        {
+            let i = from + off;
+            from = i + 1;
+            match bytes.get(i).copied().unwrap_or_default() {
+                b'@' if m.at.is_none() => {
+                    m.at = Some(i);
+                    question = None;
+                    semicolon = None;
+                }
+                b':' if m.at.is_none() => m.colon = m.colon.or(Some(i)),
+                b'?' => question = question.or(Some(i)),
+                b';' if question.is_none() => semicolon = semicolon.or(Some(i)),
+                _ => {}
+            }
+        }
+        if m.at.is_none() {
+            m.colon = None;
+        }
+        m.question = question;
+        m.semicolon = semicolon;
+        m
+    }
+}
+
 impl<'a> SipUriRef<'a> {
     pub fn parse(text: &'a str) -> Result<SipUriRef<'a>, SipError> {
         let bad = |why: &str| {
@@ -137,27 +193,33 @@ impl<'a> SipUriRef<'a> {
         {
             return Err(bad("bad scheme"));
         }
-        // The user part may contain ';' and '?' (user-unreserved) but never '@', so
-        // split at the first '@' before looking for parameters and headers.
-        let (userinfo, hostpart) = match split_once_byte(rest, b'@') {
-            Some((u, h)) => (Some(u), h),
+        let marks = UriMarks::find(rest.as_bytes());
+        // The user part may contain ';' and '?' (user-unreserved) but never '@':
+        // what follows the first '@' is the host part.
+        let (userinfo, hostpart) = match marks.at {
+            Some(i) => (rest.get(..i), rest.get(i + 1..).unwrap_or_default()),
             None => (None, rest),
         };
-        let (hostpart, headers) = match split_once_byte(hostpart, b'?') {
-            Some((r, h)) => (r, Some(h)),
+        let piece = |from: usize, to: usize| rest.get(from..to).unwrap_or_default();
+        let host_from = marks.at.map_or(0, |i| i + 1);
+        let (hostpart, headers) = match marks.question {
+            Some(i) => (piece(host_from, i), rest.get(i + 1..)),
             None => (hostpart, None),
         };
-        let (user, password) = match userinfo {
-            Some(u) => match split_once_byte(u, b':') {
-                Some((u, p)) => (Some(u), Some(p)),
-                None => (Some(u), None),
-            },
-            None => (None, None),
+        let (user, password) = match (userinfo, marks.colon) {
+            (Some(u), Some(i)) => (u.get(..i), rest.get(i + 1..marks.at.unwrap_or(i + 1))),
+            (u, _) => (u, None),
         };
         if user == Some("") {
             return Err(bad("empty user part"));
         }
-        let (hostport, params) = split_once_byte(hostpart, b';').unwrap_or((hostpart, ""));
+        let (hostport, params) = match marks.semicolon {
+            Some(i) => (
+                piece(host_from, i),
+                piece(i + 1, host_from + hostpart.len()),
+            ),
+            None => (hostpart, ""),
+        };
         let (host, port) = host_port(hostport).map_err(bad)?;
         if host.is_empty() {
             return Err(bad("empty host"));
@@ -510,6 +572,57 @@ mod tests {
         (0..len)
             .map(|_| alphabet[(rng.next_u64() as usize) % alphabet.len()])
             .collect()
+    }
+
+    /// A URI's pieces as a split at each separator in turn finds them.
+    fn pieces_by_splits(rest: &str) -> [Option<&str>; 5] {
+        let (userinfo, hostpart) = match rest.split_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, rest),
+        };
+        let (hostpart, headers) = match hostpart.split_once('?') {
+            Some((r, h)) => (r, Some(h)),
+            None => (hostpart, None),
+        };
+        let (user, password) = match userinfo.map(|u| u.split_once(':')) {
+            Some(Some((u, p))) => (Some(u), Some(p)),
+            _ => (userinfo, None),
+        };
+        let (hostport, params) = hostpart.split_once(';').unwrap_or((hostpart, ""));
+        [user, password, Some(hostport), Some(params), headers]
+    }
+
+    #[test]
+    fn the_separators_found_in_one_pass_are_those_the_splits_find() {
+        let alphabet: Vec<char> = "a1@:?;.é".chars().collect();
+        let mut rng = crate::rng::Rng::new(79);
+        for _ in 0..50_000 {
+            let rest = random_text(&mut rng, &alphabet, 14);
+            let text = format!("sip:{rest}");
+            let expected = pieces_by_splits(&rest);
+            match SipUriRef::parse(&text) {
+                Ok(u) => {
+                    let hostport = match u.port {
+                        Some(p) => format!("{}:{p}", u.host),
+                        None => u.host.to_owned(),
+                    };
+                    assert_eq!(u.user, expected[0], "{text:?}");
+                    assert_eq!(u.password, expected[1], "{text:?}");
+                    assert_eq!(Some(hostport.as_str()), expected[2], "{text:?}");
+                    assert_eq!(Some(u.params), expected[3], "{text:?}");
+                    assert_eq!(u.headers, expected[4], "{text:?}");
+                }
+                Err(_) => {
+                    // Refused only for an empty user or a host part with no host
+                    // or a bad port.
+                    let hostport = expected[2].unwrap_or_default();
+                    let refused = expected[0] == Some("")
+                        || host_port(hostport).is_err()
+                        || host_port(hostport).is_ok_and(|(h, _)| h.is_empty());
+                    assert!(refused, "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]
