@@ -1302,31 +1302,35 @@ impl Gateway {
         let was_open = open(ct.tx.state);
         let for_us = ct.tx.on_response(&msg, now);
         let answered = was_open && !open(ct.tx.state);
+        let next = ct.tx.next_deadline().map(|d| (d, ct.key.clone()));
+        let code = msg.status().unwrap_or(0);
+        // What the request was for, read in this one lookup. Once it is
+        // answered, the stanza kept for a bounce need not wait out Timer K.
+        let taken = (answered && matches!(ct.purpose, Purpose::Message(_)))
+            .then(|| std::mem::replace(&mut ct.purpose, Purpose::Notice));
+        let failed = (for_us && code >= 300).then(|| taken.unwrap_or_else(|| ct.purpose.clone()));
+        let subscribed = match &ct.purpose {
+            Purpose::Subscribe(call_id) if for_us && (200..300).contains(&code) => {
+                Some(call_id.clone())
+            }
+            _ => None,
+        };
         if answered {
             self.sip.in_flight = self.sip.in_flight.saturating_sub(1);
             self.sip_load_changed();
         }
-        self.sip_schedule(branch);
-        if for_us {
-            let code = msg.status().unwrap_or(0);
-            if code >= 300 {
-                let reason = match &msg.start {
-                    StartLine::Response { reason, .. } => reason.as_str(),
-                    StartLine::Request { .. } => "",
-                };
-                self.sip_failed(branch, code, &format!("SIP {code} {reason}"), now);
-            } else if code >= 200 {
-                self.sip_succeeded(branch, &msg, now);
-            }
+        if let Some((d, key)) = next {
+            self.sip_timer(d, TimerOf::Client(key));
         }
-        if answered {
-            // What the request was for has been settled: the stanza kept for a
-            // bounce need not wait out Timer K.
-            if let Some(ct) = self.sip.client.get_mut(branch) {
-                if matches!(ct.purpose, Purpose::Message(_)) {
-                    ct.purpose = Purpose::Notice;
-                }
-            }
+        if let Some(purpose) = failed {
+            let reason = match &msg.start {
+                StartLine::Response { reason, .. } => reason.as_str(),
+                StartLine::Request { .. } => "",
+            };
+            let text = format!("SIP {code} {reason}");
+            self.purpose_failed(&purpose, code, sip_to_condition(code), &text, now);
+        } else if let Some(call_id) = subscribed {
+            self.subscribe_succeeded(&call_id, &msg, now);
         }
     }
 
@@ -1363,16 +1367,6 @@ impl Gateway {
             Purpose::Notice => {}
             Purpose::Notify(key) => self.notify_failed(key, code),
             Purpose::Subscribe(call_id) => self.subscribe_failed(call_id, code, now),
-        }
-    }
-
-    fn sip_succeeded(&mut self, branch: &str, response: &SipMessage, now: Instant) {
-        let Some(ct) = self.sip.client.get(branch) else {
-            return;
-        };
-        if let Purpose::Subscribe(call_id) = &ct.purpose {
-            let call_id = call_id.clone();
-            self.subscribe_succeeded(&call_id, response, now);
         }
     }
 
