@@ -252,7 +252,8 @@ const ALLOW: &str = "MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY";
 /// An FxHash-style hasher for maps whose keys the gateway makes itself (its own
 /// random branches, its connection ids), so none can be chosen to collide:
 /// SipHash's resistance is not needed there and costs several times more per
-/// lookup. Maps keyed by what peers send keep the default hasher.
+/// lookup. Maps keyed by what peers send keep the default hasher, or hash with
+/// it once and key by the result (the server transactions, [`ServerKey`]).
 #[derive(Default)]
 pub(super) struct OwnKeyHasher(u64);
 
