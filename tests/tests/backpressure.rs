@@ -427,3 +427,28 @@ fn a_saturated_sip_side_stops_reading_partners_until_it_answers_again() {
     assert_eq!(got, expected, "in order");
     assert_eq!(refusals(&w), 0);
 }
+
+#[test]
+fn a_stateless_refusal_copies_no_header_whose_name_the_parser_refuses() {
+    // Only blanks may come between a name and its colon: "To\r:" is not a To
+    // header, and a refusal that copied it would not parse.
+    let limits = SipLimits::default();
+    let request = |to: &str| {
+        format!(
+            "MESSAGE sip:romeo@xmpp.test SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+            From: <sip:juliet@sip.test>;tag=a1\r\n\
+            {to}: <sip:romeo@xmpp.test>\r\n\
+            Call-ID: call-8\r\n\
+            CSeq: 1 MESSAGE\r\n\
+            Content-Length: 0\r\n\r\n"
+        )
+    };
+    assert_eq!(overloaded_reply(request("To\r").as_bytes()), None);
+    assert_eq!(overloaded_reply(request("t\u{c}").as_bytes()), None);
+    for to in ["To", "To \t", "t"] {
+        let bytes = overloaded_reply(request(to).as_bytes()).expect("a request gets an answer");
+        let reply = SipMessage::parse(&bytes, &limits).expect("the refusal parses");
+        assert_eq!(reply.status(), Some(503), "{to:?}");
+    }
+}

@@ -80,7 +80,13 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         let colon = memchr::memchr(b':', line)?;
-        let name = line.get(..colon)?.trim_ascii_end();
+        // Only blanks may come between a name and its colon (HCOLON, RFC 3261
+        // §25.1), as the parser reads it: a name that ends in another control
+        // byte is not one of the five, and must not be copied.
+        let mut name = line.get(..colon)?;
+        while let [rest @ .., b' ' | b'\t'] = name {
+            name = rest;
+        }
         let which = [
             (&b"via"[..], &b"v"[..]),
             (b"from", b"f"),
