@@ -324,7 +324,8 @@ impl ServerKey {
 
 impl PartialEq for ServerKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.text == other.text
+        // A timer's key is the transaction's own: no need to read the text.
+        self.hash == other.hash && (Rc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 
@@ -377,6 +378,8 @@ pub(super) struct SipState {
     timer_seq: u64,
     /// Where a request's transaction key is written before it is shared.
     key_text: String,
+    /// Our address as the requests we send write it.
+    own: OwnAddress,
     /// Server transactions not yet answered with a final response.
     answering: usize,
     /// Client transactions not yet answered with a final response (or timed out).
@@ -394,6 +397,42 @@ impl SipState {
     pub(super) fn load(&self) -> usize {
         self.in_flight
             .max(self.client.len() / (MAX_SIP_RETAINED / MAX_SIP_STATE))
+    }
+}
+
+/// The magic cookie every RFC 3261 branch starts with (§8.1.1.7).
+const BRANCH_MAGIC: &str = "z9hG4bK";
+
+/// Our SIP address as each request we send writes it, written once per address
+/// rather than formatted for every request.
+#[derive(Default)]
+struct OwnAddress {
+    of: Option<SocketAddr>,
+    /// The top Via of the request being sent: `SIP/2.0/UDP {address};branch=z9hG4bK`,
+    /// then the branch's random part.
+    via: String,
+    /// How much of `via` stays from one request to the next.
+    via_prefix: usize,
+    /// `@{ip}`, which ends our Call-IDs.
+    call_id_host: String,
+}
+
+impl OwnAddress {
+    /// Written afresh when the address changed (a reload).
+    fn at(&mut self, addr: SocketAddr) -> &mut Self {
+        if self.of != Some(addr) {
+            self.via.clear();
+            self.via.push_str("SIP/2.0/UDP ");
+            push_socket_addr(&mut self.via, addr);
+            self.via.push_str(";branch=");
+            self.via.push_str(BRANCH_MAGIC);
+            self.via_prefix = self.via.len();
+            self.call_id_host.clear();
+            self.call_id_host.push('@');
+            push_ip(&mut self.call_id_host, addr.ip());
+            self.of = Some(addr);
+        }
+        self
     }
 }
 
@@ -444,7 +483,7 @@ struct ServerTx {
     /// response: a transaction waiting out Timer J keeps only what it sent.
     request: Option<Rc<SipMessage>>,
     peer: SipPeer,
-    to_tag: String,
+    to_tag: crate::rng::Hex,
 }
 
 /// What a response did to a server transaction.
@@ -478,7 +517,7 @@ impl ServerTx {
     /// request's copied fields, written straight from the request.
     fn answer(&mut self, code: u16, reason: &str, now: Instant) -> Responded {
         let bytes = match &self.request {
-            Some(r) => r.reply_bytes(code, reason, Some(&self.to_tag)),
+            Some(r) => r.reply_bytes(code, reason, Some(self.to_tag.as_str())),
             None => SipMessage::response(code, reason).to_bytes(),
         };
         self.respond_bytes(code, bytes, now)
@@ -505,7 +544,7 @@ impl ServerTx {
     /// gone (and the request with it) one the transaction will not send anyway.
     fn reply(&self, code: u16, reason: &str) -> SipMessage {
         match &self.request {
-            Some(r) => r.reply(code, reason, Some(&self.to_tag)),
+            Some(r) => r.reply(code, reason, Some(self.to_tag.as_str())),
             None => SipMessage::response(code, reason),
         }
     }
@@ -514,12 +553,8 @@ impl ServerTx {
 /// Whether a request may go toward the SIP side now.
 enum Outbound {
     /// Yes, to the next hop, in the client transaction with this branch, carried
-    /// by this Via.
-    Admitted {
-        next_hop: SocketAddr,
-        branch: String,
-        via: String,
-    },
+    /// by the Via now in [`OwnAddress::via`].
+    Admitted { next_hop: SocketAddr, branch: TxKey },
     /// No: too many requests are waiting for an answer (the text says so).
     Refused(String),
     /// There is no SIP side to send to.
@@ -654,19 +689,15 @@ impl Gateway {
         purpose: Purpose,
         now: Instant,
     ) {
-        let (next_hop, branch, via) = match self.sip_admit() {
-            Outbound::Admitted {
-                next_hop,
-                branch,
-                via,
-            } => (next_hop, branch, via),
+        let (next_hop, branch) = match self.sip_admit() {
+            Outbound::Admitted { next_hop, branch } => (next_hop, branch),
             Outbound::Refused(text) => {
                 self.purpose_failed(&purpose, 503, "resource-constraint", &text, now);
                 return;
             }
             Outbound::NoNextHop => return,
         };
-        request.insert_header(0, "Via", &via);
+        request.insert_header(0, "Via", &self.sip.own.via);
         if request.header("Max-Forwards").is_none() {
             request.push_header("Max-Forwards", "70");
         }
@@ -688,19 +719,16 @@ impl Gateway {
         }
         self.sip.in_flight += 1;
         self.sip_load_changed();
-        let mut branch = String::with_capacity(7 + 16);
-        branch.push_str("z9hG4bK");
-        self.rng.push_hex(&mut branch, 8);
-        // "SIP/2.0/UDP {sip_address};branch={branch}"
-        let mut via = String::with_capacity(12 + 47 + 8 + branch.len());
-        via.push_str("SIP/2.0/UDP ");
-        push_socket_addr(&mut via, self.config.gateway.sip_address);
-        via.push_str(";branch=");
-        via.push_str(&branch);
+        let own = self.sip.own.at(self.config.gateway.sip_address);
+        own.via.truncate(own.via_prefix);
+        self.rng.push_hex(&mut own.via, 8);
+        let branch = own
+            .via
+            .get(own.via_prefix.saturating_sub(BRANCH_MAGIC.len())..)
+            .unwrap_or_default();
         Outbound::Admitted {
             next_hop,
-            branch,
-            via,
+            branch: TxKey::from(branch),
         }
     }
 
@@ -708,7 +736,7 @@ impl Gateway {
     fn sip_request_send(
         &mut self,
         next_hop: SocketAddr,
-        branch: String,
+        key: TxKey,
         bytes: Vec<u8>,
         purpose: Purpose,
         now: Instant,
@@ -716,7 +744,6 @@ impl Gateway {
         let tx = ClientTransaction::begin(bytes, false, Timers::default(), now);
         // The first send, as `ClientTransaction::start` would ask for it.
         let bytes = tx.request().to_vec();
-        let key = TxKey::from(branch);
         if let Some(d) = tx.next_deadline() {
             self.sip_timer(d, TimerOf::Client(key.clone()));
         }
@@ -1051,7 +1078,7 @@ impl Gateway {
                     ),
                     request: Some(Rc::clone(&msg)),
                     peer: from,
-                    to_tag: self.rng.hex(6),
+                    to_tag: self.rng.hex_word(6),
                 }));
                 msg
             }
@@ -1144,7 +1171,7 @@ impl Gateway {
 
     /// Our To tag on a server transaction (the dialog's local tag).
     pub(super) fn server_to_tag(&self, key: &ServerKey) -> Option<String> {
-        self.sip.server.get(key).map(|s| s.to_tag.clone())
+        self.sip.server.get(key).map(|s| s.to_tag.to_string())
     }
 
     /// A response to a server transaction's request, with our To tag.
@@ -1233,11 +1260,16 @@ impl Gateway {
                 return;
             }
         }
-        let tag = self.rng.hex(6);
+        let tag = self.rng.hex_word(6);
         let mut call_id = String::with_capacity(16 + 1 + 39);
         self.rng.push_hex(&mut call_id, 8);
-        call_id.push('@');
-        push_ip(&mut call_id, self.config.gateway.sip_address.ip());
+        call_id.push_str(
+            &self
+                .sip
+                .own
+                .at(self.config.gateway.sip_address)
+                .call_id_host,
+        );
         // Our MESSAGE was already answered with 200 when an error comes back: tell
         // the SIP user in words.
         let notice;
@@ -1257,7 +1289,7 @@ impl Gateway {
         } else {
             &stanza
         };
-        let request = match message_to_sip_between(source, &from, &to, &tag, &call_id) {
+        let request = match message_to_sip_between(source, &from, &to, tag.as_str(), &call_id) {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {
@@ -1270,7 +1302,7 @@ impl Gateway {
         };
         let outbound = self.sip_admit();
         let bytes = match &outbound {
-            Outbound::Admitted { via, .. } => request.to_bytes(Some(via)),
+            Outbound::Admitted { .. } => request.to_bytes(Some(&self.sip.own.via)),
             _ => Vec::new(),
         };
         // Written before the stanza moves into the transaction (kept for a bounce).
