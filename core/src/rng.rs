@@ -56,7 +56,7 @@ pub struct Hex {
 
 impl Hex {
     /// The first `bytes` bytes (at most 8) of `word`, big-endian, as hex.
-    fn of(word: u64, bytes: usize) -> Self {
+    pub(crate) fn of(word: u64, bytes: usize) -> Self {
         let mut digits = [0u8; 16];
         let (high, low) = digits.split_at_mut(8);
         high.copy_from_slice(&hex_digits((word >> 32) as u32).to_be_bytes());

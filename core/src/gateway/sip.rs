@@ -136,16 +136,16 @@ pub fn overloaded_reply(datagram: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let seed = value(0).unwrap_or_default().trim_ascii();
-    let tag = format!("{:08x}", fnv1a(seed) as u32);
+    // As `format!("{:08x}", ...)` writes it, without the allocation.
+    let tag = crate::rng::Hex::of(u64::from(fnv1a(seed) as u32) << 32, 4);
     let mut out = Vec::with_capacity(head.len() + 96);
     out.extend_from_slice(b"SIP/2.0 503 Service Unavailable (the gateway is overloaded)\r\n");
     for (which, (from, to)) in &headers {
         let line = head.get(*from..*to).unwrap_or_default();
         out.extend_from_slice(line);
-        let tagged = line.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag="));
-        if *which == 2 && !tagged {
+        if *which == 2 && !crate::sip::message::has_tag(line) {
             out.extend_from_slice(b";tag=");
-            out.extend_from_slice(tag.as_bytes());
+            out.extend_from_slice(tag.as_str().as_bytes());
         }
         out.extend_from_slice(b"\r\n");
     }

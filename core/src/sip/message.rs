@@ -710,7 +710,7 @@ impl SipMessage {
             let value = self.value(h);
             out.extend_from_slice(value.as_bytes());
             if h.known == TO {
-                if let Some(tag) = to_tag.filter(|_| !has_tag(value)) {
+                if let Some(tag) = to_tag.filter(|_| !has_tag(value.as_bytes())) {
                     out.extend_from_slice(b";tag=");
                     out.extend_from_slice(tag.as_bytes());
                 }
@@ -772,18 +772,26 @@ fn add_to_tag(text: &mut String, to_tag: Option<&str>, at: usize) {
     let Some(tag) = to_tag else {
         return;
     };
-    if !has_tag(text.get(at..).unwrap_or_default()) {
+    if !has_tag(text.get(at..).unwrap_or_default().as_bytes()) {
         text.push_str(";tag=");
         text.push_str(tag);
     }
 }
 
-/// Whether a To value carries a tag already.
-fn has_tag(value: &str) -> bool {
-    value
-        .as_bytes()
-        .windows(5)
-        .any(|w| w.eq_ignore_ascii_case(b";tag="))
+/// Whether a To value carries a tag already: `;tag=` anywhere, in any case.
+/// Only the bytes after each `;` are compared, not a window at every byte.
+pub(crate) fn has_tag(value: &[u8]) -> bool {
+    let mut rest = value;
+    while let Some(i) = crate::bytes::find(b';', rest) {
+        rest = rest.get(i + 1..).unwrap_or_default();
+        if rest
+            .get(..4)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"tag="))
+        {
+            return true;
+        }
+    }
+    false
 }
 
 fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
@@ -1221,6 +1229,48 @@ impl StreamDecoder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tag_is_found_where_a_five_byte_window_finds_it() {
+        let window = |v: &str| {
+            v.as_bytes()
+                .windows(5)
+                .any(|w| w.eq_ignore_ascii_case(b";tag="))
+        };
+        let pieces = [
+            ";",
+            "t",
+            "tag",
+            "TaG",
+            "ta",
+            "g=",
+            "=",
+            "x",
+            "<sip:a@b>",
+            "é",
+        ];
+        let mut rng = crate::rng::Rng::new(11);
+        let mut found = 0;
+        for _ in 0..50_000 {
+            let len = (rng.next_u64() % 10) as usize;
+            let v: String = (0..len)
+                .map(|_| pieces[(rng.next_u64() as usize) % pieces.len()])
+                .collect();
+            assert_eq!(has_tag(v.as_bytes()), window(&v), "{v:?}");
+            found += usize::from(window(&v));
+        }
+        // Both answers come up often enough to compare.
+        assert!(found > 100, "{found}");
+        for v in [
+            "<sip:a@b>;TAG=1",
+            "<sip:a@b>;tag=",
+            "<sip:a@b>;tag",
+            ";;tag=x",
+            "tag=1",
+        ] {
+            assert_eq!(has_tag(v.as_bytes()), window(v), "{v:?}");
+        }
+    }
+
     #[test]
     fn unquoting_is_trim_matches() {
         for s in [
