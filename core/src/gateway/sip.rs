@@ -1534,6 +1534,30 @@ mod tests {
     }
 
     #[test]
+    fn our_address_is_written_afresh_when_it_changes() {
+        let mut own = OwnAddress::default();
+        for addr in [
+            "192.0.2.1:5060",
+            "192.0.2.1:5062",
+            "[2001:db8::1]:5060",
+            "192.0.2.1:5060",
+        ] {
+            let a: SocketAddr = addr.parse().expect("addr");
+            let o = own.at(a);
+            // What was appended for the last request is cut off, as sip_admit does.
+            o.via.push_str("0123456789abcdef");
+            assert_eq!(
+                o.via.get(..o.via_prefix),
+                Some(&*format!("SIP/2.0/UDP {a};branch=z9hG4bK"))
+            );
+            assert_eq!(o.call_id_host, format!("@{}", a.ip()));
+            let again = own.at(a);
+            again.via.truncate(again.via_prefix);
+            assert_eq!(again.via, format!("SIP/2.0/UDP {a};branch=z9hG4bK"));
+        }
+    }
+
+    #[test]
     fn push_hex_draws_as_hex_does() {
         for bytes in [0, 1, 6, 8, 9, 16] {
             let (mut a, mut b) = (crate::rng::Rng::new(9), crate::rng::Rng::new(9));
