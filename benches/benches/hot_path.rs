@@ -18,6 +18,11 @@ fn hot_path(c: &mut Criterion) {
     g.bench_function("raw quick-xml tokenization (baseline)", |b| {
         b.iter(|| tokenize(std::hint::black_box(MESSAGE.as_bytes())))
     });
+    let mut buf = Vec::new();
+    g.bench_function(
+        "quick-xml stream tokenization, attributes split (baseline)",
+        |b| b.iter(|| tokenize_stream(std::hint::black_box(MESSAGE.as_bytes()), &mut buf)),
+    );
     let mut reader = open_reader();
     g.bench_function("s2s message -> SIP MESSAGE", |b| {
         b.iter(|| {
@@ -34,6 +39,13 @@ fn hot_path(c: &mut Criterion) {
         |b| {
             let stanza = outbound(&sip).unwrap_or_default();
             b.iter(|| tokenize(std::hint::black_box(stanza.as_bytes())))
+        },
+    );
+    g.bench_function(
+        "quick-xml stream tokenization of the stanza it becomes, attributes split (baseline)",
+        |b| {
+            let stanza = outbound(&sip).unwrap_or_default();
+            b.iter(|| tokenize_stream(std::hint::black_box(stanza.as_bytes()), &mut buf))
         },
     );
     g.bench_function("SIP MESSAGE -> s2s message", |b| {

@@ -1,7 +1,7 @@
 //! One hot path in a loop, for instruction-level profiling where criterion's
 //! harness would get in the way:
 //! `valgrind --tool=callgrind --toggle-collect='isthmus_benches::inbound*' target/release/examples/prof in 2000`
-//! Paths: `tok` (the quick-xml baseline), `in` and `out` (the pipelines), `win` and `wout` (the whole gateway).
+//! Paths: `tok` and `stok` (the quick-xml baselines), `in` and `out` (the pipelines), `win` and `wout` (the whole gateway).
 //! Runs five rounds of N and prints the time per operation of each.
 
 use isthmus_benches::*;
@@ -17,6 +17,7 @@ fn main() {
     let sip = sip_message_bytes();
     let mut w = whole::WholeGateway::xmpp_to_sip();
     let mut o = whole::WholeGateway::sip_to_xmpp();
+    let mut buf = Vec::new();
     for round in 0..5 {
         let t = std::time::Instant::now();
         for _ in 0..n {
@@ -27,11 +28,15 @@ fn main() {
                     MESSAGE.as_bytes(),
                 ))),
                 "tok" => drop(std::hint::black_box(tokenize(MESSAGE.as_bytes()))),
+                "stok" => drop(std::hint::black_box(tokenize_stream(
+                    MESSAGE.as_bytes(),
+                    &mut buf,
+                ))),
                 "out" => drop(std::hint::black_box(outbound(&sip))),
                 "win" => drop(std::hint::black_box(w.inbound(MESSAGE.as_bytes()))),
                 "wout" => drop(std::hint::black_box(o.outbound())),
                 other => {
-                    eprintln!("unknown path {other:?}: in, out, win or wout");
+                    eprintln!("unknown path {other:?}: tok, stok, in, out, win or wout");
                     std::process::exit(2);
                 }
             }
