@@ -155,12 +155,8 @@ pub(super) struct Scratch {
 
 impl Scratch {
     /// The element just read from `text`, owning its bytes.
-    pub fn stanza(&mut self, text: &str) -> Stanza {
-        Stanza::read(
-            text.to_owned(),
-            std::mem::take(&mut self.side),
-            self.toks.to_vec(),
-        )
+    pub fn stanza(&self, text: &str) -> Stanza {
+        Stanza::read(text, &self.side, &self.toks)
     }
 }
 

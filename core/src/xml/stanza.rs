@@ -14,14 +14,28 @@ pub struct Stanza(Repr);
 
 #[derive(Clone, Debug)]
 enum Repr {
-    Read {
-        /// The element's bytes, checked.
-        text: String,
-        /// The unescaped form of the pieces that held references.
-        side: String,
-        toks: Vec<Tok>,
-    },
+    Read(Read),
     Built(Element),
+}
+
+/// A stanza as read: the element's bytes, checked, followed in the same buffer
+/// by the unescaped form of the pieces that held references (one allocation),
+/// and the parser's steps.
+#[derive(Clone, Debug)]
+struct Read {
+    buf: String,
+    text_len: usize,
+    toks: Vec<Tok>,
+}
+
+impl Read {
+    /// The element's bytes, the unescaped pieces, and the steps.
+    fn parts(&self) -> (&str, &str, &[Tok]) {
+        // `text_len` is the length of the text the buffer starts with, so a
+        // character boundary.
+        let (text, side) = self.buf.split_at_checked(self.text_len).unwrap_or_default();
+        (text, side, &self.toks)
+    }
 }
 
 impl From<Element> for Stanza {
@@ -37,14 +51,25 @@ impl PartialEq for Stanza {
 }
 
 impl Stanza {
-    pub(super) fn read(text: String, side: String, toks: Vec<Tok>) -> Self {
-        Stanza(Repr::Read { text, side, toks })
+    /// The element read from `text`, with its unescaped pieces and steps.
+    pub(super) fn read(text: &str, side: &str, toks: &[Tok]) -> Self {
+        let mut buf = String::with_capacity(text.len() + side.len());
+        buf.push_str(text);
+        buf.push_str(side);
+        Stanza(Repr::Read(Read {
+            buf,
+            text_len: text.len(),
+            toks: toks.to_vec(),
+        }))
     }
 
     /// The element tree.
     pub fn into_element(self) -> Element {
         match self.0 {
-            Repr::Read { text, side, toks } => build(&text, &side, &toks),
+            Repr::Read(r) => {
+                let (text, side, toks) = r.parts();
+                build(text, side, toks)
+            }
             Repr::Built(el) => el,
         }
     }
@@ -52,7 +77,10 @@ impl Stanza {
     /// The element tree, built if the stanza is as read.
     pub fn element(&self) -> Cow<'_, Element> {
         match &self.0 {
-            Repr::Read { text, side, toks } => Cow::Owned(build(text, side, toks)),
+            Repr::Read(r) => {
+                let (text, side, toks) = r.parts();
+                Cow::Owned(build(text, side, toks))
+            }
             Repr::Built(el) => Cow::Borrowed(el),
         }
     }
@@ -60,10 +88,13 @@ impl Stanza {
     /// The element's namespace and local name.
     pub fn qname(&self) -> (&str, &str) {
         match &self.0 {
-            Repr::Read { text, side, toks } => match toks.first() {
-                Some(Tok::Start { ns, name }) => (ns.of(text, side), name.of(text, "")),
-                _ => ("", ""),
-            },
+            Repr::Read(r) => {
+                let (text, side, toks) = r.parts();
+                match toks.first() {
+                    Some(Tok::Start { ns, name }) => (ns.of(text, side), name.of(text, "")),
+                    _ => ("", ""),
+                }
+            }
             Repr::Built(el) => (&el.ns, &el.name),
         }
     }
@@ -79,10 +110,13 @@ impl Stanza {
     /// The value of an unprefixed attribute.
     pub fn get_attr(&self, key: &str) -> Option<&str> {
         match &self.0 {
-            Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns == NsRef::NONE && same(name.bytes(text, ""), key.as_bytes()))
-                    .then(|| value.of(text, side))
-            }),
+            Repr::Read(r) => {
+                let (text, side, toks) = r.parts();
+                attrs(toks).find_map(|(ns, name, value)| {
+                    (ns == NsRef::NONE && same(name.bytes(text, ""), key.as_bytes()))
+                        .then(|| value.of(text, side))
+                })
+            }
             Repr::Built(el) => el.get_attr(key),
         }
     }
@@ -90,10 +124,13 @@ impl Stanza {
     /// `xml:lang` on the element itself.
     pub fn lang(&self) -> Option<&str> {
         match &self.0 {
-            Repr::Read { text, side, toks } => attrs(toks).find_map(|(ns, name, value)| {
-                (ns == NsRef::XML && same(name.bytes(text, ""), b"lang"))
-                    .then(|| value.of(text, side))
-            }),
+            Repr::Read(r) => {
+                let (text, side, toks) = r.parts();
+                attrs(toks).find_map(|(ns, name, value)| {
+                    (ns == NsRef::XML && same(name.bytes(text, ""), b"lang"))
+                        .then(|| value.of(text, side))
+                })
+            }
             Repr::Built(el) => el
                 .attrs
                 .iter()
@@ -105,12 +142,17 @@ impl Stanza {
     /// The local name of the first child element in namespace `ns`.
     pub fn child_in(&self, ns: &str) -> Option<&str> {
         match &self.0 {
-            Repr::Read { text, side, toks } => children(toks).find_map(|at| match toks.get(at) {
-                Some(Tok::Start { ns: n, name }) if same(n.bytes(text, side), ns.as_bytes()) => {
-                    Some(name.of(text, ""))
-                }
-                _ => None,
-            }),
+            Repr::Read(r) => {
+                let (text, side, toks) = r.parts();
+                children(toks).find_map(|at| match toks.get(at) {
+                    Some(Tok::Start { ns: n, name })
+                        if same(n.bytes(text, side), ns.as_bytes()) =>
+                    {
+                        Some(name.of(text, ""))
+                    }
+                    _ => None,
+                })
+            }
             Repr::Built(el) => el.elements().find(|e| e.ns == ns).map(|e| &*e.name),
         }
     }
@@ -131,7 +173,7 @@ impl Stanza {
         first_in: &str,
     ) -> ([Option<Cow<'_, str>>; N], Option<&str>) {
         let (text, side, toks) = match &self.0 {
-            Repr::Read { text, side, toks } => (text, side, toks),
+            Repr::Read(r) => r.parts(),
             Repr::Built(el) => {
                 return (
                     wanted.map(|(ns, name)| el.find(ns, name).map(text_of)),
