@@ -209,6 +209,7 @@ const REQUIRED: usize = 5;
 /// The place of `name` in [`KNOWN`], spelled exactly. A `match` on the
 /// literals, which compiles to length tests and word compares, where a scan
 /// of the table would call `memcmp` for every name of the same length.
+#[inline]
 fn known_place(name: &str) -> Option<u8> {
     Some(match name {
         "Via" => 0,
@@ -261,6 +262,7 @@ fn known_place(name: &str) -> Option<u8> {
 
 /// The canonical spelling of a header name, borrowed when it is a known one,
 /// with its place in [`KNOWN`] ([`OTHER`] if it has none).
+#[inline]
 fn canonical_known(name: &str) -> (Cow<'static, str>, u8) {
     if let Some(k) = known_place(name) {
         let known = KNOWN.get(usize::from(k)).copied().unwrap_or_default();
@@ -279,6 +281,7 @@ enum Key {
 }
 
 impl Key {
+    #[inline]
     fn of(name: &str) -> Key {
         Key::canonical(canonical_known(name))
     }
@@ -505,6 +508,7 @@ impl SipMessage {
     }
 
     /// The first value of a header (any spelling, compact or full).
+    #[inline]
     pub fn header(&self, name: &str) -> Option<&str> {
         let key = Key::of(name);
         self.fields
