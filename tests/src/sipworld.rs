@@ -76,7 +76,7 @@ pub fn responses(w: &World) -> Vec<(u16, String)> {
         .iter()
         .filter_map(|m| match &m.start {
             isthmus_core::sip::StartLine::Response { code, reason } => {
-                Some((*code, reason.clone()))
+                Some((*code, reason.to_string()))
             }
             _ => None,
         })

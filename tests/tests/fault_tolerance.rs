@@ -364,7 +364,7 @@ impl Lone {
                     if let StartLine::Response { code, reason } = &m.start {
                         let call_id = m.call_id().unwrap_or_default().to_owned();
                         self.answers
-                            .push((self.t(), call_id, *code, reason.clone()));
+                            .push((self.t(), call_id, *code, reason.to_string()));
                     }
                 }
                 Output::Deliver(el) => self.returned.push((self.t(), el)),

@@ -1363,7 +1363,7 @@ impl Gateway {
         }
         if let Some(purpose) = failed {
             let reason = match &msg.start {
-                StartLine::Response { reason, .. } => reason.as_str(),
+                StartLine::Response { reason, .. } => reason.as_ref(),
                 StartLine::Request { .. } => "",
             };
             let text = format!("SIP {code} {reason}");

@@ -26,10 +26,55 @@ impl Default for SipLimits {
     }
 }
 
+/// A request's method and a response's reason are borrowed when they are the
+/// common ones, so that reading them allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: String, uri: String },
-    Response { code: u16, reason: String },
+    Request {
+        method: Cow<'static, str>,
+        uri: String,
+    },
+    Response {
+        code: u16,
+        reason: Cow<'static, str>,
+    },
+}
+
+/// The methods (RFC 3261 and its extensions) and reason phrases a gateway reads
+/// most; methods compare case-sensitively (RFC 3261 §7.1), and so do these.
+const METHODS: [&str; 14] = [
+    "MESSAGE",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "OPTIONS",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "INVITE",
+    "REGISTER",
+    "PUBLISH",
+    "INFO",
+    "UPDATE",
+    "REFER",
+    "PRACK",
+];
+const REASONS: [&str; 8] = [
+    "OK",
+    "Accepted",
+    "Trying",
+    "Bad Request",
+    "Forbidden",
+    "Not Found",
+    "Request Timeout",
+    "Service Unavailable",
+];
+
+/// `text` borrowed from `common` when it is one of them, else owned.
+fn common_or_owned(text: &str, common: &[&'static str]) -> Cow<'static, str> {
+    match common.iter().find(|c| **c == text) {
+        Some(c) => Cow::Borrowed(c),
+        None => Cow::Owned(text.to_owned()),
+    }
 }
 
 /// One header field. `name` is the canonical full name (compact forms expanded),
@@ -429,7 +474,7 @@ impl SipMessage {
 
     pub fn request(method: &str, uri: &str) -> Self {
         SipMessage::with_start(StartLine::Request {
-            method: method.to_owned(),
+            method: common_or_owned(method, &METHODS),
             uri: uri.to_owned(),
         })
     }
@@ -437,7 +482,7 @@ impl SipMessage {
     pub fn response(code: u16, reason: &str) -> Self {
         SipMessage::with_start(StartLine::Response {
             code,
-            reason: reason.to_owned(),
+            reason: common_or_owned(reason, &REASONS),
         })
     }
 
@@ -1065,7 +1110,7 @@ fn parse_start(line: &str) -> Result<StartLine, SipError> {
             .ok_or_else(|| SipError::Malformed(format!("bad status code '{}'", truncate(code))))?;
         return Ok(StartLine::Response {
             code,
-            reason: reason.to_owned(),
+            reason: common_or_owned(reason, &REASONS),
         });
     }
     let mut parts = split_byte(line, b' ');
@@ -1096,7 +1141,7 @@ fn parse_start(line: &str) -> Result<StartLine, SipError> {
         )));
     }
     Ok(StartLine::Request {
-        method: method.to_owned(),
+        method: common_or_owned(method, &METHODS),
         uri: uri.to_owned(),
     })
 }
@@ -1233,6 +1278,64 @@ impl StreamDecoder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn common_methods_and_reasons_are_borrowed_and_the_rest_kept_as_written() {
+        use super::{SipLimits, SipMessage, StartLine};
+        use std::borrow::Cow;
+        let parse = |text: &str| {
+            SipMessage::parse(text.as_bytes(), &SipLimits::default())
+                .unwrap_or_else(|e| panic!("{text:?}: {e:?}"))
+                .start
+        };
+        let head = |cseq: &str| {
+            format!(
+                "\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 {cseq}\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        for (line, method_or_reason, borrowed) in [
+            ("MESSAGE sip:a@b SIP/2.0", "MESSAGE", true),
+            ("NOTIFY sip:a@b SIP/2.0", "NOTIFY", true),
+            // Methods are case-sensitive: this one is not MESSAGE, and stays as sent.
+            ("message sip:a@b SIP/2.0", "message", false),
+            ("FROBNICATE sip:a@b SIP/2.0", "FROBNICATE", false),
+            ("SIP/2.0 200 OK", "OK", true),
+            (
+                "SIP/2.0 503 Service Unavailable",
+                "Service Unavailable",
+                true,
+            ),
+            ("SIP/2.0 200 Okay then", "Okay then", false),
+            ("SIP/2.0 200 ok", "ok", false),
+            ("SIP/2.0 200 ", "", false),
+        ] {
+            let cseq = if line.starts_with("SIP/") {
+                "MESSAGE"
+            } else {
+                method_or_reason
+            };
+            let text = match parse(&format!("{line}{}", head(cseq))) {
+                StartLine::Request { method, .. } => method,
+                StartLine::Response { reason, .. } => reason,
+            };
+            assert_eq!(text, method_or_reason, "{line}");
+            assert_eq!(matches!(text, Cow::Borrowed(_)), borrowed, "{line}");
+        }
+        assert!(matches!(
+            SipMessage::response(200, "OK").start,
+            StartLine::Response {
+                reason: Cow::Borrowed("OK"),
+                ..
+            }
+        ));
+        assert!(matches!(
+            SipMessage::request("MESSAGE", "sip:a@b").start,
+            StartLine::Request {
+                method: Cow::Borrowed("MESSAGE"),
+                ..
+            }
+        ));
+    }
+
     #[test]
     fn a_tag_is_found_where_a_five_byte_window_finds_it() {
         let window = |v: &str| {
