@@ -493,10 +493,9 @@ impl Net {
                 self.note(format!("{name}→{peer_name} SIP: {}", sip_summary(&msg)));
                 let answer = self.sip_peers[p].answer;
                 if msg.method().is_some() && answer != 0 {
-                    let reason = isthmus_core::translate::error::reason_phrase(answer);
                     let reply = msg.reply(
                         answer,
-                        if answer == 200 { "OK" } else { reason },
+                        isthmus_core::sip::reason_phrase(answer),
                         Some("ua1"),
                     );
                     self.note(format!("{peer_name}→{name} SIP: {}", sip_summary(&reply)));

@@ -27,7 +27,8 @@ impl Default for SipLimits {
 }
 
 /// A request's method and a response's reason are borrowed when they are the
-/// common ones, so that reading them allocates nothing.
+/// common ones (a reason when it is its code's standard phrase), so that
+/// reading them allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartLine {
     Request {
@@ -40,8 +41,8 @@ pub enum StartLine {
     },
 }
 
-/// The methods (RFC 3261 and its extensions) and reason phrases a gateway reads
-/// most; methods compare case-sensitively (RFC 3261 §7.1), and so do these.
+/// The methods a gateway reads most (RFC 3261 and its extensions), compared
+/// case-sensitively as methods are (RFC 3261 §7.1).
 const METHODS: [&str; 14] = [
     "MESSAGE",
     "NOTIFY",
@@ -58,22 +59,88 @@ const METHODS: [&str; 14] = [
     "REFER",
     "PRACK",
 ];
-const REASONS: [&str; 8] = [
-    "OK",
-    "Accepted",
-    "Trying",
-    "Bad Request",
-    "Forbidden",
-    "Not Found",
-    "Request Timeout",
-    "Service Unavailable",
-];
 
-/// `text` borrowed from `common` when it is one of them, else owned.
-fn common_or_owned(text: &str, common: &[&'static str]) -> Cow<'static, str> {
-    match common.iter().find(|c| **c == text) {
-        Some(c) => Cow::Borrowed(c),
+/// A method, borrowed when it is one of [`METHODS`].
+fn method_of(text: &str) -> Cow<'static, str> {
+    match METHODS.iter().find(|m| **m == text) {
+        Some(m) => Cow::Borrowed(m),
         None => Cow::Owned(text.to_owned()),
+    }
+}
+
+/// A response's reason, borrowed when it is the standard phrase for its code.
+fn reason_of(code: u16, text: &str) -> Cow<'static, str> {
+    match reason_phrase(code) {
+        standard if standard == text => Cow::Borrowed(standard),
+        _ => Cow::Owned(text.to_owned()),
+    }
+}
+
+/// RFC 3261 §21 reason phrases (and the later registered ones the gateway uses,
+/// 204 from RFC 5839); a code without its own names its class.
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Notification",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        305 => "Use Proxy",
+        380 => "Alternative Service",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        421 => "Extension Required",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        485 => "Ambiguous",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        489 => "Bad Event",
+        491 => "Request Pending",
+        493 => "Undecipherable",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        _ => match code / 100 {
+            1 => "Provisional",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            5 => "Server Error",
+            _ => "Global Failure",
+        },
     }
 }
 
@@ -474,7 +541,7 @@ impl SipMessage {
 
     pub fn request(method: &str, uri: &str) -> Self {
         SipMessage::with_start(StartLine::Request {
-            method: common_or_owned(method, &METHODS),
+            method: method_of(method),
             uri: uri.to_owned(),
         })
     }
@@ -482,7 +549,7 @@ impl SipMessage {
     pub fn response(code: u16, reason: &str) -> Self {
         SipMessage::with_start(StartLine::Response {
             code,
-            reason: common_or_owned(reason, &REASONS),
+            reason: reason_of(code, reason),
         })
     }
 
@@ -1110,7 +1177,7 @@ fn parse_start(line: &str) -> Result<StartLine, SipError> {
             .ok_or_else(|| SipError::Malformed(format!("bad status code '{}'", truncate(code))))?;
         return Ok(StartLine::Response {
             code,
-            reason: common_or_owned(reason, &REASONS),
+            reason: reason_of(code, reason),
         });
     }
     let mut parts = split_byte(line, b' ');
@@ -1141,7 +1208,7 @@ fn parse_start(line: &str) -> Result<StartLine, SipError> {
         )));
     }
     Ok(StartLine::Request {
-        method: common_or_owned(method, &METHODS),
+        method: method_of(method),
         uri: uri.to_owned(),
     })
 }
@@ -1303,6 +1370,14 @@ mod tests {
                 "SIP/2.0 503 Service Unavailable",
                 "Service Unavailable",
                 true,
+            ),
+            ("SIP/2.0 100 Trying", "Trying", true),
+            ("SIP/2.0 202 Accepted", "Accepted", true),
+            // A standard phrase, but not its code's: kept as sent.
+            (
+                "SIP/2.0 200 Service Unavailable",
+                "Service Unavailable",
+                false,
             ),
             ("SIP/2.0 200 Okay then", "Okay then", false),
             ("SIP/2.0 200 ok", "ok", false),

@@ -6,5 +6,5 @@ pub mod pidf;
 pub mod transaction;
 pub mod uri;
 
-pub use message::{SipError, SipLimits, SipMessage, StartLine, StreamDecoder};
+pub use message::{reason_phrase, SipError, SipLimits, SipMessage, StartLine, StreamDecoder};
 pub use uri::{NameAddr, NameAddrRef, Param, SipUri, SipUriRef, Via};
