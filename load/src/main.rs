@@ -582,8 +582,14 @@ fn run_world(
     }
     let cpu = after.cpu - loaded.cpu;
     let streams = (2 * args.streams) as f64;
+    // Past saturation most of the work is refusing: per message answered either way
+    // is what each one costs, per delivered what the delivered ones cost in all.
+    let refused = to_sip.refused + to_xmpp.refused;
+    // A message both delivered and refused is one message.
+    let answered = (delivered + refused)
+        .saturating_sub(to_sip.delivered_but_refused + to_xmpp.delivered_but_refused);
     println!(
-        "  gateway CPU {:.2} s (user {:.2} + system {:.2}) = {:.1} µs per delivered message{}",
+        "  gateway CPU {:.2} s (user {:.2} + system {:.2}) = {:.1} µs per delivered message{}{}",
         cpu,
         cpu - (after.system - loaded.system),
         after.system - loaded.system,
@@ -591,6 +597,15 @@ fn run_world(
             cpu * 1e6 / delivered as f64
         } else {
             0.0
+        },
+        if refused > 0 {
+            format!(
+                ", {:.1} µs per message delivered or refused ({})",
+                cpu * 1e6 / answered.max(1) as f64,
+                answered
+            )
+        } else {
+            String::new()
         },
         if cpu < 1.0 {
             " (under 1 s of CPU: 10 ms tick resolution, run longer for a firm figure)"
