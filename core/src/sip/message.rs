@@ -1826,6 +1826,36 @@ mod tests {
         assert_eq!(find_head_end(b"abc\r\n"), None);
     }
 
+    /// The end of the head is where the earliest blank line of either kind
+    /// starts, over every string of up to 9 bytes of `a`, CR and LF.
+    #[test]
+    fn head_end_is_the_earliest_blank_line() {
+        fn earliest(bytes: &[u8]) -> Option<(usize, usize)> {
+            (0..bytes.len()).find_map(|i| {
+                let rest = &bytes[i..];
+                if rest.starts_with(b"\n\n") {
+                    Some((i, 2))
+                } else if rest.starts_with(b"\r\n\r\n") {
+                    Some((i, 4))
+                } else {
+                    None
+                }
+            })
+        }
+        for len in 0..=9u32 {
+            for mut n in 0..3usize.pow(len) {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = [b'a', b'\r', b'\n'][n % 3];
+                        n /= 3;
+                        b
+                    })
+                    .collect();
+                assert_eq!(find_head_end(&bytes), earliest(&bytes), "{bytes:?}");
+            }
+        }
+    }
+
     #[test]
     fn random_input_never_panics() {
         let mut rng = crate::rng::Rng::new(5);
