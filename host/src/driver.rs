@@ -283,15 +283,6 @@ impl Host {
         Some(on_grid(self.epoch, self.gateway.poll_timeout()?))
     }
 
-    /// How long the runtime may wait for input before it should wake for a timer
-    /// ([`Host::wake_at`]).
-    pub fn wait(&self) -> std::time::Duration {
-        self.wake_at()
-            .map_or(std::time::Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(std::time::Instant::now())
-            })
-    }
-
     /// Drains every pending output into `io`.
     pub fn drain<I: Io>(&mut self, io: &mut I) {
         while let Some(out) = self.gateway.poll_output() {

@@ -1,4 +1,4 @@
-//! What a connection's reader (a thread or a task) and the core's thread share
+//! What a connection's reader (a thread or a task) and the core share
 //! about input: the bytes handed to the core and not yet processed, and whether
 //! the core asked for reading to stop (`Output::Reading`). A reader waits while
 //! either holds, so one connection cannot fill the input queue, and a partner

@@ -1,4 +1,4 @@
-//! What a connection's writer (a thread or a task) and the core's thread share:
+//! What a connection's writer (a thread or a task) and the core share:
 //! the bytes queued and not yet written, and whether the core waits to hear that
 //! the queue drained. The writer reports only then, so a stream that keeps up
 //! costs no message back per write.
@@ -15,7 +15,7 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// The core's thread queued `n` bytes; returns what is now pending.
+    /// The core queued `n` bytes; returns what is now pending.
     pub fn queued(&self, n: usize) -> usize {
         self.pending.fetch_add(n, SeqCst) + n
     }
@@ -45,7 +45,7 @@ impl Backlog {
     }
 }
 
-/// Writes `bytes` at once from the core's thread when the stream's writer has
+/// Writes `bytes` at once from the core when the stream's writer has
 /// nothing pending (it has put everything it was given on the wire and waits),
 /// so that they go out in order without waking it. Returns what the socket
 /// would not take without blocking, for the writer, or `None` when all went out.

@@ -1,29 +1,53 @@
-//! `isthmus-std`: the gateway on blocking sockets. One thread owns the core;
-//! listener, reader, writer, connect and resolve threads only move bytes and
-//! report back through one bounded channel. Every decision is the core's, every
-//! input is dispatched by the shared host layer.
+//! `isthmus-std`: the gateway on blocking sockets. Listener, reader, writer,
+//! connect and resolve threads move bytes and report through one bounded
+//! channel; the core is behind one lock, taken in turn by the thread that
+//! brings an input when none waits, or by the core's own thread ([`inbox`]).
+//! Every decision is the core's, every input is dispatched by the shared host layer.
 #![forbid(unsafe_code)]
+
+mod inbox;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::{
-    channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError,
-};
+use std::sync::mpsc::{channel, Receiver, Sender, TrySendError};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use isthmus_core::gateway::{Admission, ConnId};
 use isthmus_host::cli::{self, Setup};
-use isthmus_host::driver::{log, Input, Io, INPUT_QUEUE};
+use isthmus_host::driver::{log, Host, Input, Io, INPUT_QUEUE};
 use isthmus_host::intake::{Intake, Listener};
 use isthmus_host::resolve::Resolver;
 use isthmus_host::sendq::{self, Backlog};
 use isthmus_host::signals;
 
 type In = Input<TcpStream>;
+type Inbox = inbox::Inbox<StdCore>;
+
+/// The host and what it drives, behind the inbox's lock.
+struct StdCore {
+    host: Host,
+    io: StdIo,
+    config_path: Option<PathBuf>,
+}
+
+impl inbox::Core for StdCore {
+    type Input = In;
+
+    fn handle(&mut self, input: Option<In>) -> bool {
+        let input = input.unwrap_or(Input::Tick);
+        self.host
+            .handle(input, &mut self.io, self.config_path.as_deref())
+    }
+
+    fn wake_at(&self) -> Option<std::time::Instant> {
+        self.host.wake_at()
+    }
+}
 
 struct Stream {
     /// The core's own handle, for writing at once while the writer is idle.
@@ -41,22 +65,16 @@ impl Drop for Stream {
 }
 
 struct StdIo {
-    tx: SyncSender<In>,
+    tx: Inbox,
     /// Per connection: the queue its writer thread drains (dropping it lets the
     /// writer finish what is queued and shut the socket), and what its reader
-    /// shares with this thread.
+    /// shares with the core.
     streams: HashMap<ConnId, Stream>,
     sip: UdpSocket,
     resolver: Arc<Resolver>,
 }
 
-fn spawn_reader(
-    tx: SyncSender<In>,
-    conn: ConnId,
-    mut stream: TcpStream,
-    sip: bool,
-    intake: Arc<Intake>,
-) {
+fn spawn_reader(tx: Inbox, conn: ConnId, mut stream: TcpStream, sip: bool, intake: Arc<Intake>) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -85,11 +103,11 @@ fn spawn_reader(
     });
 }
 
-/// Writes what the core transmits without ever blocking the core's thread: a peer
+/// Writes what the core transmits without ever blocking the core: a peer
 /// that reads slowly holds up only its own writer, and the host judges what is
 /// queued (`backlog`) to hold stanzas back or close a peer that never reads.
 fn spawn_writer(
-    tx: SyncSender<In>,
+    tx: Inbox,
     conn: ConnId,
     mut stream: TcpStream,
     queue: Receiver<Vec<u8>>,
@@ -115,7 +133,7 @@ fn spawn_writer(
     });
 }
 
-fn spawn_listener(tx: SyncSender<In>, listener: TcpListener, sip: Option<bool>) {
+fn spawn_listener(tx: Inbox, listener: TcpListener, sip: Option<bool>) {
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let input = match sip {
@@ -159,7 +177,7 @@ impl Io for StdIo {
             Err(e) => {
                 log(&format!("{conn}: cannot use the connection: {e}"));
                 let closed = Input::closed(conn, sip);
-                // Not from this thread: it is the one that empties the channel.
+                // Not from this thread: it holds the core, which a full channel waits on.
                 let tx = self.tx.clone();
                 thread::spawn(move || tx.send(closed));
             }
@@ -239,7 +257,7 @@ fn run(setup: Setup) -> Result<(), String> {
         config_path,
         ..
     } = setup;
-    let (tx, rx) = sync_channel(INPUT_QUEUE);
+    let (tx, rx) = inbox::inbox(INPUT_QUEUE);
     {
         let tx = tx.clone();
         signals::watch(move |sig| {
@@ -293,6 +311,7 @@ fn run(setup: Setup) -> Result<(), String> {
         "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
         g.served_domains.join(", ")
     ));
+    let inbox = tx.clone();
     let mut io = StdIo {
         tx,
         streams: HashMap::new(),
@@ -300,16 +319,13 @@ fn run(setup: Setup) -> Result<(), String> {
         resolver,
     };
     host.drain(&mut io);
-    loop {
-        let input = match rx.recv_timeout(host.wait()) {
-            Ok(i) => i,
-            Err(RecvTimeoutError::Timeout) => Input::Tick,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        };
-        if !host.handle(input, &mut io, config_path.as_deref()) {
-            return Ok(());
-        }
-    }
+    let core = StdCore {
+        host,
+        io,
+        config_path,
+    };
+    inbox::run(&inbox, core, rx);
+    Ok(())
 }
 
 fn main() -> ExitCode {

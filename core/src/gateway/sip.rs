@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{error_reply, Event, Gateway, Output};
@@ -301,7 +301,7 @@ type OwnKeys = BuildHasherDefault<OwnKeyHasher>;
 
 /// A client transaction's key (our branch), shared by its table entry and its
 /// timer entries, so that neither copies it.
-pub(super) type TxKey = Rc<str>;
+pub(super) type TxKey = Arc<str>;
 
 /// A server transaction's key (branch, sent-by and method, RFC 3261 §17.2.3),
 /// shared by its table entry, its timer entries and the stanza it waits on, with
@@ -310,14 +310,14 @@ pub(super) type TxKey = Rc<str>;
 #[derive(Clone, Debug)]
 pub(super) struct ServerKey {
     hash: u64,
-    text: Rc<str>,
+    text: Arc<str>,
 }
 
 impl ServerKey {
     fn new(text: &str, keyed: &RandomState) -> Self {
         ServerKey {
             hash: keyed.hash_one(text),
-            text: Rc::from(text),
+            text: Arc::from(text),
         }
     }
 }
@@ -325,7 +325,7 @@ impl ServerKey {
 impl PartialEq for ServerKey {
     fn eq(&self, other: &Self) -> bool {
         // A timer's key is the transaction's own: no need to read the text.
-        self.hash == other.hash && (Rc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 
@@ -481,7 +481,7 @@ struct ServerTx {
     tx: ServerTransaction,
     /// The request, shared with whoever is handling it, until the final
     /// response: a transaction waiting out Timer J keeps only what it sent.
-    request: Option<Rc<SipMessage>>,
+    request: Option<Arc<SipMessage>>,
     peer: SipPeer,
     to_tag: crate::rng::Hex,
 }
@@ -1068,7 +1068,7 @@ impl Gateway {
             Entry::Vacant(slot) if !full => {
                 self.sip.answering += 1;
                 // The transaction answers from the request itself: no copy of it is made.
-                let msg = Rc::new(msg);
+                let msg = Arc::new(msg);
                 slot.insert(Box::new(ServerTx {
                     key: key.clone(),
                     // No retransmissions to absorb on TCP/TLS (RFC 3261 §17.2.2).
@@ -1076,7 +1076,7 @@ impl Gateway {
                         matches!(from, SipPeer::Stream(_)),
                         Timers::default(),
                     ),
-                    request: Some(Rc::clone(&msg)),
+                    request: Some(Arc::clone(&msg)),
                     peer: from,
                     to_tag: self.rng.hex_word(6),
                 }));
