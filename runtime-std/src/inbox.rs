@@ -97,7 +97,8 @@ impl<C: Core> Shared<C> {
             };
             place.handle(Some(input), &self.thread);
             taken += 1;
-            if self.pending.fetch_sub(1, SeqCst) == 1 {
+            // Stopped: the core's thread returns, and the process exits.
+            if self.pending.fetch_sub(1, SeqCst) == 1 || place.stopped {
                 return true;
             }
         }
