@@ -115,10 +115,11 @@ impl<C: Core> Shared<C> {
             return;
         };
         let done = self.take_in(place, Some(BATCH));
-        let earlier = match (place.core.wake_at(), place.armed) {
-            (Some(at), Some(armed)) => at < armed,
-            (at, armed) => at.is_some() && armed.is_none(),
-        };
+        let armed = place.armed;
+        let earlier = place
+            .core
+            .wake_at()
+            .is_some_and(|at| armed.is_none_or(|armed| at < armed));
         drop(guard);
         if !done {
             self.handed.store(true, SeqCst);
@@ -229,7 +230,7 @@ mod tests {
     /// Records what it takes in, and on which thread; stops at `u32::MAX`.
     struct Recorder {
         taken: Taken,
-        /// A timer set by input `(_, 0)`, reported through `fired` when due.
+        /// A timer set by input `(1000, 0)`, reported through `fired` when due.
         timer: Option<Instant>,
         fired: mpsc::Sender<()>,
     }
