@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{error_reply, Event, Gateway, Output};
 use crate::jid::Jid;
+use crate::sip::message::MAX_FORWARDS;
 use crate::sip::transaction::{ClientTransaction, ServerTransaction, Timers, TxAction};
 use crate::sip::uri::ViaRef;
 use crate::sip::{SipError, SipLimits, SipMessage, StartLine};
@@ -638,7 +639,7 @@ fn addresses_of(stanza: &Stanza) -> Option<(Jid, Jid)> {
 }
 
 fn server_key(msg: &SipMessage, key: &mut String, keyed: &RandomState) -> Option<ServerKey> {
-    let via = ViaRef::parse(msg.first_value("Via")?).ok()?;
+    let via = ViaRef::parse(msg.top_via()?).ok()?;
     let method = match msg.method()? {
         // An ACK or CANCEL belongs to the INVITE transaction it refers to.
         "ACK" | "CANCEL" => "INVITE",
@@ -698,7 +699,7 @@ impl Gateway {
             Outbound::NoNextHop => return,
         };
         request.insert_header(0, "Via", &self.sip.own.via);
-        if request.header("Max-Forwards").is_none() {
+        if request.known_value(MAX_FORWARDS).is_none() {
             request.push_header("Max-Forwards", "70");
         }
         self.sip_request_send(next_hop, branch, request.to_bytes(), purpose, now);
@@ -1325,7 +1326,7 @@ impl Gateway {
 
     fn sip_response(&mut self, msg: SipMessage, now: Instant) {
         let Some(branch) = msg
-            .first_value("Via")
+            .top_via()
             .and_then(|v| ViaRef::parse(v).ok())
             .and_then(|v| v.branch())
         else {

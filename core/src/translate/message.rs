@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::jid::Jid;
-use crate::sip::message::{split_byte, split_once_byte, trim, unquote};
+use crate::sip::message::{
+    split_byte, split_once_byte, trim, unquote, CONTENT_LANGUAGE, CONTENT_TYPE, FROM, SUBJECT,
+};
 use crate::sip::uri::NameAddrRef;
 use crate::sip::SipMessage;
 use crate::translate::address::{push_jid_sip, sip_to_jid, sip_uri_capacity, uri_to_jid};
@@ -184,7 +186,7 @@ impl MessageStanza<'_> {
 /// The translation of a SIP MESSAGE, not yet built or written.
 pub fn sip_to_message_stanza(msg: &SipMessage, id: String) -> Result<MessageStanza<'_>, Refusal> {
     let from_header = msg
-        .header("From")
+        .known_value(FROM)
         .ok_or_else(|| Refusal::new(400, "Bad Request (missing From)"))?;
     let from_addr = NameAddrRef::parse(from_header)
         .map_err(|e| Refusal::new(400, format!("Bad Request ({e})")))?;
@@ -205,11 +207,11 @@ pub fn sip_to_message_stanza(msg: &SipMessage, id: String) -> Result<MessageStan
     let to = sip_to_jid(target)
         .map_err(|e| Refusal::new(416, format!("Unsupported URI Scheme ({e})")))?;
     let lang = msg
-        .header("Content-Language")
+        .known_value(CONTENT_LANGUAGE)
         .map(|lang| trim(split_byte(lang, b',').next().unwrap_or_default()))
         .filter(|first| !first.is_empty());
     let mut subject = None;
-    let (mime, charset) = content_type(msg.header("Content-Type").unwrap_or("text/plain"));
+    let (mime, charset) = content_type(msg.known_value(CONTENT_TYPE).unwrap_or("text/plain"));
     let content = match &*mime {
         "text/plain" => {
             if charset.is_some_and(|c| {
@@ -225,7 +227,7 @@ pub fn sip_to_message_stanza(msg: &SipMessage, id: String) -> Result<MessageStan
             }
             let text = std::str::from_utf8(&msg.body)
                 .map_err(|_| Refusal::new(400, "Bad Request (body is not UTF-8)"))?;
-            subject = msg.header("Subject");
+            subject = msg.known_value(SUBJECT);
             Content::Body(text)
         }
         "application/im-iscomposing+xml" => {
