@@ -3,7 +3,9 @@
 //! `valgrind --tool=callgrind target/release/examples/prof in 2200`, less the same at
 //! 200, over 10,000 (the release build is linked whole, so the paths are inlined here;
 //! see the README).
-//! Paths: `tok` and `stok` (the quick-xml baselines), `in` and `out` (the pipelines), `win` and `wout` (the whole gateway).
+//! Paths: `tok` and `stok` (the quick-xml baselines of the partner's stanza), `otok`
+//! (the stream baseline of the stanza `out` writes), `in` and `out` (the pipelines),
+//! `win` and `wout` (the whole gateway).
 //! Runs five rounds of N and prints the time per operation of each.
 
 use isthmus_benches::*;
@@ -20,6 +22,7 @@ fn main() {
     let mut w = whole::WholeGateway::xmpp_to_sip();
     let mut o = whole::WholeGateway::sip_to_xmpp();
     let mut buf = Vec::new();
+    let produced = outbound(&sip).unwrap_or_default();
     for round in 0..5 {
         let t = std::time::Instant::now();
         for _ in 0..n {
@@ -34,11 +37,15 @@ fn main() {
                     MESSAGE.as_bytes(),
                     &mut buf,
                 ))),
+                "otok" => drop(std::hint::black_box(tokenize_stream(
+                    produced.as_bytes(),
+                    &mut buf,
+                ))),
                 "out" => drop(std::hint::black_box(outbound(&sip))),
                 "win" => drop(std::hint::black_box(w.inbound(MESSAGE.as_bytes()))),
                 "wout" => drop(std::hint::black_box(o.outbound())),
                 other => {
-                    eprintln!("unknown path {other:?}: tok, stok, in, out, win or wout");
+                    eprintln!("unknown path {other:?}: tok, stok, otok, in, out, win or wout");
                     std::process::exit(2);
                 }
             }
