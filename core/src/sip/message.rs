@@ -730,12 +730,33 @@ impl SipMessage {
     /// Parses one complete message, as received in a datagram. Without a
     /// Content-Length the body is the rest of the datagram (RFC 3261 §18.3).
     pub fn parse(bytes: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+        if let Some(read) = SipMessage::parse_crlf_head(bytes, limits) {
+            return read;
+        }
         let head_end = find_head_end(bytes)
             .ok_or_else(|| SipError::Malformed("no empty line after the headers".into()))?;
         let (head, rest) = bytes.split_at(head_end.0);
-        let rest = rest.get(head_end.1..).unwrap_or_default();
-        let mut msg = parse_head(head, limits)?;
-        let body = match msg.content_length()? {
+        let (msg, _) = parse_head(head, limits, Until::End)?;
+        msg.with_body(rest.get(head_end.1..).unwrap_or_default(), limits)
+    }
+
+    /// The usual datagram, read with one search: its head ends at the first
+    /// CR LF CR LF, with no LF LF before it but maybe in its lines, which are
+    /// read up to it. `None` where this finds something wrong or no CR LF CR LF:
+    /// the datagram is read again the exact way, to say what is wrong first.
+    fn parse_crlf_head(bytes: &[u8], limits: &SipLimits) -> Option<Result<SipMessage, SipError>> {
+        use memchr::memmem::Finder;
+        use std::sync::OnceLock;
+        static CRLF: OnceLock<Finder<'static>> = OnceLock::new();
+        let at = CRLF.get_or_init(|| Finder::new(b"\r\n\r\n")).find(bytes)?;
+        let (msg, head_len) = parse_head(bytes.get(..at)?, limits, Until::LfLf).ok()?;
+        let sep = if head_len == at { 4 } else { 2 };
+        Some(msg.with_body(bytes.get(head_len + sep..)?, limits))
+    }
+
+    /// The message with its body taken from `rest`, the bytes after the head.
+    fn with_body(mut self, rest: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+        let body = match self.content_length()? {
             Some(n) => {
                 if n > limits.max_body {
                     return Err(SipError::BodyTooLarge(format!(
@@ -761,8 +782,8 @@ impl SipMessage {
                 rest
             }
         };
-        msg.body = body.to_vec();
-        Ok(msg)
+        self.body = body.to_vec();
+        Ok(self)
     }
 
     fn content_length(&self) -> Result<Option<usize>, SipError> {
@@ -947,7 +968,21 @@ pub(crate) fn has_tag(value: &[u8]) -> bool {
     false
 }
 
-fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+/// Where a head handed to [`parse_head`] ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Until {
+    /// Where the bytes end: they are the head, found by [`find_head_end`].
+    End,
+    /// At an LF LF within the bytes, if there is one, else where they end.
+    LfLf,
+}
+
+/// The start line and headers of `head`, and where the head ends in it.
+fn parse_head(
+    head: &[u8],
+    limits: &SipLimits,
+    until: Until,
+) -> Result<(SipMessage, usize), SipError> {
     if head.len() > limits.max_head {
         return Err(SipError::TooLarge(format!(
             "headers of more than {} bytes",
@@ -977,7 +1012,16 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
     };
     // The headers other than Content-Length.
     let mut others = 0;
+    let mut head_len = text.len();
     for line in lines {
+        if until == Until::LfLf && line.is_empty() {
+            // An LF right where the line starts: LF LF, which ends the head.
+            let at = offset_in(text, line).unwrap_or_default();
+            if at > 0 && text.as_bytes().get(at) == Some(&b'\n') {
+                head_len = at - 1;
+                break;
+            }
+        }
         if line.len() > limits.max_line {
             return Err(SipError::TooLarge(format!(
                 "a header line is longer than {} bytes",
@@ -1058,7 +1102,7 @@ fn parse_head(head: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
             )));
         }
     }
-    Ok(msg)
+    Ok((msg, head_len))
 }
 
 /// Why a header line is refused: it has no colon, or what comes before the
@@ -1311,7 +1355,7 @@ impl StreamDecoder {
                 return Ok(None);
             };
             let head = self.buf.get(..head_len).unwrap_or_default();
-            let msg = parse_head(head, &self.limits)?;
+            let (msg, _) = parse_head(head, &self.limits, Until::End)?;
             let Some(len) = msg.content_length()? else {
                 return Err(SipError::Malformed(
                     "Content-Length is required on stream transports".into(),
@@ -1861,6 +1905,98 @@ mod tests {
         assert_eq!(find_head_end(b"\r\n\r\n"), Some((0, 4)));
         assert_eq!(find_head_end(b"\n\n"), Some((0, 2)));
         assert_eq!(find_head_end(b"abc\r\n"), None);
+    }
+
+    /// Reading the head up to the first CR LF CR LF gives what finding the
+    /// earliest blank line first and then reading the lines before it gives,
+    /// message or error, over generated datagrams: line breaks of
+    /// every kind, blank, folded and bad lines, bytes that are not UTF-8, and
+    /// limits that the head meets or exceeds.
+    #[test]
+    fn a_head_read_to_crlf_crlf_reads_as_the_delimited_head() {
+        fn delimited(bytes: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+            let Some((head_end, sep)) = find_head_end(bytes) else {
+                return Err(SipError::Malformed(
+                    "no empty line after the headers".into(),
+                ));
+            };
+            let (msg, _) = parse_head(&bytes[..head_end], limits, Until::End)?;
+            msg.with_body(&bytes[head_end + sep..], limits)
+        }
+        const PIECES: &[&[u8]] = &[
+            b"MESSAGE sip:a@b SIP/2.0",
+            b"Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+            b"From: <sip:c@d>;tag=1",
+            b"To: <sip:a@b>",
+            b"Call-ID: x",
+            b"CSeq: 1 MESSAGE",
+            b"Content-Length: 2",
+            b"  folded on",
+            b"Subject: \xff",
+            b"no colon",
+            b"",
+            b"hi",
+        ];
+        const BREAKS: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"\r\n\r\n",
+            b"\n\r\n",
+            b"\r\r\n",
+            b"\r\n\r\r\n",
+        ];
+        let tight = SipLimits {
+            max_headers: 5,
+            max_line: 30,
+            max_head: 120,
+            max_body: 4,
+        };
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut read = 0;
+        for case in 0..50_000 {
+            let mut bytes = Vec::new();
+            // Mostly the pieces of a good request in order, sometimes any piece.
+            let count = match next(2) {
+                0 => 7 + next(4),
+                _ => 2 + next(12),
+            };
+            for i in 0..count {
+                let piece = match next(8) {
+                    0 => PIECES[next(PIECES.len())],
+                    _ => PIECES[i % 7],
+                };
+                bytes.extend_from_slice(piece);
+                bytes.extend_from_slice(match next(10) {
+                    0 => BREAKS[next(BREAKS.len())],
+                    _ => b"\r\n",
+                });
+            }
+            if next(2) == 0 {
+                bytes.extend_from_slice(b"\r\nhi");
+            }
+            let limits = if case % 3 == 0 {
+                tight
+            } else {
+                SipLimits::default()
+            };
+            let got = SipMessage::parse(&bytes, &limits);
+            read += usize::from(got.is_ok());
+            assert_eq!(
+                got,
+                delimited(&bytes, &limits),
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        // The generated datagrams are not all refused.
+        assert!(read > 1000, "{read} read");
     }
 
     /// The end of the head is where the earliest blank line of either kind
