@@ -49,7 +49,8 @@ fn hot_path(c: &mut Criterion) {
         },
     );
     g.bench_function("SIP MESSAGE -> s2s message", |b| {
-        b.iter(|| outbound(std::hint::black_box(&sip)))
+        let mut text = String::new();
+        b.iter(|| outbound_into(std::hint::black_box(&sip), &mut text))
     });
     let notify = notify_bytes();
     let from = Jid::parse("juliet@sip.example").unwrap_or_else(|_| unreachable!());

@@ -23,6 +23,7 @@ fn main() {
     let mut o = whole::WholeGateway::sip_to_xmpp();
     let mut buf = Vec::new();
     let produced = outbound(&sip).unwrap_or_default();
+    let mut text = String::new();
     for round in 0..5 {
         let t = std::time::Instant::now();
         for _ in 0..n {
@@ -41,7 +42,7 @@ fn main() {
                     produced.as_bytes(),
                     &mut buf,
                 ))),
-                "out" => drop(std::hint::black_box(outbound(&sip))),
+                "out" => drop(std::hint::black_box(outbound_into(&sip, &mut text))),
                 "win" => drop(std::hint::black_box(w.inbound(MESSAGE.as_bytes()))),
                 "wout" => drop(std::hint::black_box(o.outbound())),
                 other => {

@@ -94,15 +94,26 @@ pub fn inbound(reader: &mut StreamReader, config: &Config, bytes: &[u8]) -> Opti
 }
 
 /// Outbound hot path: SIP MESSAGE bytes → parse, address and content mapping →
-/// stanza bytes.
+/// stanza bytes, written into `out` as the gateway writes a stanza to a stream
+/// under TLS: into the stream's text buffer, cleared and kept from one stanza to
+/// the next (as the baselines keep theirs). False if the message is refused.
+pub fn outbound_into(bytes: &[u8], out: &mut String) -> bool {
+    let Ok(msg) = SipMessage::parse(bytes, &SipLimits::default()) else {
+        return false;
+    };
+    let Ok(stanza) = sip_to_message_stanza(&msg, "s1".to_owned()) else {
+        return false;
+    };
+    out.clear();
+    out.reserve(1024);
+    stanza.write(out);
+    true
+}
+
+/// [`outbound_into`] a new buffer.
 pub fn outbound(bytes: &[u8]) -> Option<String> {
-    let msg = SipMessage::parse(bytes, &SipLimits::default()).ok()?;
-    let stanza = sip_to_message_stanza(&msg, "s1".to_owned()).ok()?;
-    // Written straight to text, as the gateway writes it to a ready stream (into
-    // a buffer of this size).
-    let mut out = String::with_capacity(1024);
-    stanza.write(&mut out);
-    Some(out)
+    let mut out = String::new();
+    outbound_into(bytes, &mut out).then_some(out)
 }
 
 /// NOTIFY with PIDF → presence stanza bytes.
