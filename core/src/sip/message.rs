@@ -745,10 +745,7 @@ impl SipMessage {
     /// read up to it. `None` where this finds something wrong or no CR LF CR LF:
     /// the datagram is read again the exact way, to say what is wrong first.
     fn parse_crlf_head(bytes: &[u8], limits: &SipLimits) -> Option<Result<SipMessage, SipError>> {
-        use memchr::memmem::Finder;
-        use std::sync::OnceLock;
-        static CRLF: OnceLock<Finder<'static>> = OnceLock::new();
-        let at = CRLF.get_or_init(|| Finder::new(b"\r\n\r\n")).find(bytes)?;
+        let at = find_crlf_crlf(bytes)?;
         let (msg, head_len) = parse_head(bytes.get(..at)?, limits, Until::LfLf).ok()?;
         let sep = if head_len == at { 4 } else { 2 };
         Some(msg.with_body(bytes.get(head_len + sep..)?, limits))
@@ -930,14 +927,21 @@ pub(crate) fn find_head_end(bytes: &[u8]) -> Option<(usize, usize)> {
     // head. Two searches over the head, not one per line.
     use memchr::memmem::Finder;
     use std::sync::OnceLock;
-    static CRLF: OnceLock<Finder<'static>> = OnceLock::new();
     static LF: OnceLock<Finder<'static>> = OnceLock::new();
-    let crlf = CRLF.get_or_init(|| Finder::new(b"\r\n\r\n")).find(bytes);
+    let crlf = find_crlf_crlf(bytes);
     let before = crlf.map_or(bytes, |at| bytes.get(..at + 2).unwrap_or(bytes));
     match LF.get_or_init(|| Finder::new(b"\n\n")).find(before) {
         Some(at) => Some((at, 2)),
         None => crlf.map(|at| (at, 4)),
     }
+}
+
+/// Where the first CR LF CR LF is, by a searcher built once.
+fn find_crlf_crlf(bytes: &[u8]) -> Option<usize> {
+    use memchr::memmem::Finder;
+    use std::sync::OnceLock;
+    static CRLF: OnceLock<Finder<'static>> = OnceLock::new();
+    CRLF.get_or_init(|| Finder::new(b"\r\n\r\n")).find(bytes)
 }
 
 /// Adds `;tag=` to a To value that has none (a response's To, RFC 3261 §8.2.6.2):
