@@ -879,8 +879,15 @@ impl Gateway {
         let mut expired = Vec::new();
         let due = |q: &Queued| q.deadline.is_some_and(|d| d <= now);
         for ((_, remote), route) in self.routes.iter_mut() {
-            // Called on every timeout: a queue with nothing due is left as it is.
-            if !route.queue.iter().any(due) {
+            // Called on every timeout: a queue with nothing due is left as it is,
+            // found from its first deadline, the earliest (as `poll_timeout` reads
+            // it), not by walking a queue that may hold `MAX_QUEUED`.
+            if route
+                .queue
+                .iter()
+                .find_map(|q| q.deadline)
+                .is_none_or(|d| d > now)
+            {
                 continue;
             }
             let (late, keep): (VecDeque<Queued>, VecDeque<Queued>) =
