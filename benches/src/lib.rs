@@ -119,7 +119,7 @@ pub fn outbound(bytes: &[u8]) -> Option<String> {
 /// NOTIFY with PIDF → presence stanza bytes.
 pub fn notify_to_presence(bytes: &[u8], from: &Jid, to: &Jid) -> Option<String> {
     let msg = SipMessage::parse(bytes, &SipLimits::default()).ok()?;
-    let pidf = Pidf::parse(&msg.body).ok()?;
+    let pidf = Pidf::parse(msg.body()).ok()?;
     Some(pidf_to_presence(&pidf, from, to, true).to_xml(ns::SERVER))
 }
 

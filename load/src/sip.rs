@@ -50,7 +50,7 @@ pub fn next_hop(sock: UdpSocket, ledger: Arc<Ledger>, stop: Arc<std::sync::atomi
             continue;
         }
         if method == "MESSAGE" {
-            match ledger::parse_body(&String::from_utf8_lossy(&msg.body)) {
+            match ledger::parse_body(&String::from_utf8_lossy(msg.body())) {
                 Some(id) => ledger.delivered(id),
                 None => {
                     ledger.unknown.fetch_add(1, Ordering::Relaxed);

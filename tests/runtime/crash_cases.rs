@@ -202,7 +202,7 @@ impl Proxy {
                     m.header("Subscription-State")
                         .unwrap_or_default()
                         .to_owned(),
-                    String::from_utf8_lossy(&m.body).into_owned(),
+                    String::from_utf8_lossy(m.body()).into_owned(),
                 )
             })
             .collect()
@@ -214,7 +214,7 @@ impl Proxy {
             .expect("lock")
             .iter()
             .filter(|m| m.method() == Some("MESSAGE"))
-            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .map(|m| String::from_utf8_lossy(m.body()).into_owned())
             .collect()
     }
 }

@@ -559,10 +559,10 @@ fn presence_both_ways(w: &World) {
         let (m, _) = ua_next(w);
         if m.method() == Some("NOTIFY") && m.call_id() == Some("watch-romeo") {
             let state = m.header("Subscription-State").unwrap_or_default().to_owned();
-            let open = String::from_utf8_lossy(&m.body).contains("<basic>open</basic>");
+            let open = String::from_utf8_lossy(m.body()).contains("<basic>open</basic>");
             states.push(state.clone());
             // First romeo's presence as it was, then his new status.
-            if state.starts_with("active") && open && String::from_utf8_lossy(&m.body).contains("Wherefore?") {
+            if state.starts_with("active") && open && String::from_utf8_lossy(m.body()).contains("Wherefore?") {
                 assert!(states.first().is_some_and(|s| s.starts_with("pending")), "{states:?}");
                 return;
             }

@@ -603,7 +603,7 @@ impl Net {
             .with("Event", "presence")
             .with("Subscription-State", &state)
             .with("Content-Type", "application/pidf+xml");
-        n.body = body.into_bytes();
+        n.set_body(body.into_bytes());
         n
     }
 
@@ -628,8 +628,8 @@ pub fn sip_summary(m: &isthmus_core::sip::SipMessage) -> String {
             parts.push(format!("{h}: {v}"));
         }
     }
-    if !m.body.is_empty() {
-        let body = String::from_utf8_lossy(&m.body);
+    if !m.body().is_empty() {
+        let body = String::from_utf8_lossy(m.body());
         let one_line: Vec<&str> = body
             .lines()
             .map(str::trim)

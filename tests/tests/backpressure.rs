@@ -358,7 +358,7 @@ fn partner_message(i: usize) -> Element {
 fn sip_bodies(w: &World) -> Vec<String> {
     requests(w, "MESSAGE")
         .iter()
-        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .map(|m| String::from_utf8_lossy(m.body()).into_owned())
         .collect()
 }
 

@@ -818,7 +818,7 @@ fn a_notify_lost_to_a_silent_sip_side_ends_the_dialog_but_not_the_contact() {
     assert!(fresh[0]
         .header("Subscription-State")
         .is_some_and(|s| s.starts_with("active")));
-    assert!(String::from_utf8_lossy(&fresh[0].body).contains("<basic>open</basic>"));
+    assert!(String::from_utf8_lossy(fresh[0].body()).contains("<basic>open</basic>"));
     let to_romeo_after = w.net.delivered.iter().filter(|(n, _)| n == "xmpp").count();
     assert_eq!(
         to_romeo_before, to_romeo_after,

@@ -140,7 +140,7 @@ fn render() -> String {
                             .unwrap_or_default()
                     ),
                     cell(&hdrs.join("; ")),
-                    cell(&String::from_utf8_lossy(&m.body))
+                    cell(&String::from_utf8_lossy(m.body()))
                 )
             }
             Ok(None) => "nothing to send (no body, no chat state)".to_owned(),

@@ -96,7 +96,7 @@ fn sip_user_watches_an_xmpp_contact() {
     );
     let last = requests(&w, "NOTIFY")
         .last()
-        .map(|n| String::from_utf8_lossy(&n.body).into_owned())
+        .map(|n| String::from_utf8_lossy(n.body()).into_owned())
         .unwrap_or_default();
     assert!(
         last.contains("<basic>open</basic>") && last.contains("Wherefore?"),
@@ -154,7 +154,7 @@ fn sip_users_may_watch_contacts_of_every_partner_type() {
         );
         let body = requests(&w, "NOTIFY")
             .last()
-            .map(|n| String::from_utf8_lossy(&n.body).into_owned())
+            .map(|n| String::from_utf8_lossy(n.body()).into_owned())
             .unwrap_or_default();
         assert!(
             body.contains("<note>hi</note>"),
@@ -375,7 +375,7 @@ fn adding_a_public_unverified_contact_approves_it_and_opens_im() {
     w.net.run();
     let messages = requests(&w, "MESSAGE");
     assert_eq!(messages.len(), 1);
-    assert_eq!(messages[0].body, b"after");
+    assert_eq!(messages[0].body(), b"after");
     insta::assert_snapshot!("add_public_unverified_contact", w.net.transcript_text());
 }
 

@@ -38,7 +38,7 @@ fn essence(m: &SipMessage) -> (StartLine, Vec<(String, String)>, Vec<u8>) {
             )
         })
         .collect();
-    (m.start.clone(), headers, m.body.clone())
+    (m.start.clone(), headers, m.body().to_vec())
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn every_message_parses_and_round_trips() {
         };
         assert_eq!(start, first, "{name}");
         assert_eq!(
-            msg.body.len() as u64,
+            msg.body().len() as u64,
             meta["body_bytes"].as_u64().expect("body_bytes"),
             "{name}"
         );
@@ -120,7 +120,7 @@ fn pidf_bodies_parse_and_the_ill_formed_one_is_refused() {
             continue;
         }
         let msg = message(name);
-        match Pidf::parse(&msg.body) {
+        match Pidf::parse(msg.body()) {
             Ok(p) => {
                 assert_eq!(p.entity, "sip:alice@sip.test", "{name}");
                 assert!(p.note().is_some(), "{name}: the captures carry notes");
@@ -138,7 +138,7 @@ fn pidf_bodies_parse_and_the_ill_formed_one_is_refused() {
     assert!(text.contains("not well-formed"), "{text}");
     // Kamailio answered that PUBLISH with 415 (102).
     assert_eq!(message("102-415-udp.sip").status(), Some(415));
-    let note = Pidf::parse(&message("005-PUBLISH-udp.sip").body)
+    let note = Pidf::parse(message("005-PUBLISH-udp.sip").body())
         .expect("005")
         .note()
         .cloned()

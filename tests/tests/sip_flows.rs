@@ -87,7 +87,7 @@ fn xmpp_message_reaches_the_sip_user() {
             .map(|f| f.starts_with("<sip:romeo@xmpp.test;gr=balcony>")),
         Some(true)
     );
-    assert_eq!(m.body, b"Wherefore art thou?");
+    assert_eq!(m.body(), b"Wherefore art thou?");
     assert!(xmpp_user_got(&w).is_empty(), "no error comes back");
     insta::assert_snapshot!("xmpp_to_sip_message", w.net.transcript_text());
 }
@@ -284,7 +284,7 @@ fn an_xmpp_error_after_the_200_reaches_the_sip_user_as_a_notice() {
         .received
         .iter()
         .filter(|m| m.method() == Some("MESSAGE"))
-        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .map(|m| String::from_utf8_lossy(m.body()).into_owned())
         .collect();
     assert_eq!(
         notices,

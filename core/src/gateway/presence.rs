@@ -319,7 +319,7 @@ impl Gateway {
                 },
             };
             request.push_header("Content-Type", "application/pidf+xml");
-            request.body = pidf.to_xml().into_bytes();
+            request.set_body(pidf.to_xml().into_bytes());
         }
         self.sip_request_out(request, Purpose::Notify(dialog.to_owned()), now);
     }
@@ -624,8 +624,8 @@ impl Gateway {
             );
             return;
         };
-        if !msg.body.is_empty() {
-            match Pidf::parse(&msg.body) {
+        if !msg.body().is_empty() {
+            match Pidf::parse(msg.body()) {
                 Ok(pidf) => {
                     self.presence.local.insert(local.to_string(), pidf);
                 }
@@ -643,7 +643,7 @@ impl Gateway {
             == Sub::Active;
         match &state {
             SubscriptionState::Active | SubscriptionState::Pending => {
-                if watched && !msg.body.is_empty() {
+                if watched && !msg.body().is_empty() {
                     self.send_local_presence(&local, &remote, now);
                 }
             }

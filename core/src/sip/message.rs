@@ -156,20 +156,40 @@ struct Field {
 }
 
 /// A SIP message. Its header values share one buffer: a parsed message's is the
-/// header block as received, so reading one costs one copy whatever the count.
+/// header block as received, followed by the body when that is UTF-8, so
+/// reading one costs one copy whatever the count.
 #[derive(Clone, Debug)]
 pub struct SipMessage {
     pub start: StartLine,
     fields: Vec<Field>,
+    /// Where the first field of each of the first [`INDEXED`] places in
+    /// [`KNOWN`] is, plus one: 0 for none, `u8::MAX` for one too far down to
+    /// say, found by a scan. Kept by every change to `fields`.
+    first: [u8; INDEXED],
     text: String,
-    pub body: Vec<u8>,
+    body: Body,
+}
+
+/// The known places whose first field a message keeps the place of: those
+/// up to Content-Language, which the gateway asks for by place.
+const INDEXED: usize = 11;
+const _: () = assert!(CONTENT_LANGUAGE as usize + 1 == INDEXED && REQUIRED <= INDEXED);
+
+/// Where a message's body is: in its `text` when the body is UTF-8 (a text or
+/// XML body, checked once as it is read), else bytes of its own.
+#[derive(Clone, Debug)]
+enum Body {
+    InText { at: usize, len: usize },
+    Bytes(Vec<u8>),
 }
 
 /// Equal when the start line, the headers in order and the body are: where the
 /// values lie in the buffer does not matter.
 impl PartialEq for SipMessage {
     fn eq(&self, other: &Self) -> bool {
-        self.start == other.start && self.body == other.body && self.headers().eq(other.headers())
+        self.start == other.start
+            && self.body() == other.body()
+            && self.headers().eq(other.headers())
     }
 }
 
@@ -561,8 +581,22 @@ impl SipMessage {
         SipMessage {
             start,
             fields: Vec::new(),
+            first: [0; INDEXED],
             text: String::new(),
-            body: Vec::new(),
+            body: Body::Bytes(Vec::new()),
+        }
+    }
+
+    /// Finds the first field of each indexed place again, after a change to
+    /// `fields`.
+    fn reindex(&mut self) {
+        self.first = [0; INDEXED];
+        for (i, f) in self.fields.iter().enumerate() {
+            if let Some(slot) = self.first.get_mut(usize::from(f.known)) {
+                if *slot == 0 {
+                    *slot = u8::try_from(i + 1).unwrap_or(u8::MAX);
+                }
+            }
         }
     }
 
@@ -582,6 +616,41 @@ impl SipMessage {
 
     fn value(&self, f: &Field) -> &str {
         self.text.get(f.at..f.at + f.len).unwrap_or_default()
+    }
+
+    pub fn body(&self) -> &[u8] {
+        match &self.body {
+            Body::InText { at, len } => self.text.get(*at..at + len).unwrap_or_default().as_bytes(),
+            Body::Bytes(b) => b,
+        }
+    }
+
+    /// The body as text, if it is UTF-8: read where it lies when it was checked
+    /// as it arrived.
+    pub fn body_text(&self) -> Option<&str> {
+        match &self.body {
+            Body::InText { at, len } => self.text.get(*at..at + len),
+            Body::Bytes(b) => std::str::from_utf8(b).ok(),
+        }
+    }
+
+    pub fn set_body(&mut self, body: Vec<u8>) {
+        self.body = Body::Bytes(body);
+    }
+
+    /// A received body: after the headers in the buffer when it is UTF-8.
+    fn put_body(&mut self, body: &[u8]) {
+        self.body = match std::str::from_utf8(body) {
+            Ok(text) => {
+                let at = self.text.len();
+                self.text.push_str(text);
+                Body::InText {
+                    at,
+                    len: text.len(),
+                }
+            }
+            Err(_) => Body::Bytes(body.to_vec()),
+        };
     }
 
     /// Every header as (canonical name, value), in order.
@@ -605,6 +674,7 @@ impl SipMessage {
     pub fn insert_header(&mut self, index: usize, name: &str, value: &str) {
         let f = self.field(canonical_known(name), value);
         self.fields.insert(index.min(self.fields.len()), f);
+        self.reindex();
     }
 
     /// Builder: appends a header.
@@ -615,13 +685,19 @@ impl SipMessage {
 
     pub fn push_header(&mut self, name: &str, value: &str) {
         let f = self.field(canonical_known(name), value);
+        let known = f.known;
         self.fields.push(f);
+        // Last, so the first of its name only if there was none.
+        if let Some(slot @ 0) = self.first.get_mut(usize::from(known)) {
+            *slot = u8::try_from(self.fields.len()).unwrap_or(u8::MAX);
+        }
     }
 
     /// Removes every value of `name`.
     pub fn remove_header(&mut self, name: &str) {
         let key = Key::of(name);
         self.fields.retain(|h| !key.names(h));
+        self.reindex();
     }
 
     /// Replaces every value of `name` with one.
@@ -630,6 +706,7 @@ impl SipMessage {
         self.fields.retain(|h| h.name != name.0);
         let f = self.field(name, value);
         self.fields.push(f);
+        self.reindex();
     }
 
     pub fn method(&self) -> Option<&str> {
@@ -649,20 +726,28 @@ impl SipMessage {
     /// The first value of a header (any spelling, compact or full).
     #[inline]
     pub fn header(&self, name: &str) -> Option<&str> {
-        let key = Key::of(name);
-        self.fields
-            .iter()
-            .find(|h| key.names(h))
-            .map(|h| self.value(h))
+        match Key::of(name) {
+            Key::Known(k) => self.known_value(k),
+            key => self
+                .fields
+                .iter()
+                .find(|h| key.names(h))
+                .map(|h| self.value(h)),
+        }
     }
 
     /// The first value of the known header at `known` in [`KNOWN`] (a place
     /// such as [`FROM`]): [`SipMessage::header`] without the name to match.
     pub(crate) fn known_value(&self, known: u8) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|h| h.known == known)
-            .map(|h| self.value(h))
+        match self.first.get(usize::from(known)) {
+            Some(0) => None,
+            Some(&i) if i < u8::MAX => self.fields.get(usize::from(i) - 1).map(|h| self.value(h)),
+            _ => self
+                .fields
+                .iter()
+                .find(|h| h.known == known)
+                .map(|h| self.value(h)),
+        }
     }
 
     /// Every value of a header, list headers split at their commas.
@@ -742,8 +827,8 @@ impl SipMessage {
         let head_end = find_head_end(bytes)
             .ok_or_else(|| SipError::Malformed("no empty line after the headers".into()))?;
         let (head, rest) = bytes.split_at(head_end.0);
-        let (msg, _) = parse_head(head, limits, Until::End)?;
-        msg.with_body(rest.get(head_end.1..).unwrap_or_default(), limits)
+        let (msg, _) = parse_head(head, limits, Until::End, rest.len())?;
+        msg.read_body(rest.get(head_end.1..).unwrap_or_default(), limits)
     }
 
     /// The usual datagram, read with one search: its head ends at the first
@@ -752,13 +837,14 @@ impl SipMessage {
     /// the datagram is read again the exact way, to say what is wrong first.
     fn parse_crlf_head(bytes: &[u8], limits: &SipLimits) -> Option<Result<SipMessage, SipError>> {
         let at = find_crlf_crlf(bytes)?;
-        let (msg, head_len) = parse_head(bytes.get(..at)?, limits, Until::LfLf).ok()?;
+        let (msg, head_len) =
+            parse_head(bytes.get(..at)?, limits, Until::LfLf, bytes.len() - at).ok()?;
         let sep = if head_len == at { 4 } else { 2 };
-        Some(msg.with_body(bytes.get(head_len + sep..)?, limits))
+        Some(msg.read_body(bytes.get(head_len + sep..)?, limits))
     }
 
     /// The message with its body taken from `rest`, the bytes after the head.
-    fn with_body(mut self, rest: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
+    fn read_body(mut self, rest: &[u8], limits: &SipLimits) -> Result<SipMessage, SipError> {
         let body = match self.content_length()? {
             Some(n) => {
                 if n > limits.max_body {
@@ -785,7 +871,7 @@ impl SipMessage {
                 rest
             }
         };
-        self.body = body.to_vec();
+        self.put_body(body);
         Ok(self)
     }
 
@@ -794,6 +880,9 @@ impl SipMessage {
             None => Ok(None),
             Some(v) => {
                 let v = trim(v);
+                if let Some(n) = digits(v).and_then(|n| usize::try_from(n).ok()) {
+                    return Ok(Some(n));
+                }
                 match v.parse::<usize>() {
                     Ok(n) => Ok(Some(n)),
                     // Digits too many for a usize: a size no limit allows.
@@ -816,7 +905,8 @@ impl SipMessage {
     /// body.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Sized up front so the message is written with one allocation.
-        let mut cap = 16 + 2 + 20 + 2 + self.body.len();
+        let body = self.body();
+        let mut cap = 16 + 2 + 20 + 2 + body.len();
         cap += match &self.start {
             StartLine::Request { method, uri } => method.len() + uri.len() + 12,
             StartLine::Response { reason, .. } => reason.len() + 12,
@@ -847,7 +937,7 @@ impl SipMessage {
                     continue;
                 }
                 wrote_length = true;
-                push_content_length(&mut out, self.body.len());
+                push_content_length(&mut out, body.len());
             } else {
                 out.extend_from_slice(h.name.as_bytes());
                 out.extend_from_slice(b": ");
@@ -856,10 +946,10 @@ impl SipMessage {
             }
         }
         if !wrote_length {
-            push_content_length(&mut out, self.body.len());
+            push_content_length(&mut out, body.len());
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        out.extend_from_slice(body);
         out
     }
 
@@ -923,6 +1013,7 @@ impl SipMessage {
                 to.fields.push(f);
             }
         }
+        to.reindex();
     }
 }
 
@@ -987,11 +1078,13 @@ enum Until {
     LfLf,
 }
 
-/// The start line and headers of `head`, and where the head ends in it.
+/// The start line and headers of `head`, and where the head ends in it; `room`
+/// is what follows the head in the datagram, for the body to be kept after it.
 fn parse_head(
     head: &[u8],
     limits: &SipLimits,
     until: Until,
+    room: usize,
 ) -> Result<(SipMessage, usize), SipError> {
     if head.len() > limits.max_head {
         return Err(SipError::TooLarge(format!(
@@ -1016,9 +1109,11 @@ fn parse_head(
     let mut msg = SipMessage {
         start,
         fields: Vec::with_capacity(line_count.min(limits.max_headers)),
-        // The values are read where they lie: one copy of the block.
-        text: text.to_owned(),
-        body: Vec::new(),
+        first: [0; INDEXED],
+        // The values are read where they lie: one copy of the block, with room
+        // for the body after it.
+        text: with_room(text, room.min(limits.max_body)),
+        body: Body::Bytes(Vec::new()),
     };
     // The headers other than Content-Length.
     let mut others = 0;
@@ -1089,14 +1184,9 @@ fn parse_head(
             len: value.len(),
         });
     }
-    // RFC 3261 §8.1.1: the mandatory headers, found in one pass.
-    let mut seen = [false; REQUIRED];
-    for f in &msg.fields {
-        if let Some(s) = seen.get_mut(usize::from(f.known)) {
-            *s = true;
-        }
-    }
-    if let Some(i) = seen.iter().position(|s| !s) {
+    msg.reindex();
+    // RFC 3261 §8.1.1: the mandatory headers.
+    if let Some(i) = msg.first.iter().take(REQUIRED).position(|&s| s == 0) {
         let missing = KNOWN.get(i).copied().unwrap_or_default();
         return Err(SipError::Malformed(format!("missing {missing}")));
     }
@@ -1113,6 +1203,26 @@ fn parse_head(
         }
     }
     Ok((msg, head_len))
+}
+
+/// A number written as ASCII digits alone, short enough that it cannot
+/// overflow; anything else is left to `str::parse`, which says why.
+fn digits(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 18 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        let d = c.wrapping_sub(b'0');
+        (d <= 9).then(|| n * 10 + u64::from(d))
+    })
+}
+
+/// `text` in a buffer with `room` to spare.
+fn with_room(text: &str, room: usize) -> String {
+    let mut s = String::with_capacity(text.len() + room);
+    s.push_str(text);
+    s
 }
 
 /// Why a header line is refused: it has no colon, or what comes before the
@@ -1365,7 +1475,7 @@ impl StreamDecoder {
                 return Ok(None);
             };
             let head = self.buf.get(..head_len).unwrap_or_default();
-            let (msg, _) = parse_head(head, &self.limits, Until::End)?;
+            let (msg, _) = parse_head(head, &self.limits, Until::End, 0)?;
             let Some(len) = msg.content_length()? else {
                 return Err(SipError::Malformed(
                     "Content-Length is required on stream transports".into(),
@@ -1387,7 +1497,7 @@ impl StreamDecoder {
         let Some((mut msg, start, total)) = self.pending.take() else {
             return Ok(None);
         };
-        msg.body = self.buf.get(start..total).unwrap_or_default().to_vec();
+        msg.put_body(self.buf.get(start..total).unwrap_or_default());
         self.buf.drain(..total);
         self.scanned = 0;
         self.line_start = 0;
@@ -1649,7 +1759,7 @@ mod tests {
         assert_eq!(m.header("Subject"), Some("folded line"));
         assert_eq!(m.header("content-type"), Some("text/plain"));
         assert_eq!(m.header_values("Via").len(), 2);
-        assert_eq!(m.body, b"hello");
+        assert_eq!(m.body(), b"hello");
         let again = SipMessage::parse(&m.to_bytes(), &SipLimits::default()).expect("re-parses");
         assert_eq!(again, m);
         assert_eq!(again.header("Content-Length"), Some("5"));
@@ -1708,7 +1818,7 @@ mod tests {
         for b in format!("\r\n{MSG}\r\n{MSG}").as_bytes() {
             d.push(std::slice::from_ref(b));
             if let Some(m) = d.next_message().expect("frames") {
-                assert_eq!(m.body, b"hello");
+                assert_eq!(m.body(), b"hello");
                 got += 1;
             }
         }
@@ -1833,12 +1943,61 @@ mod tests {
     }
 
     #[test]
+    fn headers_are_found_by_place_after_every_change() {
+        let mut m = SipMessage::parse(
+            b"MESSAGE sip:b@b SIP/2.0\r\nVia: v1\r\nf: a\r\nTo: b\r\ni: 1\r\nCSeq: 7 MESSAGE\r\nl: 2\r\n\r\nhi",
+            &SipLimits::default(),
+        )
+        .expect("parses");
+        assert_eq!(m.call_id(), Some("1"));
+        assert_eq!(m.cseq(), Some((7, "MESSAGE".to_owned())));
+        assert_eq!(m.body_text(), Some("hi"));
+        m.insert_header(0, "Via", "v0");
+        assert_eq!(m.header("v"), Some("v0"));
+        assert_eq!(m.known_value(FROM), Some("a"));
+        m.remove_header("Via");
+        assert_eq!(m.header("Via"), None);
+        assert_eq!(m.header("From"), Some("a"));
+        m.set_header("From", "c");
+        assert_eq!(m.known_value(FROM), Some("c"));
+        assert_eq!(m.header("To"), Some("b"));
+        let r = m.reply(200, "OK", Some("t"));
+        assert_eq!(r.header("To"), Some("b;tag=t"));
+        assert_eq!(r.call_id(), Some("1"));
+        assert_eq!(r.header("From"), Some("c"));
+        // Past the places a message keeps: found by a scan.
+        let mut many = SipMessage::request("MESSAGE", "sip:b@b");
+        for i in 0..300 {
+            many.push_header("X-N", &i.to_string());
+        }
+        many.push_header("Subject", "last");
+        many.push_header("Subject", "later");
+        assert_eq!(many.known_value(SUBJECT), Some("last"));
+        assert_eq!(many.header("Call-ID"), None);
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_kept_as_bytes() {
+        let m = SipMessage::parse(
+            b"MESSAGE sip:b@b SIP/2.0\r\nVia: v\r\nFrom: a\r\nTo: b\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 3\r\n\r\na\xffb",
+            &SipLimits::default(),
+        )
+        .expect("parses");
+        assert_eq!(m.body(), b"a\xffb");
+        assert_eq!(m.body_text(), None);
+        assert_eq!(
+            SipMessage::parse(&m.to_bytes(), &SipLimits::default()),
+            Ok(m)
+        );
+    }
+
+    #[test]
     fn serialises_start_lines_and_one_content_length() {
         let mut r = SipMessage::response(200, "OK")
             .with("content-length", "99")
             .with("Via", "x")
             .with("l", "7");
-        r.body = b"hello".to_vec();
+        r.set_body(b"hello".to_vec());
         assert_eq!(
             r.to_bytes(),
             b"SIP/2.0 200 OK\r\nContent-Length: 5\r\nVia: x\r\n\r\nhello".to_vec()
@@ -1849,7 +2008,7 @@ mod tests {
             b"OPTIONS sip:a@b SIP/2.0\r\nTo: <sip:a@b>\r\nContent-Length: 0\r\n\r\n".to_vec()
         );
         let mut big = SipMessage::response(699, "");
-        big.body = vec![b'x'; 1_234_567];
+        big.set_body(vec![b'x'; 1_234_567]);
         assert!(big
             .to_bytes()
             .starts_with(b"SIP/2.0 699 \r\nContent-Length: 1234567\r\n\r\nx"));

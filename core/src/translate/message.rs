@@ -225,13 +225,14 @@ pub fn sip_to_message_stanza(msg: &SipMessage, id: String) -> Result<MessageStan
                     ),
                 ));
             }
-            let text = std::str::from_utf8(&msg.body)
-                .map_err(|_| Refusal::new(400, "Bad Request (body is not UTF-8)"))?;
+            let text = msg
+                .body_text()
+                .ok_or_else(|| Refusal::new(400, "Bad Request (body is not UTF-8)"))?;
             subject = msg.known_value(SUBJECT);
             Content::Body(text)
         }
         "application/im-iscomposing+xml" => {
-            let doc = parse_document(&msg.body, crate::config::XmlLimits::default())
+            let doc = parse_document(msg.body(), crate::config::XmlLimits::default())
                 .map_err(|e| Refusal::new(400, format!("Bad Request (isComposing: {e})")))?;
             let state = doc
                 .find(ISCOMPOSING, "state")
@@ -559,7 +560,7 @@ mod tests {
             Some("<sip:romeo@xmpp-a.test;gr=balcony>;tag=t1")
         );
         assert_eq!(m.header("Call-ID"), Some("th-9"));
-        assert_eq!(m.body, "a & b < c".as_bytes());
+        assert_eq!(m.body(), "a & b < c".as_bytes());
         let typing = Element::new(ns::SERVER, "message")
             .attr("from", "romeo@xmpp-a.test")
             .attr("to", "alice@sip.test")
