@@ -26,6 +26,10 @@ fn params_of(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
 /// The value of the first parameter called `name` (any case) in `;`-separated
 /// text, if it has one.
 fn param_value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    // Most URIs have no parameters: nothing to split.
+    if text.is_empty() {
+        return None;
+    }
     params_of(text)
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .and_then(|(_, v)| v)
