@@ -837,8 +837,13 @@ impl SipMessage {
     /// the datagram is read again the exact way, to say what is wrong first.
     fn parse_crlf_head(bytes: &[u8], limits: &SipLimits) -> Option<Result<SipMessage, SipError>> {
         let at = find_crlf_crlf(bytes)?;
-        let (msg, head_len) =
-            parse_head(bytes.get(..at)?, limits, Until::LfLf, bytes.len() - at).ok()?;
+        let (msg, head_len) = parse_head(
+            bytes.get(..at)?,
+            limits,
+            Until::LfLf,
+            bytes.len().saturating_sub(at),
+        )
+        .ok()?;
         let sep = if head_len == at { 4 } else { 2 };
         Some(msg.read_body(bytes.get(head_len + sep..)?, limits))
     }
