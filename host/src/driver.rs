@@ -10,6 +10,22 @@ use isthmus_core::xml::ns;
 
 use crate::store::Store;
 
+/// The line both runtimes log once they listen: what is served and every listener.
+pub fn serving_line(
+    g: &isthmus_core::config::GatewaySettings,
+    s2s: SocketAddr,
+    sip: SocketAddr,
+) -> String {
+    let tls = g
+        .sip_tls_address
+        .map(|a| format!(" and tls {a}"))
+        .unwrap_or_default();
+    format!(
+        "serving {} — XMPP s2s on {s2s}, SIP on udp and tcp {sip}{tls}",
+        g.served_domains.join(", ")
+    )
+}
+
 /// What a runtime does for the driver. Every call must return quickly; blocking
 /// work (connecting, resolving) happens on the runtime's own threads or tasks,
 /// which report back as core inputs.
@@ -429,6 +445,23 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_serving_line_names_every_listener() {
+        let mut g = isthmus_core::config::GatewaySettings {
+            served_domains: vec!["sip.example".into()],
+            ..Default::default()
+        };
+        let s2s = SocketAddr::from(([127, 0, 0, 1], 5269));
+        let sip = SocketAddr::from(([127, 0, 0, 1], 5060));
+        assert_eq!(
+            serving_line(&g, s2s, sip),
+            "serving sip.example — XMPP s2s on 127.0.0.1:5269, SIP on udp and tcp 127.0.0.1:5060"
+        );
+        g.sip_tls_address = Some(SocketAddr::from(([127, 0, 0, 1], 5061)));
+        assert!(serving_line(&g, s2s, sip)
+            .ends_with("udp and tcp 127.0.0.1:5060 and tls 127.0.0.1:5061"));
+    }
 
     #[test]
     fn timer_wake_ups_fall_on_the_grid_never_before_the_deadline() {

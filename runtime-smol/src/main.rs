@@ -378,10 +378,7 @@ async fn run_async(setup: Setup, reactor: Rc<Reactor>) -> Result<(), String> {
             }
         });
     }
-    log(&format!(
-        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
-        g.served_domains.join(", ")
-    ));
+    log(&isthmus_host::driver::serving_line(g, listen, sip_addr));
     let mut io = SmolIo {
         reactor: reactor.clone(),
         tx,

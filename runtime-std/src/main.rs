@@ -307,10 +307,7 @@ fn run(setup: Setup) -> Result<(), String> {
             }
         });
     }
-    log(&format!(
-        "serving {} — XMPP s2s on {listen}, SIP on udp and tcp {sip_addr}",
-        g.served_domains.join(", ")
-    ));
+    log(&isthmus_host::driver::serving_line(g, listen, sip_addr));
     let inbox = tx.clone();
     let mut io = StdIo {
         tx,
