@@ -885,9 +885,6 @@ impl SipMessage {
             None => Ok(None),
             Some(v) => {
                 let v = trim(v);
-                if let Some(n) = digits(v).and_then(|n| usize::try_from(n).ok()) {
-                    return Ok(Some(n));
-                }
                 match v.parse::<usize>() {
                     Ok(n) => Ok(Some(n)),
                     // Digits too many for a usize: a size no limit allows.
@@ -1208,19 +1205,6 @@ fn parse_head(
         }
     }
     Ok((msg, head_len))
-}
-
-/// A number written as ASCII digits alone, short enough that it cannot
-/// overflow; anything else is left to `str::parse`, which says why.
-fn digits(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.is_empty() || b.len() > 18 {
-        return None;
-    }
-    b.iter().try_fold(0u64, |n, &c| {
-        let d = c.wrapping_sub(b'0');
-        (d <= 9).then(|| n * 10 + u64::from(d))
-    })
 }
 
 /// `text` in a buffer with `room` to spare.
